@@ -1,0 +1,85 @@
+"""Exact money: amounts are integers of ledger units (10^-10 of the currency unit).
+
+Why 10^-10: event amounts carry at most 6 decimals and rates at most 2 decimals of a
+percent (a basis point), so rate x amount is always a whole number of units. Nothing is
+rounded when a commission accrues; only cash movements and displays round to the cent.
+A signed 64-bit integer holds up to ~922 million currency units per value, and SQL SUM()
+over integers is exact on SQLite and PostgreSQL alike.
+"""
+from decimal import ROUND_FLOOR, Decimal, InvalidOperation
+
+PLACES = 10
+UNITS = 10**PLACES
+CENT = UNITS // 100
+INPUT_PLACES = 6
+RATE_PLACES = 2  # a percent with two decimals: 2.25 means 2.25 %
+MAX_EVENT_AMOUNT = Decimal("1000000")
+
+
+class AmountError(ValueError):
+    """A value that is not an acceptable amount; the message says why, in words."""
+
+
+def parse_amount(value, *, places: int = INPUT_PLACES, maximum: Decimal = MAX_EVENT_AMOUNT) -> int:
+    """Parse a decimal string from the wire into ledger units, refusing anything inexact."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
+        raise AmountError("must be a decimal string, e.g. \"12.34\"")
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise AmountError("is not a valid decimal number") from None
+    if not amount.is_finite():
+        raise AmountError("is not a valid decimal number")
+    if amount <= 0:
+        raise AmountError("must be greater than zero")
+    if amount > maximum:
+        raise AmountError(f"must be at most {maximum}")
+    if amount != amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_FLOOR):
+        raise AmountError(f"must have at most {places} decimal places")
+    return to_units(amount)
+
+
+def to_units(amount: Decimal | int | str) -> int:
+    """Exact conversion of a decimal amount to ledger units; refuses sub-unit fractions."""
+    scaled = Decimal(str(amount)).scaleb(PLACES)
+    if scaled != scaled.to_integral_value():
+        raise AmountError(f"has more than {PLACES} decimal places")
+    return int(scaled)
+
+
+def to_decimal(units: int) -> Decimal:
+    return Decimal(int(units)).scaleb(-PLACES)
+
+
+def floor_to_cents(units: int) -> int:
+    """Round down to a whole cent: what may actually be paid or shown as available."""
+    return (int(units) // CENT) * CENT
+
+
+def format_cents(units: int) -> str:
+    """Display form: whole cents, rounded towards zero so a balance is never overstated."""
+    units = int(units)
+    sign = "-" if units < 0 else ""
+    return sign + str(to_decimal(floor_to_cents(abs(units))).quantize(Decimal("0.01")))
+
+
+def format_exact(units: int) -> str:
+    """Exact form with sub-cent digits kept, at least two decimals: 18.144 -> "18.144"."""
+    value = to_decimal(units).normalize()
+    if value == value.to_integral_value() or -value.as_tuple().exponent < 2:
+        value = value.quantize(Decimal("0.01"))
+    return f"{value:f}"
+
+
+def percent_of(units: int, percent: Decimal) -> int:
+    """percent% of an amount in units. Exact for percents with at most two decimals
+    applied to wire amounts; otherwise rounded down (the remainder is never created)."""
+    basis_points = int((Decimal(percent) * 100).to_integral_value(rounding=ROUND_FLOOR))
+    return (int(units) * basis_points) // 10_000
+
+
+def share_of(units: int, part: int, whole: int) -> int:
+    """units x part / whole, rounded down: the proportional share used by partial refunds."""
+    if whole <= 0:
+        raise ValueError("whole must be positive")
+    return (int(units) * int(part)) // int(whole)

@@ -1,0 +1,1 @@
+"""Payout methods and payouts (built out in the payouts issue)."""

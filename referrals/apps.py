@@ -1,0 +1,11 @@
+from django.apps import AppConfig
+
+
+class ReferralsConfig(AppConfig):
+    name = "referrals"
+    verbose_name = "Referrals"
+
+    def ready(self) -> None:
+        # The jobs register the handlers of the internal events they log, which
+        # verify_ledger needs to replay them.
+        from . import jobs  # noqa: F401

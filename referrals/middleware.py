@@ -1,0 +1,6 @@
+class ReferralLinkMiddleware:
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)

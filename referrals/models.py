@@ -1,0 +1,423 @@
+"""Accounts, attribution, programmes (as data), the event log and what events earn."""
+import secrets
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+from ledger.models import Book
+
+CODE_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+CODE_LENGTH = 8
+
+
+def new_referral_code() -> str:
+    return "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
+
+
+class Track(models.TextChoices):
+    BASIC = "basic", "Basic"
+    PARTNER = "partner", "Partner"
+
+
+class Program(models.Model):
+    """One referral programme. Every rate, threshold, window and ratio is a field here."""
+
+    class Kind(models.TextChoices):
+        REVENUE_SHARE = "revenue_share", "Revenue share on referred spend"
+        PURCHASE_COMMISSION = "purchase_commission", "Commission on referred purchases"
+        MILESTONE = "milestone", "Spend milestone bonus"
+        TEMPLATE_SHARE = "template_share", "Template creator revenue share"
+        SIGNUP_CREDIT = "signup_credit", "Sign-up credit for referred accounts"
+
+    class PaysIn(models.TextChoices):
+        CREDITS = Book.CREDITS.value, "Platform credits"
+        CASH = Book.CASH.value, "Cash"
+
+    percent = [MinValueValidator(0), MaxValueValidator(100)]
+    non_negative = [MinValueValidator(0)]
+
+    key = models.SlugField(max_length=60, unique=True)
+    preset = models.CharField(max_length=30, blank=True)
+    name = models.CharField(max_length=120)
+    kind = models.CharField(max_length=30, choices=Kind.choices)
+    enabled = models.BooleanField(default=True)
+    description = models.TextField(blank=True)
+
+    # What earns: event types counted and, optionally, one product line.
+    event_types = models.JSONField(default=list, blank=True)
+    product = models.CharField(max_length=60, blank=True)
+
+    # Rates are percents with two decimals (2.00 = 2 %).
+    rate = models.DecimalField(max_digits=5, decimal_places=2, default=0, validators=percent)
+    pays_in = models.CharField(max_length=20, choices=PaysIn.choices, default=PaysIn.CREDITS)
+    partner_rate = models.DecimalField(max_digits=5, decimal_places=2, null=True, blank=True, validators=percent)
+    partner_pays_in = models.CharField(max_length=20, choices=PaysIn.choices, blank=True)
+
+    # Gate: referrer needs this many referred accounts and their spend, then staff approval.
+    requires_approval = models.BooleanField(default=False)
+    gate_min_referrals = models.PositiveIntegerField(default=0)
+    gate_min_spend = models.DecimalField(max_digits=14, decimal_places=2, default=0, validators=non_negative)
+    # Template gate: cumulative runtime before a template's earnings are released.
+    template_min_runtime_hours = models.DecimalField(
+        max_digits=10, decimal_places=2, default=0, validators=non_negative
+    )
+
+    # Milestone: a referred account's spend on `product` reaching the threshold pays both sides.
+    milestone_threshold = models.DecimalField(max_digits=14, decimal_places=2, default=0, validators=non_negative)
+    referrer_bonus = models.DecimalField(max_digits=14, decimal_places=2, default=0, validators=non_negative)
+    referred_bonus = models.DecimalField(max_digits=14, decimal_places=2, default=0, validators=non_negative)
+
+    # Sign-up credit for the referred account, valid for a number of days.
+    signup_credit = models.DecimalField(max_digits=14, decimal_places=2, default=0, validators=non_negative)
+    credit_valid_days = models.PositiveIntegerField(default=0)
+
+    # Holding period before earnings become available (0: none).
+    hold_days = models.PositiveIntegerField(default=0)
+
+    # Cash-out rules.
+    cashout_percent = models.DecimalField(
+        max_digits=5, decimal_places=2, default=0, validators=percent,
+        help_text="Share of credit earnings that may be withdrawn as cash (75 = 75 %).",
+    )
+    own_credits_block_cashout = models.BooleanField(
+        default=False, help_text="Cash is not withdrawable while the referrer holds purchased credits."
+    )
+    min_payout = models.DecimalField(max_digits=14, decimal_places=2, default=0, validators=non_negative)
+    payout_methods = models.JSONField(default=list, blank=True)
+
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["preset", "key"]
+        constraints = [
+            models.CheckConstraint(condition=Q(rate__gte=0, rate__lte=100), name="program_rate_percent"),
+            models.CheckConstraint(condition=Q(cashout_percent__gte=0, cashout_percent__lte=100),
+                                   name="program_cashout_percent"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Account(models.Model):
+    """An operator account (by its external id), optionally linked to a portal login."""
+
+    external_id = models.CharField(max_length=120, unique=True)
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="referral_account"
+    )
+    email = models.EmailField(blank=True)
+    email_normalized = models.CharField(max_length=254, blank=True, db_index=True)
+    referral_code = models.CharField(max_length=CODE_LENGTH, unique=True, default=new_referral_code)
+    code_enabled = models.BooleanField(default=True)
+    track = models.CharField(max_length=10, choices=Track.choices, default=Track.BASIC)
+    signup_ip = models.GenericIPAddressField(null=True, blank=True)
+    device_id = models.CharField(max_length=120, blank=True)
+    # Credits the account bought itself and has not spent yet (ledger units), for the
+    # "own purchased credits block cash-out" rule.
+    purchased_credits = models.BigIntegerField(default=0)
+    signed_up_at = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return self.external_id
+
+    @property
+    def referral_link(self) -> str:
+        return f"{settings.SITE_URL}/?ref={self.referral_code}"
+
+
+class TrackChange(models.Model):
+    """When an account's commission track changed; rates follow the track at purchase time."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="track_changes")
+    track = models.CharField(max_length=10, choices=Track.choices)
+    effective_at = models.DateTimeField()
+    event = models.ForeignKey("Event", on_delete=models.PROTECT, related_name="+")
+
+    class Meta:
+        ordering = ["effective_at", "id"]
+
+
+class Template(models.Model):
+    external_id = models.CharField(max_length=120, unique=True)
+    creator = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="templates")
+    name = models.CharField(max_length=200, blank=True)
+    runtime_seconds = models.BigIntegerField(default=0)
+    qualified_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return self.name or self.external_id
+
+    @property
+    def referral_link(self) -> str:
+        return f"{settings.SITE_URL}/t/{self.external_id}?ref={self.creator.referral_code}"
+
+
+class Click(models.Model):
+    referrer = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="clicks")
+    visitor_id = models.CharField(max_length=64)
+    ip_hash = models.CharField(max_length=64, blank=True)
+    user_agent = models.CharField(max_length=300, blank=True)
+    path = models.CharField(max_length=300, blank=True)
+    template = models.ForeignKey(Template, null=True, blank=True, on_delete=models.SET_NULL)
+    is_unique = models.BooleanField(default=True)
+    created_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["referrer", "visitor_id", "created_at"])]
+
+
+class Referral(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending (no purchase yet)"
+        CONVERTED = "converted", "Converted"
+        INELIGIBLE = "ineligible", "Ineligible"
+
+    referrer = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="referrals")
+    referred = models.OneToOneField(Account, on_delete=models.PROTECT, related_name="referred_by")
+    click = models.ForeignKey(Click, null=True, blank=True, on_delete=models.SET_NULL)
+    template = models.ForeignKey(Template, null=True, blank=True, on_delete=models.SET_NULL)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
+    ineligible_reason = models.CharField(max_length=200, blank=True)
+    spend = models.BigIntegerField(default=0, help_text="Net usage spend (ledger units).")
+    purchases = models.BigIntegerField(default=0, help_text="Net purchases (ledger units).")
+    converted_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["referrer", "status"])]
+        constraints = [
+            models.CheckConstraint(condition=~Q(referrer=models.F("referred")), name="referral_not_self"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.referrer} -> {self.referred}"
+
+
+class FraudFlag(models.Model):
+    """A referral held for staff review, with the signals that fired."""
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        CLEARED = "cleared", "Cleared"
+        CONFIRMED = "confirmed", "Confirmed fraud"
+
+    referral = models.ForeignKey(Referral, on_delete=models.CASCADE, related_name="fraud_flags")
+    signals = models.JSONField(default=list)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    created_at = models.DateTimeField(auto_now_add=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT)
+    reason = models.TextField(blank=True)
+
+
+class PaymentFingerprint(models.Model):
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="fingerprints")
+    fingerprint = models.CharField(max_length=200, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["account", "fingerprint"], name="fingerprint_once")]
+
+
+class Event(models.Model):
+    """The event log: every external event and every internal action that moves value.
+
+    The ledger is a function of this log, applied in `id` order (see `verify_ledger`).
+    """
+
+    class Source(models.TextChoices):
+        API = "api", "API"
+        PORTAL = "portal", "Portal"
+        STAFF = "staff", "Staff"
+        JOB = "job", "Periodic job"
+
+    external_id = models.CharField(max_length=200, unique=True)
+    type = models.CharField(max_length=40, db_index=True)
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.API)
+    account = models.ForeignKey(Account, null=True, blank=True, on_delete=models.PROTECT, related_name="events")
+    occurred_at = models.DateTimeField()
+    received_at = models.DateTimeField(auto_now_add=True)
+    payload = models.JSONField(default=dict)
+    content_hash = models.CharField(max_length=64)
+    amount = models.BigIntegerField(null=True, blank=True)
+    product = models.CharField(max_length=60, blank=True)
+    template = models.ForeignKey(Template, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    refunds = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="refund_events")
+    refunded = models.BigIntegerField(default=0, help_text="Sum of refunds against this event (ledger units).")
+    runtime_seconds = models.PositiveBigIntegerField(default=0)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["account", "type"])]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__isnull=True) | Q(amount__gt=0), name="event_amount_positive"),
+            models.CheckConstraint(condition=Q(refunded__gte=0), name="event_refunded_non_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.external_id}"
+
+
+class Accrual(models.Model):
+    """What one event earned one beneficiary under one programme, and where it sits now."""
+
+    class State(models.TextChoices):
+        HELD = "held", "Held (pending)"
+        RELEASED = "released", "Released"
+        VOID = "void", "Void"
+
+    program = models.ForeignKey(Program, on_delete=models.PROTECT, related_name="accruals")
+    rule = models.CharField(max_length=80)
+    beneficiary = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="accruals")
+    event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="accruals")
+    referral = models.ForeignKey(Referral, null=True, blank=True, on_delete=models.PROTECT, related_name="accruals")
+    template = models.ForeignKey(Template, null=True, blank=True, on_delete=models.PROTECT, related_name="accruals")
+    amount = models.BigIntegerField()
+    reversed = models.BigIntegerField(default=0)
+    destination = models.CharField(max_length=20, choices=Program.PaysIn.choices)
+    track = models.CharField(max_length=10, choices=Track.choices, blank=True)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.HELD)
+    held_for_gate = models.BooleanField(default=False)
+    held_for_template = models.BooleanField(default=False)
+    held_for_fraud = models.BooleanField(default=False)
+    held_until = models.DateTimeField(null=True, blank=True)
+    # Sign-up credits expire; the grant's expiry travels with the accrual until release.
+    expires_days = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField()
+    released_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["beneficiary", "program", "state"]),
+            models.Index(fields=["state", "held_until"]),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="accrual_amount_positive"),
+            models.CheckConstraint(condition=Q(reversed__gte=0) & Q(reversed__lte=models.F("amount")),
+                                   name="accrual_reversed_within_amount"),
+        ]
+
+    @property
+    def net(self) -> int:
+        return self.amount - self.reversed
+
+
+class CreditGrant(models.Model):
+    """Credits that expire (sign-up credit): what is left of them and when they lapse."""
+
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="credit_grants")
+    accrual = models.OneToOneField(Accrual, on_delete=models.PROTECT, related_name="grant")
+    amount = models.BigIntegerField()
+    remaining = models.BigIntegerField()
+    expires_at = models.DateTimeField(db_index=True)
+    expired_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["expires_at", "id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(remaining__gte=0) & Q(remaining__lte=models.F("amount")),
+                                   name="grant_remaining_within_amount"),
+        ]
+
+
+class MilestoneAward(models.Model):
+    """A milestone paid once per referred account and programme."""
+
+    program = models.ForeignKey(Program, on_delete=models.PROTECT)
+    referral = models.ForeignKey(Referral, on_delete=models.PROTECT, related_name="milestones")
+    event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="+")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["program", "referral"], name="milestone_once")]
+
+
+class Application(models.Model):
+    """A referrer that met a programme's gate, waiting for (or given) staff approval."""
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        APPROVED = "approved", "Approved"
+        REJECTED = "rejected", "Rejected"
+
+    program = models.ForeignKey(Program, on_delete=models.PROTECT, related_name="applications")
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="applications")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    referrals_at_open = models.PositiveIntegerField(default=0)
+    spend_at_open = models.BigIntegerField(default=0)
+    opened_at = models.DateTimeField()
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT)
+    reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [models.UniqueConstraint(fields=["program", "account"], name="application_once")]
+
+
+class AuditLog(models.Model):
+    """Who did what, when and why: every staff decision and every status change."""
+
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT)
+    action = models.CharField(max_length=60)
+    object_type = models.CharField(max_length=60)
+    object_id = models.CharField(max_length=60)
+    reason = models.TextField(blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+
+class JobRun(models.Model):
+    name = models.CharField(max_length=60)
+    at = models.DateTimeField()
+    started_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    counts = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+
+class ApiKey(models.Model):
+    """An integration key. Only a SHA-256 of the secret is stored; the key is shown once."""
+
+    class Scope(models.TextChoices):
+        EVENTS_WRITE = "events:write", "Push events"
+        READ = "read", "Read accounts and stats"
+        STAFF = "staff", "Staff actions"
+
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=12, unique=True)
+    hashed_key = models.CharField(max_length=64, unique=True)
+    scopes = models.JSONField(default=list)
+    account = models.ForeignKey(
+        Account, null=True, blank=True, on_delete=models.CASCADE,
+        help_text="A partner's own key: reads only this account's data.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    # DRF treats the key as the request's auth object; these make permission checks read well.
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes

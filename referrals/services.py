@@ -1,0 +1,719 @@
+"""Writes: ingesting events, applying them to accounts and the ledger, staff decisions.
+
+Every state change is one atomic function. An event is applied by `apply_event`, the same
+code whether it arrives from the API, the portal, a staff action or a periodic job, and
+whether it is applied live or replayed by `verify_ledger`.
+"""
+import logging
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q, Sum, Value
+from django.db.models.functions import Greatest
+from django.utils import timezone
+
+from ledger.models import Balance, Book
+from ledger.money import format_exact, share_of
+from ledger.services import Leg, open_books, post
+
+from . import events as ev
+from . import rules
+from .models import (
+    Account,
+    Accrual,
+    Application,
+    AuditLog,
+    Click,
+    CreditGrant,
+    Event,
+    FraudFlag,
+    MilestoneAward,
+    PaymentFingerprint,
+    Program,
+    Referral,
+    Template,
+    Track,
+    TrackChange,
+)
+
+log = logging.getLogger(__name__)
+
+# Internal event types: value-moving actions that are not external events.
+APPLICATION_APPROVED = "application.approved"
+APPLICATION_REJECTED = "application.rejected"
+APPLICATION_REOPENED = "application.reopened"
+TRACK_CHANGED = "track.changed"
+REFERRAL_CLEARED = "referral.cleared"
+REFERRAL_FRAUD_CONFIRMED = "referral.fraud_confirmed"
+CREDITS_EXPIRED = "credits.expired"
+EARNINGS_RELEASED = "earnings.released"
+TEMPLATES_QUALIFIED = "templates.qualified"
+MILESTONES_CAUGHT_UP = "milestones.caught_up"
+
+
+class EventRejected(Exception):
+    """An event that is well-formed but cannot be applied; nothing it touched is kept."""
+
+    def __init__(self, fields: dict[str, str], code: str = "rejected"):
+        self.fields = fields
+        self.code = code
+        super().__init__("; ".join(f"{k}: {v}" for k, v in fields.items()))
+
+
+class ActionRefused(Exception):
+    """A staff or user action that is not allowed in the current state."""
+
+
+@dataclass
+class IngestResult:
+    id: str
+    status: str  # accepted | duplicate | rejected
+    code: str = ""
+    message: str = ""
+    fields: dict | None = None
+
+    def as_dict(self) -> dict:
+        out = {"id": self.id, "status": self.status}
+        if self.status == "rejected":
+            out["error"] = {"code": self.code, "message": self.message, "fields": self.fields or {}}
+        return out
+
+
+# --------------------------------------------------------------------------- ingestion
+
+
+def ingest_event(raw, *, source: str = Event.Source.API, now: datetime | None = None) -> IngestResult:
+    """Validate, deduplicate and apply one external event atomically."""
+    raw_id = raw.get("id") if isinstance(raw, dict) else None
+    result_id = raw_id if isinstance(raw_id, str) else ""
+    try:
+        valid = ev.validate_event(raw, now=now)
+    except ev.EventInvalid as exc:
+        return IngestResult(result_id, "rejected", exc.code, str(exc), exc.fields)
+
+    known = _known_outcome(valid)
+    if known:
+        return known
+    try:
+        with transaction.atomic():
+            event = Event.objects.create(
+                external_id=valid.external_id, type=valid.type, source=source, occurred_at=valid.occurred_at,
+                payload=valid.raw, content_hash=valid.content_hash, amount=valid.amount,
+                product=valid.product, runtime_seconds=valid.runtime_seconds,
+            )
+            apply_event(event)
+    except EventRejected as exc:
+        return IngestResult(valid.external_id, "rejected", exc.code, str(exc), exc.fields)
+    except IntegrityError:
+        # Two senders raced on the same id: the loser answers like a plain duplicate.
+        known = _known_outcome(valid)
+        if known:
+            return known
+        raise
+    return IngestResult(valid.external_id, "accepted")
+
+
+def _known_outcome(valid: ev.ValidEvent) -> IngestResult | None:
+    stored_hash = Event.objects.filter(external_id=valid.external_id).values_list("content_hash", flat=True).first()
+    if stored_hash is None:
+        return None
+    if stored_hash == valid.content_hash:
+        return IngestResult(valid.external_id, "duplicate")
+    return IngestResult(valid.external_id, "rejected", "id_conflict",
+                        "id: already used by an event with different content", {"id": "already used by an event with different content"})
+
+
+def _record(event_type: str, *, payload: dict, source: str, account: Account | None = None, actor=None,
+            occurred_at: datetime | None = None, only_if_effective: bool = False) -> tuple[Event | None, int]:
+    """Write an internal event and apply it. With `only_if_effective`, an event that changes
+    nothing is not kept (periodic jobs run often and mostly find nothing to do)."""
+    occurred_at = occurred_at or timezone.now()
+    try:
+        with transaction.atomic():
+            event = Event.objects.create(
+                external_id=f"{source}:{event_type}:{uuid.uuid4().hex}", type=event_type, source=source,
+                account=account, occurred_at=occurred_at, payload=payload,
+                content_hash=ev.content_hash(payload), actor=actor,
+            )
+            effect = apply_event(event) or 0
+            if only_if_effective and not effect:
+                raise _NoEffect
+    except _NoEffect:
+        return None, 0
+    return event, effect
+
+
+class _NoEffect(Exception):
+    pass
+
+
+def apply_event(event: Event, *, replay: bool = False) -> int:
+    """Apply one logged event; returns how many things it changed (for jobs' counts)."""
+    handler = _HANDLERS[event.type]
+    return handler(event, replay) or 0
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _account_for(event: Event) -> Account:
+    external_id = event.payload.get("account")
+    account = Account.objects.select_for_update().filter(external_id=external_id).first()
+    if account is None:
+        raise EventRejected({"account": f"unknown account {external_id!r}"}, "unknown_account")
+    if event.account_id != account.pk:
+        event.account = account
+        event.save(update_fields=["account"])
+    return account
+
+
+def _referral_for(account: Account) -> Referral | None:
+    return Referral.objects.select_for_update().filter(referred=account).first()
+
+
+def _is_approved(program: Program, account_id: int) -> bool:
+    return Application.objects.filter(
+        program=program, account_id=account_id, status=Application.Status.APPROVED
+    ).exists()
+
+
+def track_at(account_id: int, at: datetime) -> str:
+    change = TrackChange.objects.filter(account_id=account_id, effective_at__lte=at).order_by("-effective_at", "-id").first()
+    return change.track if change else Track.BASIC
+
+
+def _enabled_programs(*kinds) -> list[Program]:
+    return list(Program.objects.filter(enabled=True, kind__in=kinds))
+
+
+def _persist(earnings: list[rules.Earning], event: Event) -> None:
+    for earning in earnings:
+        accrual = Accrual.objects.create(
+            program=earning.program, rule=earning.rule, beneficiary_id=earning.beneficiary_id, event=event,
+            referral_id=earning.referral_id, template_id=earning.template_id, amount=earning.amount,
+            destination=earning.destination, track=earning.track,
+            state=Accrual.State.HELD if earning.held else Accrual.State.RELEASED,
+            held_for_gate=earning.held_for_gate, held_for_template=earning.held_for_template,
+            held_for_fraud=earning.held_for_fraud, held_until=earning.held_until,
+            expires_days=earning.expires_days, created_at=event.occurred_at,
+            released_at=None if earning.held else event.occurred_at,
+        )
+        book = Book.PENDING if earning.held else earning.destination
+        post(kind="accrual", rule=earning.rule, event=event, legs=[
+            Leg(book, earning.amount, earning.beneficiary_id, earning.program.pk),
+            Leg(Book.EARNINGS_EXPENSE, -earning.amount, None, earning.program.pk),
+        ])
+        if not earning.held and earning.expires_days:
+            _grant_credits([accrual])
+
+
+def _grant_credits(accruals) -> None:
+    CreditGrant.objects.bulk_create([
+        CreditGrant(account_id=a.beneficiary_id, accrual_id=a.pk, amount=a.amount - a.reversed,
+                    remaining=a.amount - a.reversed, expires_at=a.created_at + timedelta(days=a.expires_days))
+        for a in accruals if a.expires_days and a.amount > a.reversed
+    ])
+
+
+def release_ready(accruals, *, event: Event, rule: str, at: datetime) -> int:
+    """Move held accruals with no hold left from pending to their destination book."""
+    ready = list(
+        accruals.filter(state=Accrual.State.HELD, held_for_gate=False, held_for_template=False, held_for_fraud=False)
+        .filter(Q(held_until__isnull=True) | Q(held_until__lte=at))
+        .select_for_update()
+    )
+    if not ready:
+        return 0
+    totals: dict[tuple[int, int, str], int] = defaultdict(int)
+    for accrual in ready:
+        totals[(accrual.beneficiary_id, accrual.program_id, accrual.destination)] += accrual.net
+    legs = []
+    for (beneficiary_id, program_id, destination), amount in totals.items():
+        legs += [Leg(Book.PENDING, -amount, beneficiary_id, program_id), Leg(destination, amount, beneficiary_id, program_id)]
+    post(kind="release", rule=rule, event=event, legs=legs)
+    Accrual.objects.filter(pk__in=[a.pk for a in ready]).update(state=Accrual.State.RELEASED, released_at=at)
+    _grant_credits(ready)
+    return len(ready)
+
+
+# --------------------------------------------------------------------------- external events
+
+
+def _on_account_created(event: Event, replay: bool) -> int:
+    payload = event.payload
+    external_id = payload["account"]
+    email = payload.get("email", "").strip()
+    if replay:
+        account = Account.objects.get(external_id=external_id)
+    else:
+        if Account.objects.filter(external_id=external_id).exists():
+            raise EventRejected({"account": "account already exists; only new accounts can be referred"},
+                                "account_exists")
+        account = Account.objects.create(
+            external_id=external_id, email=email, email_normalized=ev.normalize_email(email),
+            signup_ip=payload.get("ip") or None, device_id=payload.get("device_id", ""),
+            signed_up_at=event.occurred_at,
+        )
+        open_books([account.pk])
+    event.account = account
+    event.save(update_fields=["account"])
+
+    referrer, click, template = _attribution(payload)
+    if referrer is None:
+        return 1
+    signals = self_referral_signals(referrer, account)
+    referral = Referral.objects.create(
+        referrer=referrer, referred=account, click=click, template=template, created_at=event.occurred_at,
+        status=Referral.Status.INELIGIBLE if signals else Referral.Status.PENDING,
+        ineligible_reason=_reason(signals),
+    )
+    if signals:
+        FraudFlag.objects.create(referral=referral, signals=signals)
+    ctx = rules.Context(event_type=event.type, occurred_at=event.occurred_at, amount=0, account_id=account.pk,
+                        referrer_id=referrer.pk, referral_id=referral.pk, referral_ineligible=bool(signals))
+    earnings = []
+    for program in _enabled_programs(Program.Kind.SIGNUP_CREDIT):
+        earnings += rules.signup_credit(program, ctx)
+    _persist(earnings, event)
+    return 1
+
+
+def _attribution(payload: dict) -> tuple[Account | None, Click | None, Template | None]:
+    referrer = click = template = None
+    if code := payload.get("referral_code"):
+        referrer = Account.objects.filter(referral_code=code.lower()).first()
+        if referrer is None:
+            raise EventRejected({"referral_code": f"unknown referral code {code!r}"}, "unknown_code")
+        if not referrer.code_enabled:
+            raise EventRejected({"referral_code": "this referral code is disabled"}, "disabled_code")
+    if click_id := payload.get("click_id"):
+        click = Click.objects.filter(pk=int(click_id)).select_related("referrer").first() if click_id.isdigit() else None
+        if click is None:
+            raise EventRejected({"click_id": f"unknown click {click_id!r}"}, "unknown_click")
+        if referrer is not None and click.referrer_id != referrer.pk:
+            raise EventRejected({"click_id": "belongs to a different referral code"}, "click_mismatch")
+        referrer = referrer or click.referrer
+        if not referrer.code_enabled:
+            raise EventRejected({"click_id": "the click's referral code is disabled"}, "disabled_code")
+    if template_id := payload.get("template"):
+        template = Template.objects.filter(external_id=template_id).select_related("creator").first()
+        if template is None:
+            raise EventRejected({"template": f"unknown template {template_id!r}"}, "unknown_template")
+        # A template link refers the visitor to the template's creator.
+        referrer = referrer or template.creator
+    return referrer, click, template
+
+
+def self_referral_signals(referrer: Account, referred: Account) -> list[dict]:
+    """Why two accounts look like one person; empty when they do not."""
+    signals = []
+    if referrer.email_normalized and referrer.email_normalized == referred.email_normalized:
+        signals.append({"signal": "same_email", "detail": referred.email_normalized})
+    window = timedelta(days=settings.REFERRAL["SELF_REFERRAL_WINDOW_DAYS"])
+    if abs(referred.signed_up_at - referrer.signed_up_at) <= window:
+        if referrer.signup_ip and referrer.signup_ip == referred.signup_ip:
+            signals.append({"signal": "same_ip", "detail": referred.signup_ip})
+        if referrer.device_id and referrer.device_id == referred.device_id:
+            signals.append({"signal": "same_device", "detail": referred.device_id})
+    return signals
+
+
+def _reason(signals: list[dict]) -> str:
+    names = {"same_email": "same e-mail as the referrer", "same_ip": "same sign-up IP as the referrer",
+             "same_device": "same device as the referrer", "same_payment": "same payment method as the referrer"}
+    return "; ".join(names.get(s["signal"], s["signal"]) for s in signals)
+
+
+def _on_money_event(event: Event, replay: bool) -> int:
+    """Purchases and usage charges: conversions, spend, and every rate-based programme."""
+    account = _account_for(event)
+    referral = _referral_for(account)
+    template = None
+    if template_id := event.payload.get("template"):
+        template = Template.objects.select_for_update().filter(external_id=template_id).first()
+        if template is None:
+            raise EventRejected({"template": f"unknown template {template_id!r}"}, "unknown_template")
+        event.template = template
+        event.save(update_fields=["template"])
+
+    if event.type == ev.CREDITS_PURCHASED:
+        Account.objects.filter(pk=account.pk).update(purchased_credits=F("purchased_credits") + event.amount)
+        if fingerprint := event.payload.get("payment_fingerprint"):
+            _check_payment_fingerprint(account, referral, fingerprint, event)
+    elif event.type == ev.USAGE_CHARGED:
+        # Usage is paid from the account's own purchased credits first.
+        Account.objects.filter(pk=account.pk).update(
+            purchased_credits=Greatest(F("purchased_credits") - event.amount, Value(0)))
+
+    if referral is not None:
+        referral.refresh_from_db()
+        if event.type == ev.USAGE_CHARGED:
+            referral.spend += event.amount
+        else:
+            referral.purchases += event.amount
+        if referral.converted_at is None:
+            referral.converted_at = event.occurred_at
+            if referral.status == Referral.Status.PENDING:
+                referral.status = Referral.Status.CONVERTED
+        referral.save(update_fields=["spend", "purchases", "converted_at", "status"])
+
+    if template is not None and event.runtime_seconds:
+        Template.objects.filter(pk=template.pk).update(runtime_seconds=F("runtime_seconds") + event.runtime_seconds)
+        template.refresh_from_db()
+
+    ctx = rules.Context(
+        event_type=event.type, occurred_at=event.occurred_at, amount=event.amount, product=event.product,
+        account_id=account.pk,
+        referrer_id=referral.referrer_id if referral else None, referral_id=referral.pk if referral else None,
+        referral_ineligible=bool(referral and referral.status == Referral.Status.INELIGIBLE),
+        referrer_track=track_at(referral.referrer_id, event.occurred_at) if referral else Track.BASIC,
+        template_id=template.pk if template else None,
+        template_creator_id=template.creator_id if template else None,
+        template_qualified=bool(template and template.qualified_at),
+    )
+    earnings = []
+    for program in _enabled_programs(*rules.RATE_KINDS, Program.Kind.MILESTONE):
+        if program.kind == Program.Kind.TEMPLATE_SHARE:
+            if template is not None and not ctx.template_qualified and _template_meets_gate(program, template):
+                _qualify_template(template, program, event=event, at=event.occurred_at)
+                ctx = rules.Context(**{**ctx.__dict__, "template_qualified": True})
+            earnings += rules.template_share(program, ctx)
+        elif program.kind == Program.Kind.MILESTONE:
+            if referral is not None:
+                earnings += _milestone(program, referral, event)
+        else:
+            approved = not program.requires_approval or (
+                referral is not None and _is_approved(program, referral.referrer_id))
+            earnings += rules.commission(program, ctx, approved=approved)
+    _persist(earnings, event)
+    return 1
+
+
+def _milestone(program: Program, referral: Referral, event: Event) -> list[rules.Earning]:
+    if event.type not in program.event_types or (program.product and program.product != event.product):
+        return []
+    after = _net_product_spend(referral.referred_id, program.product)
+    if not rules.milestone_crossed(program, after - event.amount, after):
+        return []
+    return _award_milestone(program, referral, event)
+
+
+def _award_milestone(program: Program, referral: Referral, event: Event) -> list[rules.Earning]:
+    try:
+        with transaction.atomic():
+            MilestoneAward.objects.create(program=program, referral=referral, event=event)
+    except IntegrityError:
+        return []  # already paid for this referred account
+    return rules.milestone_bonuses(
+        program, referrer_id=referral.referrer_id, referred_id=referral.referred_id, referral_id=referral.pk,
+        ineligible=referral.status == Referral.Status.INELIGIBLE, occurred_at=event.occurred_at,
+    )
+
+
+def _net_product_spend(account_id: int, product: str) -> int:
+    charges = Event.objects.filter(account_id=account_id, type=ev.USAGE_CHARGED)
+    if product:
+        charges = charges.filter(product=product)
+    total = charges.aggregate(net=Sum(F("amount") - F("refunded")))["net"]
+    return int(total or 0)
+
+
+def _template_meets_gate(program: Program, template: Template) -> bool:
+    return template.runtime_seconds >= int(program.template_min_runtime_hours * 3600)
+
+
+def _qualify_template(template: Template, program: Program, *, event: Event, at: datetime) -> int:
+    Template.objects.filter(pk=template.pk, qualified_at__isnull=True).update(qualified_at=at)
+    template.qualified_at = at
+    held = Accrual.objects.filter(template=template, held_for_template=True)
+    held.update(held_for_template=False)
+    return release_ready(Accrual.objects.filter(template=template), event=event,
+                         rule=f"{program.key}:template-qualified", at=at)
+
+
+def _check_payment_fingerprint(account: Account, referral: Referral | None, fingerprint: str, event: Event) -> None:
+    PaymentFingerprint.objects.get_or_create(account=account, fingerprint=fingerprint)
+    suspects = Referral.objects.filter(
+        Q(referred=account, referrer__fingerprints__fingerprint=fingerprint)
+        | Q(referrer=account, referred__fingerprints__fingerprint=fingerprint)
+    ).distinct()
+    for suspect in suspects:
+        flag_referral(suspect, [{"signal": "same_payment", "detail": fingerprint[-4:].rjust(len(fingerprint), "*")}],
+                      event=event)
+
+
+def flag_referral(referral: Referral, signals: list[dict], *, event: Event) -> None:
+    """Mark a referral ineligible and hold everything its referrer earned through it."""
+    referral = Referral.objects.select_for_update().get(pk=referral.pk)
+    flag = referral.fraud_flags.filter(status=FraudFlag.Status.OPEN).first()
+    if flag is None:
+        flag = FraudFlag.objects.create(referral=referral, signals=signals)
+    else:
+        flag.signals = flag.signals + [s for s in signals if s not in flag.signals]
+        flag.save(update_fields=["signals"])
+    referral.status = Referral.Status.INELIGIBLE
+    referral.ineligible_reason = _reason(flag.signals)
+    referral.save(update_fields=["status", "ineligible_reason"])
+
+    earned = Accrual.objects.filter(referral=referral, beneficiary_id=referral.referrer_id).exclude(state=Accrual.State.VOID)
+    released = list(earned.filter(state=Accrual.State.RELEASED).select_for_update())
+    legs = []
+    for accrual in released:
+        legs += [Leg(accrual.destination, -accrual.net, accrual.beneficiary_id, accrual.program_id),
+                 Leg(Book.PENDING, accrual.net, accrual.beneficiary_id, accrual.program_id)]
+    post(kind="fraud-hold", rule="self-referral", event=event, legs=legs)
+    earned.update(state=Accrual.State.HELD, held_for_fraud=True, released_at=None)
+
+
+def _on_refund(event: Event, replay: bool) -> int:
+    account = _account_for(event)
+    target_id = event.payload["refunds"]
+    target = Event.objects.select_for_update().filter(external_id=target_id).first()
+    if target is None:
+        raise EventRejected({"refunds": f"unknown event {target_id!r}"}, "unknown_event")
+    if target.account_id != account.pk:
+        raise EventRejected({"refunds": "belongs to a different account"}, "wrong_account")
+    if target.type not in ev.REFUNDABLE_TYPES:
+        raise EventRejected({"refunds": f"a {target.type} event cannot be refunded"}, "not_refundable")
+    refundable = target.amount - target.refunded
+    if event.amount > refundable:
+        raise EventRejected({"amount": f"is larger than what is left to refund ({format_exact(refundable)})"},
+                            "refund_too_large")
+    event.refunds = target
+    event.save(update_fields=["refunds"])
+    target.refunded += event.amount
+    target.save(update_fields=["refunded"])
+
+    referral = _referral_for(account)
+    if referral is not None:
+        field = "spend" if target.type == ev.USAGE_CHARGED else "purchases"
+        Referral.objects.filter(pk=referral.pk).update(**{field: F(field) - event.amount})
+    if target.type == ev.CREDITS_PURCHASED:
+        Account.objects.filter(pk=account.pk).update(
+            purchased_credits=Greatest(F("purchased_credits") - event.amount, Value(0)))
+
+    # Claw back in proportion to what has been refunded so far, from whichever book the
+    # commission sits in now. Cumulative shares make a full refund reverse exactly all of it.
+    legs = []
+    for accrual in target.accruals.filter(program__kind__in=rules.RATE_KINDS).exclude(
+            state=Accrual.State.VOID).select_for_update():
+        should_be_reversed = share_of(accrual.amount, target.refunded, target.amount)
+        delta = should_be_reversed - accrual.reversed
+        if delta <= 0:
+            continue
+        book = Book.PENDING if accrual.state == Accrual.State.HELD else accrual.destination
+        legs += [Leg(book, -delta, accrual.beneficiary_id, accrual.program_id),
+                 Leg(Book.EARNINGS_EXPENSE, delta, None, accrual.program_id)]
+        Accrual.objects.filter(pk=accrual.pk).update(reversed=should_be_reversed)
+    post(kind="reversal", rule="refund", event=event, legs=legs)
+    return 1
+
+
+def _on_redeem(event: Event, replay: bool) -> int:
+    account = _account_for(event)
+    at = event.occurred_at
+    credits = Balance.objects.get(account=account, book=Book.CREDITS).amount
+    grants = CreditGrant.objects.select_for_update().filter(account=account, expired_at__isnull=True, remaining__gt=0)
+    lapsed = grants.filter(expires_at__lte=at).aggregate(total=Sum("remaining"))["total"] or 0
+    spendable = credits - lapsed
+    if event.amount > spendable:
+        raise EventRejected({"amount": f"is more than the account's spendable credits ({format_exact(max(spendable, 0))})"},
+                            "insufficient_credits")
+    left = event.amount
+    # Credits that expire soonest are used first.
+    for grant in grants.filter(expires_at__gt=at).order_by("expires_at", "id"):
+        if not left:
+            break
+        take = min(grant.remaining, left)
+        CreditGrant.objects.filter(pk=grant.pk).update(remaining=F("remaining") - take)
+        left -= take
+    post(kind="redemption", rule="credits.redeemed", event=event, legs=[
+        Leg(Book.CREDITS, -event.amount, account.pk), Leg(Book.REDEEMED, event.amount, None)])
+    return 1
+
+
+def _on_template_published(event: Event, replay: bool) -> int:
+    account = _account_for(event)
+    template_id = event.payload["template"]
+    template = Template.objects.filter(external_id=template_id).first()
+    if template is not None and template.creator_id != account.pk:
+        raise EventRejected({"template": "already published by another account"}, "template_taken")
+    name = event.payload.get("name", "")
+    if template is None:
+        Template.objects.create(external_id=template_id, creator=account, name=name)
+    elif name:
+        Template.objects.filter(pk=template.pk).update(name=name)
+    return 1
+
+
+# --------------------------------------------------------------------------- internal events
+
+
+def _on_application_decided(event: Event, replay: bool) -> int:
+    application = Application.objects.select_for_update().get(pk=event.payload["application"])
+    status = {APPLICATION_APPROVED: Application.Status.APPROVED, APPLICATION_REJECTED: Application.Status.REJECTED,
+              APPLICATION_REOPENED: Application.Status.OPEN}[event.type]
+    application.status = status
+    application.reason = event.payload.get("reason", "")
+    application.decided_at = None if status == Application.Status.OPEN else event.occurred_at
+    application.decided_by = event.actor
+    application.save(update_fields=["status", "reason", "decided_at", "decided_by"])
+    if status != Application.Status.APPROVED:
+        return 1
+    earned = Accrual.objects.filter(program=application.program, beneficiary=application.account)
+    earned.filter(held_for_gate=True).update(held_for_gate=False)
+    release_ready(earned, event=event, rule=f"{application.program.key}:approved", at=event.occurred_at)
+    return 1
+
+
+def _on_track_changed(event: Event, replay: bool) -> int:
+    track = event.payload["track"]
+    TrackChange.objects.create(account=event.account, track=track, effective_at=event.occurred_at, event=event)
+    Account.objects.filter(pk=event.account_id).update(track=track)
+    return 1
+
+
+def _on_referral_decided(event: Event, replay: bool) -> int:
+    referral = Referral.objects.select_for_update().get(pk=event.payload["referral"])
+    flag = referral.fraud_flags.filter(status=FraudFlag.Status.OPEN).first()
+    reason = event.payload.get("reason", "")
+    earned = Accrual.objects.filter(referral=referral)
+    if event.type == REFERRAL_CLEARED:
+        if flag:
+            flag.status, flag.decided_at, flag.decided_by, flag.reason = (
+                FraudFlag.Status.CLEARED, event.occurred_at, event.actor, reason)
+            flag.save()
+        referral.status = Referral.Status.CONVERTED if referral.converted_at else Referral.Status.PENDING
+        referral.ineligible_reason = ""
+        referral.save(update_fields=["status", "ineligible_reason"])
+        earned.update(held_for_fraud=False)
+        # Earnings still behind a programme gate or template gate stay held for it.
+        release_ready(earned, event=event, rule="fraud-cleared", at=event.occurred_at)
+        return 1
+    if flag:
+        flag.status, flag.decided_at, flag.decided_by, flag.reason = (
+            FraudFlag.Status.CONFIRMED, event.occurred_at, event.actor, reason)
+        flag.save()
+    held = list(earned.filter(state=Accrual.State.HELD).select_for_update())
+    legs = []
+    for accrual in held:
+        if accrual.net:
+            legs += [Leg(Book.PENDING, -accrual.net, accrual.beneficiary_id, accrual.program_id),
+                     Leg(Book.EARNINGS_EXPENSE, accrual.net, None, accrual.program_id)]
+    post(kind="void", rule="fraud-confirmed", event=event, legs=legs)
+    Accrual.objects.filter(pk__in=[a.pk for a in held]).update(state=Accrual.State.VOID)
+    return 1
+
+
+_HANDLERS = {
+    ev.ACCOUNT_CREATED: _on_account_created,
+    ev.CREDITS_PURCHASED: _on_money_event,
+    ev.PLAN_PURCHASED: _on_money_event,
+    ev.USAGE_CHARGED: _on_money_event,
+    ev.PAYMENT_REFUNDED: _on_refund,
+    ev.CREDITS_REDEEMED: _on_redeem,
+    ev.TEMPLATE_PUBLISHED: _on_template_published,
+    APPLICATION_APPROVED: _on_application_decided,
+    APPLICATION_REJECTED: _on_application_decided,
+    APPLICATION_REOPENED: _on_application_decided,
+    TRACK_CHANGED: _on_track_changed,
+    REFERRAL_CLEARED: _on_referral_decided,
+    REFERRAL_FRAUD_CONFIRMED: _on_referral_decided,
+}
+
+
+def register_handler(event_type: str, handler) -> None:
+    """Jobs register the handlers of the internal events they write (see referrals.jobs)."""
+    _HANDLERS[event_type] = handler
+
+
+# --------------------------------------------------------------------------- staff and user actions
+
+
+def _audit(*, actor, action: str, obj, reason: str = "", data: dict | None = None) -> None:
+    AuditLog.objects.create(actor=actor, action=action, object_type=type(obj).__name__, object_id=str(obj.pk),
+                            reason=reason, data=data or {})
+
+
+@transaction.atomic
+def application_approve(*, application: Application, actor, reason: str = "") -> Application:
+    application = Application.objects.select_for_update().get(pk=application.pk)
+    if application.status == Application.Status.APPROVED:
+        raise ActionRefused("this application is already approved")
+    _record(APPLICATION_APPROVED, payload={"application": application.pk, "reason": reason},
+            source=Event.Source.STAFF, account=application.account, actor=actor)
+    _audit(actor=actor, action="application.approve", obj=application, reason=reason)
+    application.refresh_from_db()
+    return application
+
+
+@transaction.atomic
+def application_reject(*, application: Application, actor, reason: str) -> Application:
+    if not reason or not reason.strip():
+        raise ActionRefused("a reason is required to reject an application")
+    application = Application.objects.select_for_update().get(pk=application.pk)
+    if application.status != Application.Status.OPEN:
+        raise ActionRefused(f"only open applications can be rejected (this one is {application.status})")
+    _record(APPLICATION_REJECTED, payload={"application": application.pk, "reason": reason.strip()},
+            source=Event.Source.STAFF, account=application.account, actor=actor)
+    _audit(actor=actor, action="application.reject", obj=application, reason=reason)
+    application.refresh_from_db()
+    return application
+
+
+@transaction.atomic
+def application_reopen(*, application: Application, actor, reason: str = "") -> Application:
+    application = Application.objects.select_for_update().get(pk=application.pk)
+    if application.status != Application.Status.REJECTED:
+        raise ActionRefused("only rejected applications can be reopened")
+    _record(APPLICATION_REOPENED, payload={"application": application.pk, "reason": reason},
+            source=Event.Source.STAFF, account=application.account, actor=actor)
+    _audit(actor=actor, action="application.reopen", obj=application, reason=reason)
+    application.refresh_from_db()
+    return application
+
+
+@transaction.atomic
+def account_change_track(*, account: Account, track: str, actor=None, source: str = Event.Source.STAFF) -> Account:
+    if track not in Track.values:
+        raise ActionRefused(f"track must be one of {', '.join(Track.values)}")
+    account = Account.objects.select_for_update().get(pk=account.pk)
+    if account.track == track:
+        return account
+    _record(TRACK_CHANGED, payload={"account": account.external_id, "track": track}, source=source,
+            account=account, actor=actor)
+    _audit(actor=actor, action="account.track", obj=account, data={"track": track})
+    account.refresh_from_db()
+    return account
+
+
+@transaction.atomic
+def fraud_flag_clear(*, flag: FraudFlag, actor, reason: str = "") -> None:
+    flag = FraudFlag.objects.select_for_update().get(pk=flag.pk)
+    if flag.status != FraudFlag.Status.OPEN:
+        raise ActionRefused("this flag has already been decided")
+    _record(REFERRAL_CLEARED, payload={"referral": flag.referral_id, "reason": reason},
+            source=Event.Source.STAFF, account=flag.referral.referrer, actor=actor)
+    _audit(actor=actor, action="fraud.clear", obj=flag, reason=reason)
+
+
+@transaction.atomic
+def fraud_flag_confirm(*, flag: FraudFlag, actor, reason: str) -> None:
+    if not reason or not reason.strip():
+        raise ActionRefused("a reason is required to confirm fraud")
+    flag = FraudFlag.objects.select_for_update().get(pk=flag.pk)
+    if flag.status != FraudFlag.Status.OPEN:
+        raise ActionRefused("this flag has already been decided")
+    _record(REFERRAL_FRAUD_CONFIRMED, payload={"referral": flag.referral_id, "reason": reason},
+            source=Event.Source.STAFF, account=flag.referral.referrer, actor=actor)
+    _audit(actor=actor, action="fraud.confirm", obj=flag, reason=reason)
+
+
+def record_job_event(event_type: str, *, at: datetime, payload: dict) -> tuple[Event | None, int]:
+    """A periodic job's value-moving pass, logged as an event only when it changed something."""
+    return _record(event_type, payload={**payload, "at": at.isoformat()}, source=Event.Source.JOB,
+                   occurred_at=at, only_if_effective=True)

@@ -1,0 +1,31 @@
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import connection
+
+from referrals.presets import load_preset
+
+
+@pytest.fixture
+def runpod(db):
+    return {p.kind: p for p, _ in load_preset("runpod")}
+
+
+@pytest.fixture
+def apimarket(db):
+    return {p.kind: p for p, _ in load_preset("apimarket")}
+
+
+@pytest.fixture
+def vast(db):
+    return {p.kind: p for p, _ in load_preset("vast")}
+
+
+@pytest.fixture
+def staff(db):
+    return get_user_model().objects.create_user("sam", "sam@operator.test", "pw-sam-12345", is_staff=True)
+
+
+@pytest.fixture
+def postgres_only(db):
+    if connection.vendor != "postgresql":
+        pytest.skip(reason="needs PostgreSQL: set DATABASE_URL (CI provides it via .ci/run)")

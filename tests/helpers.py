@@ -1,0 +1,50 @@
+"""Building events the way an integration sends them, and pushing them through the real service."""
+import itertools
+from datetime import UTC, datetime, timedelta
+
+from ledger.money import to_units
+from referrals.models import Account
+from referrals.services import ingest_event
+
+_ids = itertools.count(1)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def at(days: float = 0, hours: float = 0) -> datetime:
+    return T0 + timedelta(days=days, hours=hours)
+
+
+def event(type_: str, account: str, *, when: datetime | None = None, id: str | None = None, **fields) -> dict:
+    return {"id": id or f"evt-{next(_ids)}", "type": type_, "account": account,
+            "occurred_at": (when or T0).isoformat(), **fields}
+
+
+def push(raw: dict, *, now: datetime | None = None) -> str:
+    """Ingest and insist it was accepted; returns the event id."""
+    result = ingest_event(raw, now=now)
+    assert result.status == "accepted", result.as_dict()
+    return result.id
+
+
+def signup(account: str, *, email: str | None = None, code: str | None = None, when=None, **fields) -> Account:
+    extra = {"email": email or f"{account}@example.com", **fields}
+    if code:
+        extra["referral_code"] = code
+    push(event("account.created", account, when=when, **extra))
+    return Account.objects.get(external_id=account)
+
+
+def spend(account: str, amount: str, *, product: str = "pods", when=None, **fields) -> str:
+    return push(event("usage.charged", account, when=when, amount=amount, product=product, **fields))
+
+
+def buy_credits(account: str, amount: str, *, when=None, **fields) -> str:
+    return push(event("credits.purchased", account, when=when, amount=amount, **fields))
+
+
+def buy_plan(account: str, amount: str, *, plan: str = "pro", when=None) -> str:
+    return push(event("plan.purchased", account, when=when, amount=amount, plan=plan))
+
+
+def usd(value: str) -> int:
+    return to_units(value)
