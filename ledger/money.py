@@ -83,3 +83,12 @@ def share_of(units: int, part: int, whole: int) -> int:
     if whole <= 0:
         raise ValueError("whole must be positive")
     return (int(units) * int(part)) // int(whole)
+
+
+def net_sum(field: str, minus: str):
+    """SUM(field - minus) typed as a 64-bit integer. Django would type the difference of two
+    BigIntegerFields as a 32-bit IntegerField, and on PostgreSQL a filter comparing it with
+    more than ~$0.21 in units then silently matches nothing."""
+    from django.db.models import BigIntegerField, F, Sum
+
+    return Sum(F(field) - F(minus), output_field=BigIntegerField())

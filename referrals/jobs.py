@@ -10,6 +10,7 @@ from django.db.models import Count, F, Sum
 from django.utils import timezone
 
 from ledger.models import Book
+from ledger.money import net_sum
 from ledger.services import Leg, post
 
 from . import events as ev
@@ -33,7 +34,7 @@ def revenue_share_gates(at: datetime) -> dict:
             Event.objects.filter(type=ev.USAGE_CHARGED, occurred_at__lte=at,
                                  account__referred_by__in=eligible, account__referred_by__referrer_id__in=counts)
             .values_list("account__referred_by__referrer_id")
-            .annotate(total=Sum(F("amount") - F("refunded"))).filter(total__gte=min_spend)
+            .annotate(total=net_sum("amount", "refunded")).filter(total__gte=min_spend)
             .values_list("account__referred_by__referrer_id", "total")
         ) if min_spend else dict.fromkeys(counts, 0)
         created = Application.objects.bulk_create(
@@ -86,7 +87,7 @@ def _apply_milestones(event: Event, replay: bool) -> int:
             charges = charges.filter(product=program.product)
         due = (
             charges.exclude(account__referred_by__milestones__program=program)
-            .values_list("account__referred_by").annotate(net=Sum(F("amount") - F("refunded")))
+            .values_list("account__referred_by").annotate(net=net_sum("amount", "refunded"))
             .filter(net__gte=threshold).values_list("account__referred_by", flat=True)
         )
         for referral in Referral.objects.filter(pk__in=list(due)).select_for_update():
@@ -103,7 +104,11 @@ def expire_credits(at: datetime) -> dict:
 
 def _apply_credit_expiry(event: Event, replay: bool) -> int:
     at = event.occurred_at
-    lapsed = CreditGrant.objects.filter(expires_at__lte=at, expired_at__isnull=True).select_for_update()
+    # Lock the lapsed grants first (PostgreSQL refuses FOR UPDATE with GROUP BY), so a
+    # concurrent run waits and then finds them already expired.
+    ids = list(CreditGrant.objects.filter(expires_at__lte=at, expired_at__isnull=True)
+               .select_for_update().values_list("id", flat=True))
+    lapsed = CreditGrant.objects.filter(pk__in=ids, expired_at__isnull=True)
     rows = list(lapsed.filter(remaining__gt=0).values_list("account_id", "accrual__program_id")
                 .annotate(total=Sum("remaining")))
     legs = []

@@ -17,7 +17,7 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from ledger.models import Balance, Book
-from ledger.money import format_exact, share_of
+from ledger.money import format_exact, net_sum, share_of
 from ledger.services import Leg, open_books, post
 
 from . import events as ev
@@ -418,7 +418,7 @@ def _net_product_spend(account_id: int, product: str) -> int:
     charges = Event.objects.filter(account_id=account_id, type=ev.USAGE_CHARGED)
     if product:
         charges = charges.filter(product=product)
-    total = charges.aggregate(net=Sum(F("amount") - F("refunded")))["net"]
+    total = charges.aggregate(net=net_sum("amount", "refunded"))["net"]
     return int(total or 0)
 
 
