@@ -68,16 +68,16 @@ def earnings_by_program(account: Account) -> list[dict]:
         Accrual.objects.filter(beneficiary=account).exclude(state=Accrual.State.VOID)
         .values("program_id", "program__key", "program__name")
         .annotate(
-            amount=Sum("amount"), reversed=Sum("reversed"),
+            gross=Sum("amount"), clawed_back=Sum("reversed"),
             held=Sum("amount", filter=Q(state=Accrual.State.HELD)),
-            held_reversed=Sum("reversed", filter=Q(state=Accrual.State.HELD)),
+            held_clawed_back=Sum("reversed", filter=Q(state=Accrual.State.HELD)),
         )
         .order_by("program__key")
     )
     out = []
     for row in rows:
-        earned = int(row["amount"]) - int(row["reversed"])
-        pending = int(row["held"] or 0) - int(row["held_reversed"] or 0)
+        earned = int(row["gross"]) - int(row["clawed_back"])
+        pending = int(row["held"] or 0) - int(row["held_clawed_back"] or 0)
         out.append({"program": row["program__key"], "name": row["program__name"], "earned": earned,
                     "pending": pending, "available": earned - pending, "paid": 0})
     return out
