@@ -66,3 +66,14 @@ def test_it_keeps_earnings_held_on_rejection_with_the_reason_and_can_reopen(runp
     assert application.status == "open"
     application_approve(application=application, actor=staff)
     assert balances_for(alice.pk)[Book.CREDITS] == usd("10.00")
+
+
+def test_an_edited_rate_applies_to_later_events_and_earlier_entries_stay(runpod):
+    from referrals.models import Program
+
+    alice = signup("alice")
+    signup("bob", code=alice.referral_code, when=at(1))
+    spend("bob", "100.00", when=at(2))
+    Program.objects.filter(key="runpod-revenue-share").update(rate="3.50")
+    spend("bob", "100.00", when=at(3))
+    assert balances_for(alice.pk)[Book.PENDING] == usd("5.50")  # $2.00 at 2% + $3.50 at 3.5%

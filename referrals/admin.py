@@ -1,0 +1,147 @@
+"""Staff admin: programmes are edited here; decisions go through the services (audited)."""
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ActionForm
+
+from ledger.admin import ReadOnlyAdmin
+from ledger.money import format_cents
+
+from . import services
+from .models import (
+    Account, Accrual, Application, AuditLog, Click, CreditGrant, Event, FraudFlag, JobRun, Program, Referral, Template,
+)
+
+
+class ReasonActionForm(ActionForm):
+    reason = forms.CharField(required=False, label="Reason", widget=forms.TextInput(attrs={"size": 40}))
+
+
+def _run_decision(modeladmin, request, queryset, decide, verb):
+    reason = request.POST.get("reason", "").strip()
+    done = 0
+    for obj in queryset:
+        try:
+            decide(obj, request.user, reason)
+            done += 1
+        except services.ActionRefused as exc:
+            modeladmin.message_user(request, f"{obj}: {exc}", messages.ERROR)
+    if done:
+        modeladmin.message_user(request, f"{verb} {done} item(s).", messages.SUCCESS)
+
+
+@admin.register(Program)
+class ProgramAdmin(admin.ModelAdmin):
+    list_display = ("name", "key", "preset", "kind", "enabled", "rate", "partner_rate", "updated_at")
+    list_filter = ("preset", "kind", "enabled")
+    search_fields = ("name", "key")
+    fieldsets = (
+        (None, {"fields": ("key", "preset", "name", "kind", "enabled", "description")}),
+        ("What earns", {"fields": ("event_types", "product", "rate", "pays_in", "partner_rate", "partner_pays_in",
+                                   "hold_days")}),
+        ("Gates", {"fields": ("requires_approval", "gate_min_referrals", "gate_min_spend",
+                              "template_min_runtime_hours")}),
+        ("Milestone", {"fields": ("milestone_threshold", "referrer_bonus", "referred_bonus")}),
+        ("Sign-up credit", {"fields": ("signup_credit", "credit_valid_days")}),
+        ("Cash-out", {"fields": ("cashout_percent", "own_credits_block_cashout", "min_payout", "payout_methods")}),
+    )
+
+
+@admin.register(Account)
+class AccountAdmin(admin.ModelAdmin):
+    list_display = ("external_id", "email", "referral_code", "track", "code_enabled", "signed_up_at")
+    list_filter = ("track", "code_enabled")
+    search_fields = ("external_id", "email", "referral_code")
+    raw_id_fields = ("user",)
+    readonly_fields = ("external_id", "referral_code", "track", "email_normalized", "purchased_credits",
+                       "signup_ip", "device_id", "signed_up_at", "created_at")
+    show_full_result_count = False
+
+    def has_add_permission(self, request):
+        return False  # accounts come from account.created events
+
+
+@admin.register(Application)
+class ApplicationAdmin(ReadOnlyAdmin):
+    list_display = ("id", "account", "program", "status", "referrals_at_open", "spend", "opened_at", "decided_by")
+    list_filter = ("status", "program")
+    search_fields = ("account__external_id",)
+    list_select_related = ("account", "program", "decided_by")
+    action_form = ReasonActionForm
+    actions = ["approve", "reject", "reopen"]
+
+    @admin.display(description="Spend at opening")
+    def spend(self, obj):
+        return format_cents(obj.spend_at_open)
+
+    @admin.action(description="Approve selected applications (releases held earnings)")
+    def approve(self, request, queryset):
+        _run_decision(self, request, queryset,
+                      lambda a, u, r: services.application_approve(application=a, actor=u, reason=r), "Approved")
+
+    @admin.action(description="Reject selected applications (reason required)")
+    def reject(self, request, queryset):
+        _run_decision(self, request, queryset,
+                      lambda a, u, r: services.application_reject(application=a, actor=u, reason=r), "Rejected")
+
+    @admin.action(description="Reopen selected rejected applications")
+    def reopen(self, request, queryset):
+        _run_decision(self, request, queryset,
+                      lambda a, u, r: services.application_reopen(application=a, actor=u, reason=r), "Reopened")
+
+
+@admin.register(FraudFlag)
+class FraudFlagAdmin(ReadOnlyAdmin):
+    list_display = ("id", "referral", "signal_names", "status", "created_at", "decided_by")
+    list_filter = ("status",)
+    list_select_related = ("referral__referrer", "referral__referred", "decided_by")
+    action_form = ReasonActionForm
+    actions = ["clear", "confirm"]
+
+    @admin.display(description="Signals")
+    def signal_names(self, obj):
+        return ", ".join(s.get("signal", "?") for s in obj.signals)
+
+    @admin.action(description="Clear selected flags (release held earnings)")
+    def clear(self, request, queryset):
+        _run_decision(self, request, queryset,
+                      lambda f, u, r: services.fraud_flag_clear(flag=f, actor=u, reason=r), "Cleared")
+
+    @admin.action(description="Confirm fraud (void held earnings; reason required)")
+    def confirm(self, request, queryset):
+        _run_decision(self, request, queryset,
+                      lambda f, u, r: services.fraud_flag_confirm(flag=f, actor=u, reason=r), "Confirmed")
+
+
+@admin.register(Referral)
+class ReferralAdmin(ReadOnlyAdmin):
+    list_display = ("id", "referrer", "referred", "status", "ineligible_reason", "created_at")
+    list_filter = ("status",)
+    search_fields = ("referrer__external_id", "referred__external_id")
+    list_select_related = ("referrer", "referred")
+
+
+@admin.register(Event)
+class EventAdmin(ReadOnlyAdmin):
+    list_display = ("id", "external_id", "type", "source", "account", "occurred_at", "received_at")
+    list_filter = ("type", "source")
+    search_fields = ("external_id", "account__external_id")
+    list_select_related = ("account",)
+    date_hierarchy = "occurred_at"
+
+
+@admin.register(Accrual)
+class AccrualAdmin(ReadOnlyAdmin):
+    list_display = ("id", "beneficiary", "program", "rule", "amount", "reversed", "destination", "state")
+    list_filter = ("state", "program", "destination", "held_for_gate", "held_for_template", "held_for_fraud")
+    search_fields = ("beneficiary__external_id",)
+    list_select_related = ("beneficiary", "program")
+
+
+for model, fields in (
+    (Template, ("external_id", "name", "creator", "runtime_seconds", "qualified_at")),
+    (Click, ("id", "referrer", "visitor_id", "is_unique", "created_at")),
+    (CreditGrant, ("id", "account", "amount", "remaining", "expires_at", "expired_at")),
+    (AuditLog, ("created_at", "actor", "action", "object_type", "object_id", "reason")),
+    (JobRun, ("id", "name", "at", "started_at", "finished_at", "counts", "error")),
+):
+    admin.site.register(model, type(f"{model.__name__}Admin", (ReadOnlyAdmin,), {"list_display": fields}))

@@ -1,0 +1,84 @@
+"""The admin's decisions go through the audited services."""
+import pytest
+from django.contrib.auth import get_user_model
+
+from ledger.models import Book
+from ledger.selectors import balances_for
+from referrals.jobs import run_jobs
+from referrals.models import Application, AuditLog, FraudFlag, Program
+from tests.helpers import at, buy_credits, signup, spend
+
+
+@pytest.fixture
+def admin_client(client, db):
+    boss = get_user_model().objects.create_superuser("boss", "boss@operator.test", "pw-boss-12345")
+    client.force_login(boss)
+    return client
+
+
+def _open_application():
+    alice = signup("alice")
+    for i in range(25):
+        signup(f"r{i}", code=alice.referral_code, when=at(1))
+        spend(f"r{i}", "20.00", when=at(2))
+    run_jobs(at=at(3), names=["revenue_share_gates"])
+    return alice, Application.objects.get()
+
+
+def test_it_approves_an_application_from_the_changelist(runpod, admin_client):
+    alice, application = _open_application()
+    response = admin_client.post("/admin/referrals/application/", {
+        "action": "approve", "_selected_action": [application.pk], "reason": "looks good"}, follow=True)
+    assert response.status_code == 200
+    application.refresh_from_db()
+    assert application.status == "approved" and application.decided_by.username == "boss"
+    assert balances_for(alice.pk)[Book.CREDITS] == 10 * 10**10
+    assert AuditLog.objects.filter(action="application.approve", reason="looks good").exists()
+
+
+def test_it_refuses_to_reject_without_a_reason(runpod, admin_client):
+    alice, application = _open_application()
+    response = admin_client.post("/admin/referrals/application/", {
+        "action": "reject", "_selected_action": [application.pk], "reason": ""}, follow=True)
+    assert "a reason is required" in response.content.decode()
+    application.refresh_from_db()
+    assert application.status == "open"
+
+
+def test_it_confirms_fraud_with_a_reason(vast, admin_client):
+    alice = signup("alice", email="a@example.com")
+    signup("bob", email="A@example.com", code=alice.referral_code, when=at(1))
+    buy_credits("bob", "100.00", when=at(2))
+    flag = FraudFlag.objects.get()
+    admin_client.post("/admin/referrals/fraudflag/", {
+        "action": "confirm", "_selected_action": [flag.pk], "reason": "same person"})
+    flag.refresh_from_db()
+    assert flag.status == "confirmed"
+    assert balances_for(alice.pk)[Book.PENDING] == 0
+
+
+def test_it_validates_programme_rates_in_the_admin(runpod, admin_client):
+    program = Program.objects.get(key="runpod-revenue-share")
+    response = admin_client.get(f"/admin/referrals/program/{program.pk}/change/")
+    assert response.status_code == 200
+    data = {f: getattr(program, f) for f in (
+        "key", "preset", "name", "kind", "description", "product", "pays_in", "hold_days", "gate_min_referrals",
+        "gate_min_spend", "template_min_runtime_hours", "milestone_threshold", "referrer_bonus", "referred_bonus",
+        "signup_credit", "credit_valid_days", "cashout_percent", "min_payout")}
+    data |= {"enabled": "on", "requires_approval": "on", "event_types": '["usage.charged"]', "payout_methods": "[]",
+             "rate": "101", "partner_rate": "", "partner_pays_in": ""}
+    response = admin_client.post(f"/admin/referrals/program/{program.pk}/change/", data)
+    assert response.status_code == 200 and "less than or equal to 100" in response.content.decode()
+    data["rate"] = "3.00"
+    response = admin_client.post(f"/admin/referrals/program/{program.pk}/change/", data)
+    assert response.status_code == 302
+    program.refresh_from_db()
+    assert str(program.rate) == "3.00"
+
+
+def test_every_read_only_changelist_renders(runpod, admin_client):
+    _open_application()
+    for path in ("ledger/transaction", "ledger/entry", "ledger/balance", "referrals/event", "referrals/accrual",
+                 "referrals/referral", "referrals/jobrun", "referrals/auditlog", "referrals/account",
+                 "referrals/creditgrant", "referrals/click", "referrals/template", "referrals/fraudflag"):
+        assert admin_client.get(f"/admin/{path}/").status_code == 200, path
