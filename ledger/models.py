@@ -75,6 +75,9 @@ class Entry(models.Model):
             ),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.book} {self.amount:+d}"
+
     def save(self, *args, **kwargs):
         if self.pk is not None:
             raise ValueError("ledger entries are append-only; post a reversing transaction instead")
@@ -93,3 +96,6 @@ class Balance(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["account", "book"], name="balance_unique_book")]
+
+    def __str__(self) -> str:
+        return f"{self.account_id} {self.book}"

@@ -8,7 +8,18 @@ from ledger.money import format_cents
 
 from . import services
 from .models import (
-    Account, Accrual, Application, AuditLog, Click, CreditGrant, Event, FraudFlag, JobRun, Program, Referral, Template,
+    Account,
+    Accrual,
+    Application,
+    AuditLog,
+    Click,
+    CreditGrant,
+    Event,
+    FraudFlag,
+    JobRun,
+    Program,
+    Referral,
+    Template,
 )
 
 

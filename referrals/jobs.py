@@ -6,7 +6,7 @@ Jobs that move value log an internal event, so `verify_ledger` replays them in o
 from datetime import datetime
 
 from django.db import transaction
-from django.db.models import Count, F, Sum
+from django.db.models import Count, Sum
 from django.utils import timezone
 
 from ledger.models import Book
@@ -113,7 +113,8 @@ def _apply_credit_expiry(event: Event, replay: bool) -> int:
                 .annotate(total=Sum("remaining")))
     legs = []
     for account_id, program_id, total in rows:
-        legs += [Leg(Book.CREDITS, -int(total), account_id, program_id), Leg(Book.EXPIRED, int(total), None, program_id)]
+        legs += [Leg(Book.CREDITS, -int(total), account_id, program_id),
+                 Leg(Book.EXPIRED, int(total), None, program_id)]
     post(kind="expiry", rule="signup-credit:expired", event=event, legs=legs)
     return lapsed.update(remaining=0, expired_at=at)
 

@@ -143,6 +143,9 @@ class TrackChange(models.Model):
     class Meta:
         ordering = ["effective_at", "id"]
 
+    def __str__(self) -> str:
+        return f"{self.account} -> {self.track} at {self.effective_at:%Y-%m-%d %H:%M}"
+
 
 class Template(models.Model):
     external_id = models.CharField(max_length=120, unique=True)
@@ -175,6 +178,9 @@ class Click(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["referrer", "visitor_id", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"click #{self.pk} for {self.referrer_id}"
 
 
 class Referral(models.Model):
@@ -221,6 +227,9 @@ class FraudFlag(models.Model):
     decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT)
     reason = models.TextField(blank=True)
 
+    def __str__(self) -> str:
+        return f"flag #{self.pk} ({self.status})"
+
 
 class PaymentFingerprint(models.Model):
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="fingerprints")
@@ -228,6 +237,9 @@ class PaymentFingerprint(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["account", "fingerprint"], name="fingerprint_once")]
+
+    def __str__(self) -> str:
+        return f"{self.account_id}: …{self.fingerprint[-4:]}"
 
 
 class Event(models.Model):
@@ -310,6 +322,9 @@ class Accrual(models.Model):
                                    name="accrual_reversed_within_amount"),
         ]
 
+    def __str__(self) -> str:
+        return f"accrual #{self.pk} {self.rule}"
+
     @property
     def net(self) -> int:
         return self.amount - self.reversed
@@ -332,6 +347,9 @@ class CreditGrant(models.Model):
                                    name="grant_remaining_within_amount"),
         ]
 
+    def __str__(self) -> str:
+        return f"grant #{self.pk} for {self.account_id}"
+
 
 class MilestoneAward(models.Model):
     """A milestone paid once per referred account and programme."""
@@ -342,6 +360,9 @@ class MilestoneAward(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["program", "referral"], name="milestone_once")]
+
+    def __str__(self) -> str:
+        return f"milestone {self.program_id} for referral {self.referral_id}"
 
 
 class Application(models.Model):
@@ -366,6 +387,9 @@ class Application(models.Model):
         ordering = ["-id"]
         constraints = [models.UniqueConstraint(fields=["program", "account"], name="application_once")]
 
+    def __str__(self) -> str:
+        return f"application #{self.pk} ({self.status})"
+
 
 class AuditLog(models.Model):
     """Who did what, when and why: every staff decision and every status change."""
@@ -381,6 +405,9 @@ class AuditLog(models.Model):
     class Meta:
         ordering = ["-id"]
 
+    def __str__(self) -> str:
+        return f"{self.action} {self.object_type} {self.object_id}"
+
 
 class JobRun(models.Model):
     name = models.CharField(max_length=60)
@@ -392,6 +419,9 @@ class JobRun(models.Model):
 
     class Meta:
         ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.at:%Y-%m-%d %H:%M}"
 
 
 class ApiKey(models.Model):

@@ -123,8 +123,8 @@ def _known_outcome(valid: ev.ValidEvent) -> IngestResult | None:
         return None
     if stored_hash == valid.content_hash:
         return IngestResult(valid.external_id, "duplicate")
-    return IngestResult(valid.external_id, "rejected", "id_conflict",
-                        "id: already used by an event with different content", {"id": "already used by an event with different content"})
+    reason = "already used by an event with different content"
+    return IngestResult(valid.external_id, "rejected", "id_conflict", f"id: {reason}", {"id": reason})
 
 
 def _record(event_type: str, *, payload: dict, source: str, account: Account | None = None, actor=None,
@@ -182,7 +182,8 @@ def _is_approved(program: Program, account_id: int) -> bool:
 
 
 def track_at(account_id: int, at: datetime) -> str:
-    change = TrackChange.objects.filter(account_id=account_id, effective_at__lte=at).order_by("-effective_at", "-id").first()
+    change = (TrackChange.objects.filter(account_id=account_id, effective_at__lte=at)
+              .order_by("-effective_at", "-id").first())
     return change.track if change else Track.BASIC
 
 
@@ -233,7 +234,8 @@ def release_ready(accruals, *, event: Event, rule: str, at: datetime) -> int:
         totals[(accrual.beneficiary_id, accrual.program_id, accrual.destination)] += accrual.net
     legs = []
     for (beneficiary_id, program_id, destination), amount in totals.items():
-        legs += [Leg(Book.PENDING, -amount, beneficiary_id, program_id), Leg(destination, amount, beneficiary_id, program_id)]
+        legs += [Leg(Book.PENDING, -amount, beneficiary_id, program_id),
+                 Leg(destination, amount, beneficiary_id, program_id)]
     post(kind="release", rule=rule, event=event, legs=legs)
     Accrual.objects.filter(pk__in=[a.pk for a in ready]).update(state=Accrual.State.RELEASED, released_at=at)
     _grant_credits(ready)
@@ -291,7 +293,9 @@ def _attribution(payload: dict) -> tuple[Account | None, Click | None, Template 
         if not referrer.code_enabled:
             raise EventRejected({"referral_code": "this referral code is disabled"}, "disabled_code")
     if click_id := payload.get("click_id"):
-        click = Click.objects.filter(pk=int(click_id)).select_related("referrer").first() if click_id.isdigit() else None
+        click = None
+        if click_id.isdigit():
+            click = Click.objects.filter(pk=int(click_id)).select_related("referrer").first()
         if click is None:
             raise EventRejected({"click_id": f"unknown click {click_id!r}"}, "unknown_click")
         if referrer is not None and click.referrer_id != referrer.pk:
@@ -459,7 +463,8 @@ def flag_referral(referral: Referral, signals: list[dict], *, event: Event) -> N
     referral.ineligible_reason = _reason(flag.signals)
     referral.save(update_fields=["status", "ineligible_reason"])
 
-    earned = Accrual.objects.filter(referral=referral, beneficiary_id=referral.referrer_id).exclude(state=Accrual.State.VOID)
+    earned = (Accrual.objects.filter(referral=referral, beneficiary_id=referral.referrer_id)
+              .exclude(state=Accrual.State.VOID))
     released = list(earned.filter(state=Accrual.State.RELEASED).select_for_update())
     legs = []
     for accrual in released:
@@ -521,7 +526,8 @@ def _on_redeem(event: Event, replay: bool) -> int:
     lapsed = grants.filter(expires_at__lte=at).aggregate(total=Sum("remaining"))["total"] or 0
     spendable = credits - lapsed
     if event.amount > spendable:
-        raise EventRejected({"amount": f"is more than the account's spendable credits ({format_exact(max(spendable, 0))})"},
+        available = format_exact(max(spendable, 0))
+        raise EventRejected({"amount": f"is more than the account's spendable credits ({available})"},
                             "insufficient_credits")
     left = event.amount
     # Credits that expire soonest are used first.

@@ -3,7 +3,6 @@ from the event log. `verify_ledger` (the command) and the property tests use thi
 from collections import defaultdict
 
 from django.db import transaction
-from django.db.models import Sum
 
 from ledger.models import Balance, Book, Entry
 from ledger.models import Transaction as LedgerTransaction
@@ -12,8 +11,17 @@ from ledger.selectors import ledger_sums_by_book, projection_by_book, unbalanced
 from ledger.services import allow_rebuild
 
 from .models import (
-    Account, Accrual, Application, CreditGrant, Event, FraudFlag, MilestoneAward, PaymentFingerprint, Referral,
-    Template, TrackChange,
+    Account,
+    Accrual,
+    Application,
+    CreditGrant,
+    Event,
+    FraudFlag,
+    MilestoneAward,
+    PaymentFingerprint,
+    Referral,
+    Template,
+    TrackChange,
 )
 from .services import apply_event
 
@@ -87,7 +95,8 @@ def _describe(part, before, after) -> list[str]:
         keys = sorted(set(before) | set(after), key=str)
         return [f"{part} {k}: stored {before.get(k, 0)} != replayed {after.get(k, 0)}"
                 for k in keys if before.get(k, 0) != after.get(k, 0)][:50]
-    return [f"{part}: stored has {sorted(before - after, key=str)[:5]}, replay has {sorted(after - before, key=str)[:5]}"]
+    stored_only, replay_only = sorted(before - after, key=str)[:5], sorted(after - before, key=str)[:5]
+    return [f"{part}: stored has {stored_only}, replay has {replay_only}"]
 
 
 def _reset_derived_state() -> None:

@@ -8,7 +8,7 @@ from referrals.jobs import run_jobs
 from referrals.models import Application
 from referrals.services import application_approve
 from referrals.verification import verify
-from tests.helpers import at, buy_plan, event, push, signup, spend
+from tests.helpers import at, event, push, signup, spend
 
 
 def _history(staff):
@@ -49,9 +49,8 @@ def test_it_refuses_to_change_a_posted_entry_on_postgres(runpod, staff, postgres
     from django.db import DatabaseError, transaction
 
     _history(staff)
-    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute("UPDATE ledger_entry SET amount = amount + 1")
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("UPDATE ledger_entry SET amount = amount + 1")
 
 
 def test_it_refuses_an_unbalanced_transaction_at_commit_on_postgres(runpod, postgres_only):
