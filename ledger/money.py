@@ -6,6 +6,7 @@ rounded when a commission accrues; only cash movements and displays round to the
 A signed 64-bit integer holds up to ~922 million currency units per value, and SQL SUM()
 over integers is exact on SQLite and PostgreSQL alike.
 """
+import re
 from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 
 PLACES = 10
@@ -16,6 +17,11 @@ RATE_PLACES = 2  # a percent with two decimals: 2.25 means 2.25 %
 MAX_EVENT_AMOUNT = Decimal("1000000")
 
 
+# A plain decimal as written by people and billing systems: no exponent, no separators,
+# no non-ASCII digits, no explicit plus sign.
+PLAIN_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+
+
 class AmountError(ValueError):
     """A value that is not an acceptable amount; the message says why, in words."""
 
@@ -24,6 +30,8 @@ def parse_amount(value, *, places: int = INPUT_PLACES, maximum: Decimal = MAX_EV
     """Parse a decimal string from the wire into ledger units, refusing anything inexact."""
     if isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
         raise AmountError("must be a decimal string, e.g. \"12.34\"")
+    if isinstance(value, str) and not PLAIN_DECIMAL.fullmatch(value.strip()):
+        raise AmountError("is not a valid decimal number")
     try:
         amount = Decimal(str(value).strip())
     except InvalidOperation:

@@ -6,6 +6,7 @@ sign-up and the tests all go through `validate_event`.
 import hashlib
 import ipaddress
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -43,6 +44,8 @@ TYPE_FIELDS: dict[str, dict[str, bool]] = {
     TEMPLATE_PUBLISHED: {"template": True, "name": False},
 }
 COMMON_FIELDS = ("id", "type", "occurred_at", "account")
+EARLIEST_YEAR = 2000
+TEMPLATE_ID = re.compile(r"[A-Za-z0-9._-]+")
 
 
 @dataclass
@@ -116,12 +119,20 @@ def validate_event(raw, *, now: datetime | None = None) -> ValidEvent:
 
     occurred_at = None
     value = raw.get("occurred_at")
+    if isinstance(value, str):
+        try:
+            occurred_at = parse_datetime(value)
+        except ValueError:  # well-formed but impossible, e.g. February 30th
+            occurred_at = None
     if not value:
         errors["occurred_at"] = "this field is required"
-    elif not isinstance(value, str) or (occurred_at := parse_datetime(value)) is None:
+    elif occurred_at is None:
         errors["occurred_at"] = "must be an ISO 8601 date-time, e.g. 2026-01-31T12:00:00Z"
     elif occurred_at.tzinfo is None:
         errors["occurred_at"] = "must include a time zone (e.g. Z or +00:00)"
+        occurred_at = None
+    elif occurred_at.year < EARLIEST_YEAR or occurred_at.year > 9000:
+        errors["occurred_at"] = f"is out of range (before {EARLIEST_YEAR} or absurdly late)"
         occurred_at = None
     else:
         skew = timedelta(seconds=settings.REFERRAL["MAX_CLOCK_SKEW_SECONDS"])
@@ -150,6 +161,8 @@ def validate_event(raw, *, now: datetime | None = None) -> ValidEvent:
         event.product = _text(raw, "product", errors, max_length=60).lower()
     if "template" in spec:
         event.template = _text(raw, "template", errors, required=spec["template"], max_length=120)
+        if event.template and not TEMPLATE_ID.fullmatch(event.template):
+            errors["template"] = "may contain only letters, digits, '.', '_' and '-' (it appears in links)"
     if "refunds" in spec:
         event.refunds = _text(raw, "refunds", errors)
     if "runtime_seconds" in spec and raw.get("runtime_seconds") is not None:

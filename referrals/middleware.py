@@ -1,6 +1,160 @@
+"""Referral links: `?ref=CODE` on any page records a click, remembers it in a signed cookie for
+the attribution window, and redirects to the same page without the code (SPEC "Referral links")."""
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import re
+import secrets
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import DatabaseError
+from django.http import HttpResponseRedirect
+from django.urls import Resolver404, resolve
+from django.utils import timezone
+from django.utils.encoding import escape_uri_path
+from django.utils.http import url_has_allowed_host_and_scheme
+
+from .models import CODE_ALPHABET, CODE_LENGTH, Account, Click, Template
+
+log = logging.getLogger(__name__)
+
+REF_PARAM = "ref"
+COOKIE_SALT = "referral"
+VISITOR_COOKIE = "vid"
+VISITOR_COOKIE_MAX_AGE = 2 * 365 * 24 * 3600
+TEMPLATE_URL_NAMES = frozenset({"template_page", "template_page_bare"})
+SKIPPED_PREFIXES = ("/api/", "/admin/", "/static/")
+
+CODE_RE = re.compile(f"[{re.escape(CODE_ALPHABET)}]{{{CODE_LENGTH}}}")
+VISITOR_RE = re.compile(r"[0-9a-f]{32}")
+# Browsers treat "//host" and "/\host" as another host: never let a path start like that.
+LEADING_SLASHES_RE = re.compile(r"^[/\\]+")
+
+
 class ReferralLinkMiddleware:
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request):
-        return self.get_response(request)
+        if request.path_info.startswith(SKIPPED_PREFIXES):
+            return self.get_response(request)
+        if request.method == "GET" and REF_PARAM in request.GET:
+            response = follow_referral_link(request)
+        else:
+            response = self.get_response(request)
+        if request.COOKIES.get(VISITOR_COOKIE) != visitor_id(request):
+            response.set_cookie(VISITOR_COOKIE, visitor_id(request), max_age=VISITOR_COOKIE_MAX_AGE,
+                                httponly=True, samesite="Lax", secure=request.is_secure())
+        return response
+
+
+def follow_referral_link(request) -> HttpResponseRedirect:
+    """Record the click of a valid code; whatever the code, land on the same page without it."""
+    response = HttpResponseRedirect(clean_redirect_url(request))
+    code = request.GET.get(REF_PARAM, "").strip().lower()
+    if not CODE_RE.fullmatch(code):
+        return response
+    try:
+        referrer = Account.objects.filter(referral_code=code, code_enabled=True).only("pk", "referral_code").first()
+        if referrer is None:
+            return response
+        keep_earlier = settings.REFERRAL["ATTRIBUTION_MODEL"] == "first" and has_live_attribution(request)
+        click = record_click(request, referrer)
+    except DatabaseError:
+        # A click we fail to count must not cost the visitor the page.
+        log.exception("could not record a referral click for code %s", code)
+        return response
+    if not keep_earlier:
+        value = {"code": referrer.referral_code, "click": click.pk,
+                 "template": click.template.external_id if click.template else ""}
+        response.set_signed_cookie(
+            settings.REFERRAL["COOKIE_NAME"], _encode(value), salt=COOKIE_SALT, max_age=_window_seconds(),
+            httponly=True, samesite="Lax", secure=request.is_secure(),
+        )
+    return response
+
+
+def record_click(request, referrer: Account) -> Click:
+    now = timezone.now()
+    vid = visitor_id(request)
+    window = timedelta(hours=settings.REFERRAL["UNIQUE_CLICK_HOURS"])
+    seen = Click.objects.filter(referrer=referrer, visitor_id=vid, created_at__gt=now - window).exists()
+    return Click.objects.create(
+        referrer=referrer, visitor_id=vid, ip_hash=hash_ip(request.META.get("REMOTE_ADDR", "")),
+        user_agent=request.META.get("HTTP_USER_AGENT", "")[:300], path=request.path[:300],
+        template=_template_of(request), is_unique=not seen, created_at=now,
+    )
+
+
+def clean_redirect_url(request) -> str:
+    """The current path and query without `ref`, as a same-host relative URL."""
+    path = LEADING_SLASHES_RE.sub("/", request.path) or "/"
+    query = request.GET.copy()
+    query.pop(REF_PARAM, None)
+    url = escape_uri_path(path)
+    if query:
+        url = f"{url}?{query.urlencode()}"
+    if not url_has_allowed_host_and_scheme(url, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+        return "/"
+    return url
+
+
+def visitor_id(request) -> str:
+    """The visitor's id from the `vid` cookie, or a new one that this response will set."""
+    if not hasattr(request, "_referral_visitor_id"):
+        request._referral_visitor_id = existing_visitor_id(request) or secrets.token_hex(16)
+    return request._referral_visitor_id
+
+
+def existing_visitor_id(request) -> str:
+    value = request.COOKIES.get(VISITOR_COOKIE, "")
+    return value if VISITOR_RE.fullmatch(value) else ""
+
+
+def hash_ip(ip: str) -> str:
+    if not ip:
+        return ""
+    return hmac.new(settings.SECRET_KEY.encode(), ip.encode(), hashlib.sha256).hexdigest()
+
+
+def read_referral_cookie(request) -> dict | None:
+    """The remembered click ({"code", "click", "template"}) if the cookie is intact and in the window."""
+    raw = request.get_signed_cookie(settings.REFERRAL["COOKIE_NAME"], default=None, salt=COOKIE_SALT,
+                                    max_age=_window_seconds())
+    if not raw:
+        return None
+    try:
+        data = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not CODE_RE.fullmatch(str(data.get("code", ""))):
+        return None
+    return data
+
+
+def has_live_attribution(request) -> bool:
+    """A remembered click whose code still refers (for the "first click wins" model)."""
+    data = read_referral_cookie(request)
+    return bool(data) and Account.objects.filter(referral_code=data["code"], code_enabled=True).exists()
+
+
+def _template_of(request) -> Template | None:
+    try:
+        match = resolve(request.path_info)
+    except Resolver404:
+        return None
+    if match.url_name not in TEMPLATE_URL_NAMES:
+        return None
+    return Template.objects.filter(external_id=match.kwargs.get("external_id")).first()
+
+
+def _encode(value: dict) -> str:
+    # JSON in base64url: cookie-safe characters, so no quoting games between browsers and servers.
+    return base64.urlsafe_b64encode(json.dumps(value, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def _window_seconds() -> int:
+    return settings.REFERRAL["ATTRIBUTION_WINDOW_DAYS"] * 24 * 3600

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q, Sum, Value
 from django.db.models.functions import Greatest
@@ -264,7 +265,7 @@ def _on_account_created(event: Event, replay: bool) -> int:
     event.account = account
     event.save(update_fields=["account"])
 
-    referrer, click, template = _attribution(payload)
+    referrer, click, template = _attribution(payload, event.occurred_at)
     if referrer is None:
         return 1
     signals = self_referral_signals(referrer, account)
@@ -284,7 +285,7 @@ def _on_account_created(event: Event, replay: bool) -> int:
     return 1
 
 
-def _attribution(payload: dict) -> tuple[Account | None, Click | None, Template | None]:
+def _attribution(payload: dict, occurred_at: datetime) -> tuple[Account | None, Click | None, Template | None]:
     referrer = click = template = None
     if code := payload.get("referral_code"):
         referrer = Account.objects.filter(referral_code=code.lower()).first()
@@ -294,12 +295,15 @@ def _attribution(payload: dict) -> tuple[Account | None, Click | None, Template 
             raise EventRejected({"referral_code": "this referral code is disabled"}, "disabled_code")
     if click_id := payload.get("click_id"):
         click = None
-        if click_id.isdigit():
+        if click_id.isascii() and click_id.isdigit() and len(click_id) < 19:
             click = Click.objects.filter(pk=int(click_id)).select_related("referrer").first()
         if click is None:
             raise EventRejected({"click_id": f"unknown click {click_id!r}"}, "unknown_click")
         if referrer is not None and click.referrer_id != referrer.pk:
             raise EventRejected({"click_id": "belongs to a different referral code"}, "click_mismatch")
+        window = timedelta(days=settings.REFERRAL["ATTRIBUTION_WINDOW_DAYS"])
+        if click.created_at < occurred_at - window:
+            raise EventRejected({"click_id": "is older than the attribution window"}, "click_expired")
         referrer = referrer or click.referrer
         if not referrer.code_enabled:
             raise EventRejected({"click_id": "the click's referral code is disabled"}, "disabled_code")
@@ -638,6 +642,56 @@ def register_handler(event_type: str, handler) -> None:
 
 
 # --------------------------------------------------------------------------- staff and user actions
+
+
+ATTRIBUTION_FIELDS = ("referral_code", "click_id", "template")
+
+
+class SignupFailed(Exception):
+    """The portal sign-up could not create the account; the message is for the visitor."""
+
+
+def portal_sign_up(*, email: str, password: str, ip: str = "", device_id: str = "",
+                   attribution: dict | None = None):
+    """Create a portal login and its account (an `account.created` event) in one transaction.
+
+    A stale cookie (its code disabled or its click gone since) must not cost the visitor the
+    sign-up: the event is retried once without attribution.
+    """
+    try:
+        with transaction.atomic():
+            user = get_user_model().objects.create_user(username=email, email=email, password=password)
+            raw = {"id": f"portal-signup-{uuid.uuid4().hex}", "type": ev.ACCOUNT_CREATED,
+                   "account": f"portal-{user.pk}", "occurred_at": timezone.now().isoformat(), "email": email}
+            if ip:
+                raw["ip"] = ip
+            if device_id:
+                raw["device_id"] = device_id
+            referred = _attribution_fields(attribution)
+            result = ingest_event({**raw, **referred}, source=Event.Source.PORTAL)
+            if result.status == "rejected" and referred and set(result.fields or {}) & set(ATTRIBUTION_FIELDS):
+                log.info("sign-up %s: referral cookie refused (%s), signing up unattributed", raw["id"], result.message)
+                result = ingest_event(raw, source=Event.Source.PORTAL)
+            if result.status != "accepted":
+                log.warning("sign-up %s refused: %s", raw["id"], result.message)
+                raise SignupFailed(f"We could not create your account: {result.message}")
+            Account.objects.filter(external_id=raw["account"]).update(user=user)
+    except IntegrityError:
+        # Two sign-ups raced for the same e-mail; the form's check let both through.
+        raise SignupFailed("An account with this e-mail already exists. Log in instead.")
+    return user
+
+
+def _attribution_fields(attribution: dict | None) -> dict:
+    if not attribution:
+        return {}
+    fields = {"referral_code": attribution["code"]}
+    if attribution.get("click"):
+        fields["click_id"] = str(attribution["click"])
+    if attribution.get("template"):
+        fields["template"] = str(attribution["template"])
+    return fields
+
 
 
 def _audit(*, actor, action: str, obj, reason: str = "", data: dict | None = None) -> None:

@@ -1,2 +1,25 @@
+"""Portal routes. `?ref=CODE` works on every one of them (see `referrals.middleware`)."""
+from django.contrib.auth import views as auth_views
+from django.urls import path
 
-urlpatterns: list = []
+from . import views
+from .forms import EmailAuthenticationForm
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("signup/", views.signup, name="signup"),
+    path("login/", auth_views.LoginView.as_view(authentication_form=EmailAuthenticationForm,
+                                                redirect_authenticated_user=True), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("password-reset/", auth_views.PasswordResetView.as_view(), name="password_reset"),
+    path("password-reset/done/", auth_views.PasswordResetDoneView.as_view(), name="password_reset_done"),
+    path("password-reset/complete/", auth_views.PasswordResetCompleteView.as_view(),
+         name="password_reset_complete"),
+    path("password-reset/<uidb64>/<token>/", auth_views.PasswordResetConfirmView.as_view(),
+         name="password_reset_confirm"),
+    path("dashboard/", views.dashboard, name="dashboard"),
+    # Template links are shared both with and without the trailing slash (`Template.referral_link`
+    # has none); serving both avoids an APPEND_SLASH hop.
+    path("t/<str:external_id>/", views.template_page, name="template_page"),
+    path("t/<str:external_id>", views.template_page, name="template_page_bare"),
+]
