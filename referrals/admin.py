@@ -2,14 +2,17 @@
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
+from django.core.exceptions import ValidationError
 
 from ledger.admin import ReadOnlyAdmin
 from ledger.money import format_cents
 
 from . import services
+from .api.keys import ApiKeyInvalid, api_key_create, api_key_revoke, validate_api_key_request
 from .models import (
     Account,
     Accrual,
+    ApiKey,
     Application,
     AuditLog,
     Click,
@@ -156,3 +159,65 @@ for model, fields in (
     (JobRun, ("id", "name", "at", "started_at", "finished_at", "counts", "error")),
 ):
     admin.site.register(model, type(f"{model.__name__}Admin", (ReadOnlyAdmin,), {"list_display": fields}))
+
+
+class ApiKeyForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(choices=ApiKey.Scope.choices, widget=forms.CheckboxSelectMultiple)
+
+    class Meta:
+        model = ApiKey
+        fields = ("name", "scopes", "account", "expires_at")
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    """Keys are created here and shown once; only a hash is kept."""
+
+    form = ApiKeyForm
+    list_display = ("name", "prefix", "scopes", "account", "created_at", "last_used_at", "expires_at", "revoked_at")
+    list_filter = ("revoked_at",)
+    search_fields = ("name", "prefix")
+    list_select_related = ("account",)
+    raw_id_fields = ("account",)
+    actions = ["revoke"]
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return ()
+        return ("name", "prefix", "scopes", "account", "created_at", "last_used_at", "expires_at", "revoked_at")
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            return
+        try:
+            key, plaintext = api_key_create(name=form.cleaned_data["name"], scopes=form.cleaned_data["scopes"],
+                                            account=form.cleaned_data.get("account"),
+                                            expires_at=form.cleaned_data.get("expires_at"))
+        except ApiKeyInvalid as exc:
+            raise ValidationError(str(exc)) from exc
+        obj.pk, obj.prefix, obj.hashed_key, obj.created_at = key.pk, key.prefix, key.hashed_key, key.created_at
+        self.message_user(request, f"New API key — copy it now, it will not be shown again: {plaintext}",
+                          messages.WARNING)
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+
+        def clean(form_self):
+            data = forms.ModelForm.clean(form_self)
+            if not change and data.get("scopes") is not None:
+                try:
+                    validate_api_key_request(name=data.get("name", ""), scopes=data["scopes"],
+                                             account=data.get("account"), expires_at=data.get("expires_at"))
+                except ApiKeyInvalid as exc:
+                    for field, message in exc.fields.items():
+                        form_self.add_error(field if field in form_self.fields else None, message)
+            return data
+
+        form.clean = clean
+        return form
+
+    @admin.action(description="Revoke selected keys")
+    def revoke(self, request, queryset):
+        for key in queryset.filter(revoked_at__isnull=True):
+            api_key_revoke(key=key, actor=request.user, reason="revoked in the admin")
+        self.message_user(request, "Revoked.", messages.SUCCESS)

@@ -37,15 +37,16 @@ def revenue_share_gates(at: datetime) -> dict:
             .annotate(total=net_sum("amount", "refunded")).filter(total__gte=min_spend)
             .values_list("account__referred_by__referrer_id", "total")
         ) if min_spend else dict.fromkeys(counts, 0)
-        created = Application.objects.bulk_create(
+        before = Application.objects.filter(program=program).count()
+        Application.objects.bulk_create(
             [Application(program=program, account_id=referrer_id, referrals_at_open=counts[referrer_id],
                          spend_at_open=int(total or 0), opened_at=at)
              for referrer_id, total in spend.items() if referrer_id in counts],
             ignore_conflicts=True,
         )
-        opened += len(created)
-    existing = Application.objects.filter(opened_at=at).count()
-    return {"applications_opened": min(opened, existing)}
+        # bulk_create with ignore_conflicts reports rows it did not insert; count instead.
+        opened += Application.objects.filter(program=program).count() - before
+    return {"applications_opened": opened}
 
 
 def template_gates(at: datetime) -> dict:

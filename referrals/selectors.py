@@ -48,7 +48,9 @@ def referral_stats(account: Account) -> dict:
     )
     clicks = Click.objects.filter(referrer=account).aggregate(
         total=Count("id"), unique=Count("id", filter=Q(is_unique=True)))
-    earned = Accrual.objects.filter(beneficiary=account).exclude(state=Accrual.State.VOID).aggregate(
+    # Referral earnings only: what the account received as a referred user is not among them.
+    earned = (Accrual.objects.filter(beneficiary=account).exclude(state=Accrual.State.VOID)
+              .exclude(referral__referred=account)).aggregate(
         total=Sum("amount"), reversed=Sum("reversed"))
     total = counts["total"]
     rate = (Decimal(counts["conversions"]) / Decimal(total)).quantize(Decimal("0.0001")) if total else Decimal("0")

@@ -4,6 +4,7 @@ Every state change is one atomic function. An event is applied by `apply_event`,
 code whether it arrives from the API, the portal, a staff action or a periodic job, and
 whether it is applied live or replayed by `verify_ledger`.
 """
+import ipaddress
 import logging
 import uuid
 from collections import defaultdict
@@ -250,6 +251,7 @@ def _on_account_created(event: Event, replay: bool) -> int:
     payload = event.payload
     external_id = payload["account"]
     email = payload.get("email", "").strip()
+    signup_ip = str(ipaddress.ip_address(payload["ip"].strip())) if payload.get("ip") else None
     if replay:
         account = Account.objects.get(external_id=external_id)
     else:
@@ -258,7 +260,7 @@ def _on_account_created(event: Event, replay: bool) -> int:
                                 "account_exists")
         account = Account.objects.create(
             external_id=external_id, email=email, email_normalized=ev.normalize_email(email),
-            signup_ip=payload.get("ip") or None, device_id=payload.get("device_id", ""),
+            signup_ip=signup_ip, device_id=payload.get("device_id", ""),
             signed_up_at=event.occurred_at,
         )
         open_books([account.pk])
@@ -702,8 +704,8 @@ def _audit(*, actor, action: str, obj, reason: str = "", data: dict | None = Non
 @transaction.atomic
 def application_approve(*, application: Application, actor, reason: str = "") -> Application:
     application = Application.objects.select_for_update().get(pk=application.pk)
-    if application.status == Application.Status.APPROVED:
-        raise ActionRefused("this application is already approved")
+    if application.status != Application.Status.OPEN:
+        raise ActionRefused(f"only open applications can be approved (this one is {application.status})")
     _record(APPLICATION_APPROVED, payload={"application": application.pk, "reason": reason},
             source=Event.Source.STAFF, account=application.account, actor=actor)
     _audit(actor=actor, action="application.approve", obj=application, reason=reason)

@@ -93,6 +93,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "referrals.api.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
+    # Per API key. The local-memory cache counts per process; production points the cache at Redis.
+    "DEFAULT_THROTTLE_RATES": {"api_key": env.str("API_RATE_LIMIT", default="6000/minute")},
 }
 
 # Referral programme settings that are deployment-wide rather than per programme.
@@ -116,4 +118,7 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    # Django's default config gives "django" a console handler of its own; without this,
+    # every request line would be printed twice (once more through the root logger).
+    "loggers": {"django": {"handlers": ["console"], "level": "INFO", "propagate": False}},
 }

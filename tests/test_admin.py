@@ -82,3 +82,27 @@ def test_every_read_only_changelist_renders(runpod, admin_client):
                  "referrals/referral", "referrals/jobrun", "referrals/auditlog", "referrals/account",
                  "referrals/creditgrant", "referrals/click", "referrals/template", "referrals/fraudflag"):
         assert admin_client.get(f"/admin/{path}/").status_code == 200, path
+
+
+def test_it_creates_an_api_key_shown_once_and_stores_only_its_hash(admin_client):
+    from referrals.api.keys import hash_key
+    from referrals.models import ApiKey
+
+    response = admin_client.post("/admin/referrals/apikey/add/", {
+        "name": "billing", "scopes": ["events:write", "read"]}, follow=True)
+    page = response.content.decode()
+    assert "will not be shown again" in page
+    plaintext = page.split("will not be shown again: ")[1].split("<")[0].strip()
+    key = ApiKey.objects.get()
+    assert key.hashed_key == hash_key(plaintext) and plaintext not in (key.hashed_key, key.prefix)
+    assert key.scopes == ["events:write", "read"]
+
+
+def test_it_refuses_a_partner_key_with_staff_scope(admin_client, db):
+    from referrals.models import ApiKey
+
+    alice = signup("alice")
+    response = admin_client.post("/admin/referrals/apikey/add/", {
+        "name": "partner", "scopes": ["staff"], "account": alice.pk})
+    assert response.status_code == 200 and "may only have the" in response.content.decode()
+    assert not ApiKey.objects.exists()

@@ -1,0 +1,64 @@
+# Developer entry points. `make run` for a local portal with demo data, `make test` for the suite
+# (SQLite, then PostgreSQL too when TEST_DATABASE_URL is set). See README.md.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+# Reinstall only when a requirements file changes.
+STAMP := $(VENV)/.requirements-installed
+PRESET ?= runpod
+# The SQLite run is forced explicitly so a DATABASE_URL in .env or the shell cannot redirect it.
+SQLITE_URL := sqlite:///$(CURDIR)/db.sqlite3
+PYTEST_ARGS ?=
+
+.PHONY: venv migrate run test test-sqlite test-postgres lint clean
+
+venv: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): requirements.txt requirements-dev.txt | $(PY)
+	$(PY) -m pip install --disable-pip-version-check --quiet -r requirements-dev.txt
+	touch $@
+
+migrate: venv
+	$(PY) manage.py migrate --noinput
+
+# Debug mode (static files, error pages) unless DJANGO_DEBUG is set in the environment or .env.
+run: migrate
+	$(PY) manage.py load_preset $(PRESET)
+	$(PY) manage.py seed_demo
+	@if [ -z "$${DJANGO_DEBUG+set}" ] && ! grep -qs '^DJANGO_DEBUG=' .env; then export DJANGO_DEBUG=true; fi; \
+	echo "==> serving on http://127.0.0.1:8000 (staff admin at /admin/)"; \
+	exec $(PY) manage.py runserver 127.0.0.1:8000
+
+# Both runs always happen, so one database's failures don't hide the other's; the target fails
+# if either did.
+test: venv
+	@status=0; \
+	$(MAKE) --no-print-directory test-sqlite || status=1; \
+	if [ -n "$$TEST_DATABASE_URL" ]; then \
+		$(MAKE) --no-print-directory test-postgres || status=1; \
+	else \
+		echo "==> TEST_DATABASE_URL is not set: PostgreSQL run skipped (.ci/run sets it)"; \
+	fi; \
+	exit $$status
+
+test-sqlite: venv
+	@echo "==> pytest on SQLite ($(SQLITE_URL); tests use an in-memory copy)"
+	DATABASE_URL=$(SQLITE_URL) $(PY) -m pytest $(PYTEST_ARGS)
+
+test-postgres: venv
+	@test -n "$$TEST_DATABASE_URL" || { echo "TEST_DATABASE_URL is not set (see scripts/pg-throwaway.sh)"; exit 2; }
+	@echo "==> pytest on PostgreSQL ($$TEST_DATABASE_URL; tests use a test_ copy of that database)"
+	@DATABASE_URL="$$TEST_DATABASE_URL" $(PY) manage.py shell --verbosity 0 -c \
+		"from django.db import connection as c; c.ensure_connection(); \
+		print('    connected:', c.vendor, c.pg_version, c.settings_dict['HOST'], c.settings_dict['PORT'])"
+	DATABASE_URL="$$TEST_DATABASE_URL" $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

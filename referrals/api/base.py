@@ -1,0 +1,106 @@
+"""The API's plumbing: the base view, body parsing, money fields, strict inputs, pagination."""
+import json
+from base64 import b64decode
+from urllib import parse
+
+from rest_framework import exceptions, serializers
+from rest_framework.pagination import CursorPagination
+from rest_framework.parsers import BaseParser
+from rest_framework.views import APIView
+
+from ledger.money import format_cents, format_exact
+
+from .auth import ApiKeyAuthentication, ApiKeyThrottle, ScopePermission
+from .errors import BodyTooLarge
+
+MAX_BODY_BYTES = 4 * 1024 * 1024  # 1000 events of about 1 KB each, with room to spare
+MAX_DB_INT = 2**63 - 1
+
+
+class JsonBodyParser(BaseParser):
+    """Parses every body as JSON, whatever its Content-Type: a body that is not JSON is a 400
+    naming `body`, never a 415 or a 500 (deep nesting included)."""
+
+    media_type = "*/*"
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        raw = stream.read(MAX_BODY_BYTES + 1)
+        if len(raw) > MAX_BODY_BYTES:
+            raise BodyTooLarge(f"the body is larger than {MAX_BODY_BYTES // (1024 * 1024)} MB")
+        try:
+            return json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+        except UnicodeDecodeError:
+            raise exceptions.ParseError("the body is not UTF-8")
+        except RecursionError:
+            raise exceptions.ParseError("the body is nested too deeply")
+        except ValueError as exc:
+            raise exceptions.ParseError(str(exc))
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+class ApiView(APIView):
+    authentication_classes = [ApiKeyAuthentication]
+    throttle_classes = [ApiKeyThrottle]
+    parser_classes = [JsonBodyParser]
+    permission_classes = [ScopePermission]  # closed until an endpoint names its scope
+
+
+class StrictInput(serializers.Serializer):
+    """An input serializer that refuses fields it does not know (a typo must not be ignored)."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            unknown = {name: "is not a field of this request" for name in data if name not in self.fields}
+            if unknown:
+                raise serializers.ValidationError(unknown)
+        return super().to_internal_value(data)
+
+
+class CentsField(serializers.Field):
+    """Ledger units shown as a decimal string of whole cents (rounded towards zero)."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("read_only", True)
+        super().__init__(**kwargs)
+
+    def to_representation(self, value):
+        return format_cents(value)
+
+
+class ExactMoneyField(CentsField):
+    """Ledger units shown exactly, sub-cent digits kept ("18.144")."""
+
+    def to_representation(self, value):
+        return format_exact(value)
+
+
+class NewestFirstPagination(CursorPagination):
+    ordering = "-id"
+    page_size = 50
+
+    def decode_cursor(self, request):
+        # DRF answers a garbled cursor with 404 and lets a forged position reach the query
+        # (a 500); both are bad input, answered as 400 naming the parameter.
+        encoded = request.query_params.get(self.cursor_query_param)
+        if encoded is None:
+            return None
+        try:
+            tokens = parse.parse_qs(b64decode(encoded.encode("ascii")).decode("ascii"), keep_blank_values=True)
+            position = tokens.get("p", [None])[0]
+            if position is not None and not (position.isascii() and position.isdigit()
+                                             and int(position) <= MAX_DB_INT):
+                raise ValueError(position)
+            return super().decode_cursor(request)
+        except (TypeError, ValueError, UnicodeError, exceptions.NotFound):
+            raise exceptions.ValidationError(
+                {self.cursor_query_param: "is not a valid cursor; follow the next/previous links"})
+
+
+def db_int(value: int) -> int:
+    """A path id that fits the database's integer, or a 404 (SQLite raises on larger ones)."""
+    if value > MAX_DB_INT:
+        raise exceptions.NotFound()
+    return value
