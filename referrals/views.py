@@ -71,8 +71,9 @@ def dashboard(request):
     balances = account_balances(account)
     stats = referral_stats(account)
     earnings = [
-        {**row, "earned": format_exact(row["earned"]), "pending": format_exact(row["pending"]),
-         "available": format_exact(row["available"])}
+        # Displays round to the cent (SPEC "Money"); the exact figure stays in the tooltip.
+        {**row, "earned": format_cents(row["earned"]), "earned_exact": format_exact(row["earned"]),
+         "pending": format_cents(row["pending"]), "available": format_cents(row["available"])}
         for row in earnings_by_program(account)
     ]
     gates = [
@@ -88,7 +89,7 @@ def dashboard(request):
         "currency": _symbol(),
         "balances": {"credits": format_cents(balances.credits), "cash_available": format_cents(balances.cash_available),
                      "pending": format_cents(balances.pending)},
-        "stats": {**stats, "total_earnings": format_exact(stats["total_earnings"]),
+        "stats": {**stats, "total_earnings": format_cents(stats["total_earnings"]),
                   "conversion_percent": f"{stats['conversion_rate'] * 100:.1f}"},
         "earnings": earnings,
         "gates": gates,
