@@ -303,8 +303,8 @@ def test_it_refuses_to_approve_twice_with_409(integration, runpod, alice):
     response = integration.post(f"/api/v1/applications/{application['id']}/approve")
 
     assert response.status_code == 409
-    assert response.json() == {"error": {"code": "action_refused", "message": "only open applications can be approved (this one is approved)",
-                                         "fields": {}}}
+    message = "only open applications can be approved (this one is approved)"
+    assert response.json() == {"error": {"code": "action_refused", "message": message, "fields": {}}}
     assert Event.objects.count() == events_before
 
 
