@@ -23,7 +23,7 @@ from ledger.money import format_exact, net_sum, share_of
 from ledger.services import Leg, open_books, post
 
 from . import events as ev
-from . import rules
+from . import outbox, rules
 from .models import (
     Account,
     Accrual,
@@ -212,6 +212,9 @@ def _persist(earnings: list[rules.Earning], event: Event) -> None:
         ])
         if not earning.held and earning.expires_days:
             _grant_credits([accrual])
+        outbox.publish(outbox.COMMISSION_CREATED, account_id=earning.beneficiary_id, data={
+            "accrual": accrual.pk, "program": earning.program.key, "rule": earning.rule,
+            "amount": format_exact(earning.amount), "held": earning.held, "book": book, "event": event.external_id})
 
 
 def _grant_credits(accruals) -> None:
@@ -241,6 +244,9 @@ def release_ready(accruals, *, event: Event, rule: str, at: datetime) -> int:
     post(kind="release", rule=rule, event=event, legs=legs)
     Accrual.objects.filter(pk__in=[a.pk for a in ready]).update(state=Accrual.State.RELEASED, released_at=at)
     _grant_credits(ready)
+    for (beneficiary_id, program_id, destination), amount in totals.items():
+        outbox.publish(outbox.COMMISSION_RELEASED, account_id=beneficiary_id, data={
+            "program_id": program_id, "amount": format_exact(amount), "book": destination, "rule": rule})
     return len(ready)
 
 
@@ -278,6 +284,9 @@ def _on_account_created(event: Event, replay: bool) -> int:
     )
     if signals:
         FraudFlag.objects.create(referral=referral, signals=signals)
+    outbox.publish(outbox.REFERRAL_CREATED, account_id=referrer.pk, data={
+        "referral": referral.pk, "referred": account.external_id, "status": referral.status,
+        "occurred_at": event.occurred_at.isoformat()})
     ctx = rules.Context(event_type=event.type, occurred_at=event.occurred_at, amount=0, account_id=account.pk,
                         referrer_id=referrer.pk, referral_id=referral.pk, referral_ineligible=bool(signals))
     earnings = []
@@ -369,6 +378,9 @@ def _on_money_event(event: Event, replay: bool) -> int:
             referral.converted_at = event.occurred_at
             if referral.status == Referral.Status.PENDING:
                 referral.status = Referral.Status.CONVERTED
+                outbox.publish(outbox.REFERRAL_CONVERTED, account_id=referral.referrer_id, data={
+                    "referral": referral.pk, "referred": account.external_id,
+                    "occurred_at": event.occurred_at.isoformat()})
         referral.save(update_fields=["spend", "purchases", "converted_at", "status"])
 
     if template is not None and event.runtime_seconds:
@@ -574,6 +586,10 @@ def _on_application_decided(event: Event, replay: bool) -> int:
     application.decided_at = None if status == Application.Status.OPEN else event.occurred_at
     application.decided_by = event.actor
     application.save(update_fields=["status", "reason", "decided_at", "decided_by"])
+    if status != Application.Status.OPEN:
+        outbox.publish(outbox.APPLICATION_DECIDED, account_id=application.account_id, data={
+            "application": application.pk, "program": application.program.key, "status": status,
+            "reason": application.reason})
     if status != Application.Status.APPROVED:
         return 1
     earned = Accrual.objects.filter(program=application.program, beneficiary=application.account)
