@@ -20,7 +20,6 @@ from .models import (
     Event,
     FraudFlag,
     JobRun,
-    Program,
     Referral,
     Template,
 )
@@ -41,23 +40,6 @@ def _run_decision(modeladmin, request, queryset, decide, verb):
             modeladmin.message_user(request, f"{obj}: {exc}", messages.ERROR)
     if done:
         modeladmin.message_user(request, f"{verb} {done} item(s).", messages.SUCCESS)
-
-
-@admin.register(Program)
-class ProgramAdmin(admin.ModelAdmin):
-    list_display = ("name", "key", "preset", "kind", "enabled", "rate", "partner_rate", "updated_at")
-    list_filter = ("preset", "kind", "enabled")
-    search_fields = ("name", "key")
-    fieldsets = (
-        (None, {"fields": ("key", "preset", "name", "kind", "enabled", "description")}),
-        ("What earns", {"fields": ("event_types", "product", "rate", "pays_in", "partner_rate", "partner_pays_in",
-                                   "hold_days")}),
-        ("Gates", {"fields": ("requires_approval", "gate_min_referrals", "gate_min_spend",
-                              "template_min_runtime_hours")}),
-        ("Milestone", {"fields": ("milestone_threshold", "referrer_bonus", "referred_bonus")}),
-        ("Sign-up credit", {"fields": ("signup_credit", "credit_valid_days")}),
-        ("Cash-out", {"fields": ("cashout_percent", "own_credits_block_cashout", "min_payout", "payout_methods")}),
-    )
 
 
 @admin.register(Account)
@@ -83,21 +65,24 @@ class ApplicationAdmin(ReadOnlyAdmin):
     action_form = ReasonActionForm
     actions = ["approve", "reject", "reopen"]
 
+    def has_decide_permission(self, request):
+        return request.user.has_perm("referrals.change_application")
+
     @admin.display(description="Spend at opening")
     def spend(self, obj):
         return format_cents(obj.spend_at_open)
 
-    @admin.action(description="Approve selected applications (releases held earnings)")
+    @admin.action(description="Approve selected applications (releases held earnings)", permissions=["decide"])
     def approve(self, request, queryset):
         _run_decision(self, request, queryset,
                       lambda a, u, r: services.application_approve(application=a, actor=u, reason=r), "Approved")
 
-    @admin.action(description="Reject selected applications (reason required)")
+    @admin.action(description="Reject selected applications (reason required)", permissions=["decide"])
     def reject(self, request, queryset):
         _run_decision(self, request, queryset,
                       lambda a, u, r: services.application_reject(application=a, actor=u, reason=r), "Rejected")
 
-    @admin.action(description="Reopen selected rejected applications")
+    @admin.action(description="Reopen selected rejected applications", permissions=["decide"])
     def reopen(self, request, queryset):
         _run_decision(self, request, queryset,
                       lambda a, u, r: services.application_reopen(application=a, actor=u, reason=r), "Reopened")
@@ -111,16 +96,19 @@ class FraudFlagAdmin(ReadOnlyAdmin):
     action_form = ReasonActionForm
     actions = ["clear", "confirm"]
 
+    def has_decide_permission(self, request):
+        return request.user.has_perm("referrals.change_fraudflag")
+
     @admin.display(description="Signals")
     def signal_names(self, obj):
         return ", ".join(s.get("signal", "?") for s in obj.signals)
 
-    @admin.action(description="Clear selected flags (release held earnings)")
+    @admin.action(description="Clear selected flags (release held earnings)", permissions=["decide"])
     def clear(self, request, queryset):
         _run_decision(self, request, queryset,
                       lambda f, u, r: services.fraud_flag_clear(flag=f, actor=u, reason=r), "Cleared")
 
-    @admin.action(description="Confirm fraud (void held earnings; reason required)")
+    @admin.action(description="Confirm fraud (void held earnings; reason required)", permissions=["decide"])
     def confirm(self, request, queryset):
         _run_decision(self, request, queryset,
                       lambda f, u, r: services.fraud_flag_confirm(flag=f, actor=u, reason=r), "Confirmed")

@@ -795,3 +795,9 @@ def record_job_event(event_type: str, *, at: datetime, payload: dict) -> tuple[E
     """A periodic job's value-moving pass, logged as an event only when it changed something."""
     return _record(event_type, payload={**payload, "at": at.isoformat()}, source=Event.Source.JOB,
                    occurred_at=at, only_if_effective=True)
+
+
+def record_staff_event(event_type: str, *, account: Account, payload: dict, actor) -> Event:
+    """A staff action that moves value, logged as an internal event so the ledger replays it."""
+    event, _ = _record(event_type, payload=payload, source=Event.Source.STAFF, account=account, actor=actor)
+    return event

@@ -17,7 +17,7 @@ ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhos
 SITE_URL = env.str("SITE_URL", default="http://127.0.0.1:8000").rstrip("/")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "backoffice.admin_config.PortalAdminConfig",  # Django's admin, with the staff overview on its index
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -27,6 +27,7 @@ INSTALLED_APPS = [
     "ledger",
     "referrals",
     "payouts",
+    "backoffice",
 ]
 
 MIDDLEWARE = [

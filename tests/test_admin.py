@@ -66,7 +66,8 @@ def test_it_validates_programme_rates_in_the_admin(runpod, admin_client):
         "gate_min_spend", "template_min_runtime_hours", "milestone_threshold", "referrer_bonus", "referred_bonus",
         "signup_credit", "credit_valid_days", "cashout_percent", "min_payout")}
     data |= {"enabled": "on", "requires_approval": "on", "event_types": '["usage.charged"]', "payout_methods": "[]",
-             "rate": "101", "partner_rate": "", "partner_pays_in": ""}
+             "rate": "101", "partner_rate": "", "partner_pays_in": "",
+             "changes-TOTAL_FORMS": "0", "changes-INITIAL_FORMS": "0"}
     response = admin_client.post(f"/admin/referrals/program/{program.pk}/change/", data)
     assert response.status_code == 200 and "less than or equal to 100" in response.content.decode()
     data["rate"] = "3.00"
@@ -74,6 +75,8 @@ def test_it_validates_programme_rates_in_the_admin(runpod, admin_client):
     assert response.status_code == 302
     program.refresh_from_db()
     assert str(program.rate) == "3.00"
+    change = program.changes.get()
+    assert change.changes == {"rate": ["2.00", "3.00"]} and change.actor.username == "boss"
 
 
 def test_every_read_only_changelist_renders(runpod, admin_client):

@@ -1,0 +1,14 @@
+from django.apps import AppConfig
+
+
+class BackofficeConfig(AppConfig):
+    name = "backoffice"
+    verbose_name = "Back office"
+
+    def ready(self) -> None:
+        from referrals.services import register_handler
+
+        from .services import ADJUSTMENT_POSTED, apply_adjustment
+
+        register_handler(ADJUSTMENT_POSTED, apply_adjustment)
+
