@@ -16,6 +16,7 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q, Sum, Value
 from django.db.models.functions import Greatest
+from disposable_email_domains import blocklist as disposable_domains
 from django.utils import timezone
 
 from ledger.models import Balance, Book
@@ -276,7 +277,7 @@ def _on_account_created(event: Event, replay: bool) -> int:
     referrer, click, template = _attribution(payload, event.occurred_at)
     if referrer is None:
         return 1
-    signals = self_referral_signals(referrer, account)
+    signals = self_referral_signals(referrer, account, click)
     referral = Referral.objects.create(
         referrer=referrer, referred=account, click=click, template=template, created_at=event.occurred_at,
         status=Referral.Status.INELIGIBLE if signals else Referral.Status.PENDING,
@@ -327,8 +328,8 @@ def _attribution(payload: dict, occurred_at: datetime) -> tuple[Account | None, 
     return referrer, click, template
 
 
-def self_referral_signals(referrer: Account, referred: Account) -> list[dict]:
-    """Why two accounts look like one person; empty when they do not."""
+def self_referral_signals(referrer: Account, referred: Account, click: Click | None = None) -> list[dict]:
+    """Why a referral looks like self-referral or abuse; empty when it does not."""
     signals = []
     if referrer.email_normalized and referrer.email_normalized == referred.email_normalized:
         signals.append({"signal": "same_email", "detail": referred.email_normalized})
@@ -338,12 +339,32 @@ def self_referral_signals(referrer: Account, referred: Account) -> list[dict]:
             signals.append({"signal": "same_ip", "detail": referred.signup_ip})
         if referrer.device_id and referrer.device_id == referred.device_id:
             signals.append({"signal": "same_device", "detail": referred.device_id})
+    domain = referred.email_normalized.rpartition("@")[2]
+    if _is_disposable(domain):
+        signals.append({"signal": "disposable_email", "detail": domain})
+    if click is not None and Referral.objects.filter(click=click).exists():
+        signals.append({"signal": "shared_click", "detail": f"click {click.pk} already brought another sign-up"})
+    burst_minutes = settings.REFERRAL["CLICK_BURST_MINUTES"]
+    recent_clicks = Click.objects.filter(
+        referrer=referrer, created_at__lte=referred.signed_up_at,
+        created_at__gte=referred.signed_up_at - timedelta(minutes=burst_minutes)).count()
+    if recent_clicks > settings.REFERRAL["CLICK_BURST_COUNT"]:
+        signals.append({"signal": "click_burst",
+                        "detail": f"{recent_clicks} clicks on the link in the {burst_minutes} minutes before sign-up"})
     return signals
+
+
+def _is_disposable(domain: str) -> bool:
+    """The maintained list of throwaway-mail domains (PyPI disposable-email-domains), parents included."""
+    parts = domain.split(".")
+    return any(".".join(parts[i:]) in disposable_domains for i in range(len(parts) - 1))
 
 
 def _reason(signals: list[dict]) -> str:
     names = {"same_email": "same e-mail as the referrer", "same_ip": "same sign-up IP as the referrer",
-             "same_device": "same device as the referrer", "same_payment": "same payment method as the referrer"}
+             "same_device": "same device as the referrer", "same_payment": "same payment method as the referrer",
+             "disposable_email": "disposable e-mail domain", "shared_click": "click shared by several sign-ups",
+             "click_burst": "burst of clicks on the link"}
     return "; ".join(names.get(s["signal"], s["signal"]) for s in signals)
 
 

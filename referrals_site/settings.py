@@ -112,6 +112,9 @@ REFERRAL = {
     "SELF_REFERRAL_WINDOW_DAYS": env.int("REFERRAL_SELF_REFERRAL_WINDOW_DAYS", default=30),
     # Events dated further in the future than this are refused (clock skew allowance).
     "MAX_CLOCK_SKEW_SECONDS": env.int("REFERRAL_MAX_CLOCK_SKEW_SECONDS", default=300),
+    # More than this many clicks on one link in this many minutes before a sign-up flags it.
+    "CLICK_BURST_COUNT": env.int("REFERRAL_CLICK_BURST_COUNT", default=50),
+    "CLICK_BURST_MINUTES": env.int("REFERRAL_CLICK_BURST_MINUTES", default=10),
 }
 
 LOGGING = {
