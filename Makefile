@@ -11,7 +11,7 @@ PRESET ?= runpod
 SQLITE_URL := sqlite:///$(CURDIR)/db.sqlite3
 PYTEST_ARGS ?=
 
-.PHONY: venv migrate run test test-sqlite test-postgres lint clean
+.PHONY: venv migrate run test test-sqlite test-postgres lint audit clean
 
 venv: $(STAMP)
 
@@ -59,6 +59,15 @@ test-postgres: venv
 
 lint: venv
 	$(PY) -m ruff check .
+
+# Supply chain: bandit (no medium or high finding) and pip-audit (no known vulnerability) on
+# the runtime requirements. pip-audit asks PyPI's JSON API; see docs/deploy.md for waivers.
+audit: venv
+	$(PY) -m bandit -q -r ledger referrals payouts backoffice referrals_site $(wildcard integrations notifications) \
+		-x '*/migrations/*,*/tests/*' -ll
+	$(PY) -m pip_audit -r requirements.txt --vulnerability-service pypi --progress-spinner off
+	DJANGO_SECURE=true DJANGO_SECRET_KEY=$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(64))') \
+		DJANGO_ALLOWED_HOSTS=referrals.example.com $(PY) manage.py check --deploy --fail-level WARNING
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -29,3 +29,16 @@ def staff(db):
 def postgres_only(db):
     if connection.vendor != "postgresql":
         pytest.skip(reason="needs PostgreSQL: set DATABASE_URL (CI provides it via .ci/run)")
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    # Production hashes with scrypt (settings.PASSWORD_HASHERS); tests create many users.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _login_throttling_off_by_default(settings):
+    # The test client's login() authenticates without a request, which django-axes refuses;
+    # tests/test_security.py switches it back on to prove the lock-out.
+    settings.AXES_ENABLED = False
