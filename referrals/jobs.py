@@ -1,51 +1,52 @@
 """The periodic jobs of SPEC "Periodic jobs", as plain services run for an explicit time.
 
-Each job is idempotent (a second run finds nothing left to do) and works from aggregates.
-Jobs that move value log an internal event, so `verify_ledger` replays them in order.
+Each job is idempotent (a second run finds nothing left to do) and set-based: a handful of SQL
+statements whatever the row count (aggregates, INSERT ... SELECT, UPDATE ... FROM; see
+`referrals.bulk`). Two runs of one job are serialised by `bulk.job_lock`. Jobs that move value
+log an internal event, so `verify_ledger` replays them in order. Beat runs them through
+`referrals.tasks.run_job`; `manage.py run_jobs --at` and `POST /api/v1/jobs/run` run them too.
 """
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.db.models import Count, Sum
 from django.utils import timezone
 
 from ledger.models import Book
-from ledger.money import net_sum
-from ledger.services import Leg, post
+from ledger.money import format_exact, to_units
 
+from . import bulk, outbox, services
 from . import events as ev
-from . import services
-from .models import Accrual, Application, CreditGrant, Event, JobRun, Program, Referral, Template
+from .models import Accrual, Application, CreditGrant, Event, JobRun, MilestoneAward, Program, Referral, Template
 
 
 def revenue_share_gates(at: datetime) -> dict:
-    """Open an application for every referrer that meets a gated programme's thresholds."""
+    """Open an application for every referrer that meets a gated programme's thresholds.
+
+    One INSERT ... SELECT per gated programme: referral counts and referred spend are
+    aggregated in SQL, and a referrer with an application already is skipped (the unique
+    constraint settles a race between two runs).
+    """
     opened = 0
+    when = bulk.db_datetime(at)
+    ineligible = Referral.Status.INELIGIBLE
     for program in Program.objects.filter(enabled=True, requires_approval=True):
-        eligible = Referral.objects.exclude(status=Referral.Status.INELIGIBLE).filter(created_at__lte=at)
-        counts = dict(
-            eligible.values_list("referrer_id").annotate(n=Count("id")).filter(n__gte=program.gate_min_referrals)
-            .values_list("referrer_id", "n")
-        )
-        if not counts:
-            continue
-        min_spend = int(program.gate_min_spend * 10**10)
-        spend = dict(
-            Event.objects.filter(type=ev.USAGE_CHARGED, occurred_at__lte=at,
-                                 account__referred_by__in=eligible, account__referred_by__referrer_id__in=counts)
-            .values_list("account__referred_by__referrer_id")
-            .annotate(total=net_sum("amount", "refunded")).filter(total__gte=min_spend)
-            .values_list("account__referred_by__referrer_id", "total")
-        ) if min_spend else dict.fromkeys(counts, 0)
-        before = Application.objects.filter(program=program).count()
-        Application.objects.bulk_create(
-            [Application(program=program, account_id=referrer_id, referrals_at_open=counts[referrer_id],
-                         spend_at_open=int(total or 0), opened_at=at)
-             for referrer_id, total in spend.items() if referrer_id in counts],
-            ignore_conflicts=True,
-        )
-        # bulk_create with ignore_conflicts reports rows it did not insert; count instead.
-        opened += Application.objects.filter(program=program).count() - before
+        opened += bulk.execute(
+            """
+            INSERT INTO {application} (program_id, account_id, status, referrals_at_open, spend_at_open,
+                                       opened_at, reason)
+            SELECT %s, c.referrer_id, %s, c.n, COALESCE(s.total, 0), %s, ''
+            FROM (SELECT referrer_id, COUNT(*) AS n FROM {referral}
+                  WHERE status <> %s AND created_at <= %s GROUP BY referrer_id HAVING COUNT(*) >= %s) c
+            LEFT JOIN (SELECT r.referrer_id, SUM(e.amount - e.refunded) AS total
+                       FROM {event} e JOIN {referral} r ON r.referred_id = e.account_id
+                       WHERE e.type = %s AND e.occurred_at <= %s AND r.status <> %s AND r.created_at <= %s
+                       GROUP BY r.referrer_id) s ON s.referrer_id = c.referrer_id
+            WHERE COALESCE(s.total, 0) >= %s
+              AND NOT EXISTS (SELECT 1 FROM {application} a WHERE a.program_id = %s AND a.account_id = c.referrer_id)
+            ON CONFLICT DO NOTHING""",
+            [program.pk, Application.Status.OPEN, when, ineligible, when, program.gate_min_referrals,
+             ev.USAGE_CHARGED, when, ineligible, when, to_units(program.gate_min_spend), program.pk],
+            application=bulk.table(Application), referral=bulk.table(Referral), event=bulk.table(Event))
     return {"applications_opened": opened}
 
 
@@ -55,19 +56,27 @@ def template_gates(at: datetime) -> dict:
 
 
 def _apply_template_gates(event: Event, replay: bool) -> int:
-    at = event.occurred_at
-    released = 0
+    """Qualify every template whose runtime up to the event's time reaches the gate, then
+    release what its creator earned on it: one UPDATE per programme plus one release."""
+    at = bulk.db_datetime(event.occurred_at)
+    effect = 0
     for program in Program.objects.filter(enabled=True, kind=Program.Kind.TEMPLATE_SHARE):
         min_seconds = int(program.template_min_runtime_hours * 3600)
-        runtimes = (
-            Event.objects.filter(type=ev.USAGE_CHARGED, occurred_at__lte=at, template__qualified_at__isnull=True)
-            .values_list("template_id").annotate(seconds=Sum("runtime_seconds"))
-            .filter(seconds__gte=min_seconds).values_list("template_id", flat=True)
-        )
-        for template in Template.objects.filter(pk__in=list(runtimes)).select_for_update():
-            # +1 so a template that qualifies with nothing held still counts as an effect.
-            released += 1 + services._qualify_template(template, program, event=event, at=at)
-    return released
+        qualified = bulk.execute(
+            "UPDATE {template} SET qualified_at = %s WHERE qualified_at IS NULL AND id IN ("
+            "SELECT template_id FROM {event} WHERE type = %s AND occurred_at <= %s "
+            "AND template_id IS NOT NULL GROUP BY template_id HAVING SUM(runtime_seconds) >= %s)",
+            [at, ev.USAGE_CHARGED, at, min_seconds], template=bulk.table(Template), event=bulk.table(Event))
+        if not qualified:
+            continue
+        just_qualified = Accrual.objects.filter(template__qualified_at=event.occurred_at, template__isnull=False)
+        # A template that qualifies with nothing held still counts as an effect.
+        effect += qualified + services.release_ready(
+            just_qualified, event=event, rule=f"{program.key}:template-qualified", at=event.occurred_at,
+            clearing="held_for_template")
+        # What stays held for another reason (fraud, the hold period) is no longer held for the template.
+        just_qualified.filter(held_for_template=True).update(held_for_template=False)
+    return effect
 
 
 def milestones(at: datetime) -> dict:
@@ -76,25 +85,67 @@ def milestones(at: datetime) -> dict:
 
 
 def _apply_milestones(event: Event, replay: bool) -> int:
-    at = event.occurred_at
+    """Award every milestone crossed by the event's time but not yet paid: per programme, one
+    INSERT of the awards, one INSERT per bonus of the accruals, and one set-based posting."""
+    at = bulk.db_datetime(event.occurred_at)
     awarded = 0
     for program in Program.objects.filter(enabled=True, kind=Program.Kind.MILESTONE):
-        threshold = int(program.milestone_threshold * 10**10)
-        if threshold <= 0:
+        threshold = to_units(program.milestone_threshold)
+        bonuses = [(b, to_units(v)) for b, v in (("referrer_id", program.referrer_bonus),
+                                                 ("referred_id", program.referred_bonus))]
+        if threshold <= 0 or not program.event_types or not any(v > 0 for _, v in bonuses):
             continue
-        charges = Event.objects.filter(type__in=program.event_types, occurred_at__lte=at,
-                                       account__referred_by__isnull=False)
-        if program.product:
-            charges = charges.filter(product=program.product)
-        due = (
-            charges.exclude(account__referred_by__milestones__program=program)
-            .values_list("account__referred_by").annotate(net=net_sum("amount", "refunded"))
-            .filter(net__gte=threshold).values_list("account__referred_by", flat=True)
-        )
-        for referral in Referral.objects.filter(pk__in=list(due)).select_for_update():
-            earnings = services._award_milestone(program, referral, event)
-            services._persist(earnings, event)
-            awarded += bool(earnings)
+        names = {"event": bulk.table(Event), "award": bulk.table(MilestoneAward), "referral": bulk.table(Referral),
+                 "accrual": bulk.table(Accrual), "types": ", ".join(["%s"] * len(program.event_types)),
+                 "product": " AND product = %s" if program.product else ""}
+        crossed_params = [*program.event_types, at, *([program.product] if program.product else []), threshold]
+        new_awards = bulk.execute(
+            "INSERT INTO {award} (program_id, referral_id, event_id) "
+            "SELECT %s, r.id, %s FROM {referral} r WHERE r.referred_id IN ("
+            "SELECT account_id FROM {event} WHERE type IN ({types}) AND occurred_at <= %s{product} "
+            "AND account_id IS NOT NULL GROUP BY account_id HAVING SUM(amount - refunded) >= %s) "
+            "AND NOT EXISTS (SELECT 1 FROM {award} m WHERE m.program_id = %s AND m.referral_id = r.id) "
+            "ON CONFLICT DO NOTHING",
+            [program.pk, event.pk, *crossed_params, program.pk], **names)
+        if not new_awards:
+            continue
+        held_until = event.occurred_at + timedelta(days=program.hold_days) if program.hold_days else None
+        # Held for fraud when the referral is ineligible; held for the hold period when there is one.
+        held = "1 = 1" if held_until else "r.status = %s"
+        held_params = [] if held_until else [Referral.Status.INELIGIBLE]
+        for beneficiary, amount in bonuses:
+            if amount <= 0:
+                continue
+            bulk.execute(
+                "INSERT INTO {accrual} (program_id, rule, beneficiary_id, event_id, referral_id, template_id, "
+                "amount, reversed, destination, track, state, held_for_gate, held_for_template, held_for_fraud, "
+                "held_until, expires_days, created_at, released_at) "
+                "SELECT %s, %s, r.{beneficiary}, %s, r.id, NULL, %s, 0, %s, '', "
+                "CASE WHEN {held} THEN %s ELSE %s END, %s, %s, r.status = %s, %s, 0, %s, "
+                "CASE WHEN {held} THEN NULL ELSE %s END "
+                "FROM {award} m JOIN {referral} r ON r.id = m.referral_id "
+                "WHERE m.event_id = %s AND m.program_id = %s",
+                [program.pk, f"{program.key}:milestone", event.pk, amount, program.pays_in,
+                 *held_params, Accrual.State.HELD, Accrual.State.RELEASED, False, False,
+                 Referral.Status.INELIGIBLE, bulk.db_datetime(held_until) if held_until else None, at,
+                 *held_params, at, event.pk, program.pk],
+                beneficiary=beneficiary, held=held, **names)
+        created = Accrual.objects.filter(event=event, program=program)
+        bulk.post_moves(
+            kind="accrual", rule=f"{program.key}:milestone", event=event,
+            moves_sql=bulk.sql(
+                "SELECT beneficiary_id AS account_id, program_id, %s AS from_book, "
+                "CASE WHEN state = %s THEN %s ELSE destination END AS to_book, SUM(amount) AS amount "
+                "FROM {accrual} WHERE event_id = %s AND program_id = %s "
+                "GROUP BY beneficiary_id, program_id, state, destination", **names),
+            params=[Book.EARNINGS_EXPENSE, Accrual.State.HELD, Book.PENDING, event.pk, program.pk])
+        for accrual in created.iterator(chunk_size=2000):
+            outbox.publish(outbox.COMMISSION_CREATED, account_id=accrual.beneficiary_id, data={
+                "accrual": accrual.pk, "program": program.key, "rule": accrual.rule,
+                "amount": format_exact(accrual.amount), "held": accrual.state == Accrual.State.HELD,
+                "book": Book.PENDING if accrual.state == Accrual.State.HELD else accrual.destination,
+                "event": event.external_id})
+        awarded += new_awards
     return awarded
 
 
@@ -104,20 +155,25 @@ def expire_credits(at: datetime) -> dict:
 
 
 def _apply_credit_expiry(event: Event, replay: bool) -> int:
-    at = event.occurred_at
-    # Lock the lapsed grants first (PostgreSQL refuses FOR UPDATE with GROUP BY), so a
-    # concurrent run waits and then finds them already expired.
-    ids = list(CreditGrant.objects.filter(expires_at__lte=at, expired_at__isnull=True)
-               .select_for_update().values_list("id", flat=True))
-    lapsed = CreditGrant.objects.filter(pk__in=ids, expired_at__isnull=True)
-    rows = list(lapsed.filter(remaining__gt=0).values_list("account_id", "accrual__program_id")
-                .annotate(total=Sum("remaining")))
-    legs = []
-    for account_id, program_id, total in rows:
-        legs += [Leg(Book.CREDITS, -int(total), account_id, program_id),
-                 Leg(Book.EXPIRED, int(total), None, program_id)]
-    post(kind="expiry", rule="signup-credit:expired", event=event, legs=legs)
-    return lapsed.update(remaining=0, expired_at=at)
+    """Expire every grant lapsed by the event's time: the lapsed grants are snapshotted (and
+    row-locked on PostgreSQL, so a redemption cannot spend them meanwhile), what is left of
+    them is posted from the holders' credits to the expired book, and they are closed."""
+    at = bulk.db_datetime(event.occurred_at)
+    lapsed = bulk.sql(
+        "SELECT g.id, g.account_id, a.program_id, g.remaining FROM {grant} g JOIN {accrual} a ON a.id = g.accrual_id "
+        "WHERE g.expires_at <= %s AND g.expired_at IS NULL{lock}",
+        grant=bulk.table(CreditGrant), accrual=bulk.table(Accrual), lock=bulk.lock_clause("g"))
+    with bulk.Batch("lapsed", lapsed, [at]) as batch:
+        if not batch.count:
+            return 0
+        bulk.post_moves(
+            kind="expiry", rule="signup-credit:expired", event=event,
+            moves_sql=bulk.sql("SELECT account_id, program_id, %s AS from_book, %s AS to_book, "
+                               "SUM(remaining) AS amount FROM {batch} GROUP BY account_id, program_id", batch=batch),
+            params=[Book.CREDITS, Book.EXPIRED])
+        bulk.execute("UPDATE {grant} SET remaining = 0, expired_at = %s WHERE id IN (SELECT id FROM {batch})", [at],
+                     grant=bulk.table(CreditGrant), batch=batch)
+        return batch.count
 
 
 def release_holds(at: datetime) -> dict:
@@ -135,13 +191,23 @@ services.register_handler(services.MILESTONES_CAUGHT_UP, _apply_milestones)
 services.register_handler(services.CREDITS_EXPIRED, _apply_credit_expiry)
 services.register_handler(services.EARNINGS_RELEASED, _apply_hold_release)
 
+def retry_stuck_payouts(at: datetime) -> dict:
+    from payouts.services import retry_stuck_payouts as retry
+
+    return retry(at=at)
+
+
 JOBS = {
     "revenue_share_gates": revenue_share_gates,
     "template_gates": template_gates,
     "milestones": milestones,
     "expire_credits": expire_credits,
     "release_holds": release_holds,
+    "retry_stuck_payouts": retry_stuck_payouts,
 }
+# Jobs that commit per item themselves (one provider call per payout, claimed with a row lock):
+# not wrapped in one transaction, so a failure half-way keeps what the provider already did.
+SELF_COMMITTING = {"retry_stuck_payouts"}
 
 
 class UnknownJob(ValueError):
@@ -159,8 +225,13 @@ def run_jobs(*, at: datetime | None = None, names: list[str] | None = None) -> d
     for name in names:
         run = JobRun.objects.create(name=name, at=at)
         try:
-            with transaction.atomic():
+            if name in SELF_COMMITTING:
                 counts = JOBS[name](at)
+            else:
+                with transaction.atomic():
+                    # A second run of the same job waits here, then finds nothing left to do.
+                    bulk.job_lock(name)
+                    counts = JOBS[name](at)
         except Exception as exc:
             run.error = f"{type(exc).__name__}: {exc}"
             run.finished_at = timezone.now()

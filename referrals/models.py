@@ -5,6 +5,7 @@ from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from ledger.models import Book
 
@@ -269,10 +270,18 @@ class Event(models.Model):
     refunded = models.BigIntegerField(default=0, help_text="Sum of refunds against this event (ledger units).")
     runtime_seconds = models.PositiveBigIntegerField(default=0)
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT)
+    # When its effects were applied. Batch ingestion stores stateless money events first (null
+    # here) and applies them right after, in id order (referrals.ingestion); everything else is
+    # applied in the transaction that stores it, hence the default.
+    applied_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
+    apply_error = models.TextField(blank=True, help_text="Why applying a stored event failed (it is then skipped).")
 
     class Meta:
         ordering = ["id"]
-        indexes = [models.Index(fields=["account", "type"])]
+        indexes = [
+            models.Index(fields=["account", "type"]),
+            models.Index(fields=["id"], condition=Q(applied_at__isnull=True), name="event_pending_apply"),
+        ]
         constraints = [
             models.CheckConstraint(condition=Q(amount__isnull=True) | Q(amount__gt=0), name="event_amount_positive"),
             models.CheckConstraint(condition=Q(refunded__gte=0), name="event_refunded_non_negative"),

@@ -76,12 +76,18 @@ def earnings_by_program(account: Account) -> list[dict]:
         )
         .order_by("program__key")
     )
+    # Paid out: the platform:payouts legs of this account's payout events (settled minus reversed).
+    paid = dict(
+        Entry.objects.filter(book=Book.PAYOUTS, transaction__event__account=account).values_list("program_id")
+        .annotate(total=Sum("amount")).values_list("program_id", "total")
+    )
     out = []
     for row in rows:
         earned = int(row["gross"]) - int(row["clawed_back"])
         pending = int(row["held"] or 0) - int(row["held_clawed_back"] or 0)
         out.append({"program": row["program__key"], "name": row["program__name"], "earned": earned,
-                    "pending": pending, "available": earned - pending, "paid": 0})
+                    "pending": pending, "available": earned - pending,
+                    "paid": int(paid.get(row["program_id"]) or 0)})
     return out
 
 

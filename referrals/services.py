@@ -7,24 +7,23 @@ whether it is applied live or replayed by `verify_ledger`.
 import ipaddress
 import logging
 import uuid
-from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from disposable_email_domains import blocklist as disposable_domains
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q, Sum, Value
 from django.db.models.functions import Greatest
-from disposable_email_domains import blocklist as disposable_domains
 from django.utils import timezone
 
 from ledger.models import Balance, Book
 from ledger.money import format_exact, net_sum, share_of
 from ledger.services import Leg, open_books, post
 
+from . import bulk, outbox, rules
 from . import events as ev
-from . import outbox, rules
 from .models import (
     Account,
     Accrual,
@@ -97,10 +96,21 @@ def ingest_event(raw, *, source: str = Event.Source.API, now: datetime | None = 
         valid = ev.validate_event(raw, now=now)
     except ev.EventInvalid as exc:
         return IngestResult(result_id, "rejected", exc.code, str(exc), exc.fields)
+    return ingest_valid_event(valid, source=source)
+
+
+def ingest_valid_event(valid: ev.ValidEvent, *, source: str = Event.Source.API) -> IngestResult:
+    """Deduplicate and apply one validated event atomically (the synchronous path)."""
+    from .ingestion import apply_pending  # ingestion builds on this module
 
     known = _known_outcome(valid)
     if known:
         return known
+    # Events of this account that a batch stored and a task has not applied yet come first,
+    # so this one is checked against their effects (and applied in id order, as in a replay).
+    account_id = Account.objects.filter(external_id=valid.account).values_list("pk", flat=True).first()
+    if account_id is not None:
+        apply_pending(account_id=account_id)
     try:
         with transaction.atomic():
             event = Event.objects.create(
@@ -218,7 +228,20 @@ def _persist(earnings: list[rules.Earning], event: Event) -> None:
             "amount": format_exact(earning.amount), "held": earning.held, "book": book, "event": event.external_id})
 
 
-def _grant_credits(accruals) -> None:
+def _grant_credits(accruals=(), *, batch: str = "") -> None:
+    """Open the expiring credit grants of released accruals: from a list of Accrual objects, or
+    set-based from a temporary table of accrual rows (see `release_ready`)."""
+    if batch:
+        if bulk.is_postgres():
+            expires = "created_at + expires_days * INTERVAL '1 day'"
+        else:  # SQLite keeps datetimes as text; datetime() drops the microseconds, so add them back
+            expires = "datetime(created_at, '+' || expires_days || ' days') || substr(created_at, 20)"
+        bulk.execute(
+            "INSERT INTO {grant} (account_id, accrual_id, amount, remaining, expires_at) "
+            "SELECT beneficiary_id, id, amount - reversed, amount - reversed, {expires} FROM {batch} "
+            "WHERE expires_days > 0 AND amount > reversed",
+            grant=bulk.table(CreditGrant), expires=expires, batch=batch)
+        return
     CreditGrant.objects.bulk_create([
         CreditGrant(account_id=a.beneficiary_id, accrual_id=a.pk, amount=a.amount - a.reversed,
                     remaining=a.amount - a.reversed, expires_at=a.created_at + timedelta(days=a.expires_days))
@@ -226,29 +249,48 @@ def _grant_credits(accruals) -> None:
     ])
 
 
-def release_ready(accruals, *, event: Event, rule: str, at: datetime) -> int:
-    """Move held accruals with no hold left from pending to their destination book."""
-    ready = list(
-        accruals.filter(state=Accrual.State.HELD, held_for_gate=False, held_for_template=False, held_for_fraud=False)
+HOLD_FLAGS = ("held_for_gate", "held_for_template", "held_for_fraud")
+
+
+def release_ready(accruals, *, event: Event, rule: str, at: datetime, clearing: str = "") -> int:
+    """Move held accruals with no hold left from pending to their destination book.
+
+    Set-based whatever the row count: the ready rows are snapshotted (and row-locked on
+    PostgreSQL) into a temporary table, then posted, marked released and granted their
+    expiring credits by a few INSERT ... SELECT / UPDATE statements. `clearing` names a hold
+    flag being lifted by the caller: it is ignored when picking the ready rows and cleared on
+    the released ones in the same UPDATE (the caller clears it on the rows still held).
+    """
+    if clearing and clearing not in HOLD_FLAGS:
+        raise ValueError(f"clearing: must be one of {', '.join(HOLD_FLAGS)}, not {clearing!r}")
+    ready = (
+        accruals.filter(state=Accrual.State.HELD, **{flag: False for flag in HOLD_FLAGS if flag != clearing})
         .filter(Q(held_until__isnull=True) | Q(held_until__lte=at))
-        .select_for_update()
+        .order_by()
+        .values("id", "beneficiary_id", "program_id", "destination", "amount", "reversed", "expires_days",
+                "created_at")
     )
-    if not ready:
-        return 0
-    totals: dict[tuple[int, int, str], int] = defaultdict(int)
-    for accrual in ready:
-        totals[(accrual.beneficiary_id, accrual.program_id, accrual.destination)] += accrual.net
-    legs = []
-    for (beneficiary_id, program_id, destination), amount in totals.items():
-        legs += [Leg(Book.PENDING, -amount, beneficiary_id, program_id),
-                 Leg(destination, amount, beneficiary_id, program_id)]
-    post(kind="release", rule=rule, event=event, legs=legs)
-    Accrual.objects.filter(pk__in=[a.pk for a in ready]).update(state=Accrual.State.RELEASED, released_at=at)
-    _grant_credits(ready)
-    for (beneficiary_id, program_id, destination), amount in totals.items():
-        outbox.publish(outbox.COMMISSION_RELEASED, account_id=beneficiary_id, data={
-            "program_id": program_id, "amount": format_exact(amount), "book": destination, "rule": rule})
-    return len(ready)
+    if bulk.is_postgres():
+        ready = ready.select_for_update(of=("self",))
+    sql, params = bulk.queryset_sql(ready)
+    with bulk.Batch("ready", sql, params) as batch:
+        if not batch.count:
+            return 0
+        groups = bulk.sql(
+            "SELECT beneficiary_id AS account_id, program_id, destination, SUM(amount - reversed) AS amount "
+            "FROM {batch} GROUP BY beneficiary_id, program_id, destination", batch=batch)
+        bulk.post_moves(kind="release", rule=rule, event=event, params=[Book.PENDING], moves_sql=bulk.sql(
+            "SELECT g.account_id, g.program_id, %s AS from_book, g.destination AS to_book, g.amount FROM ({groups}) g",
+            groups=groups))
+        bulk.execute("UPDATE {accrual} SET state = %s, released_at = %s{clear} WHERE id IN (SELECT id FROM {batch})",
+                     [Accrual.State.RELEASED, bulk.db_datetime(at)], accrual=bulk.table(Accrual), batch=batch,
+                     clear=f", {clearing} = false" if clearing else "")
+        _grant_credits(batch=batch.name)
+        ready_groups = bulk.rows(groups + " HAVING SUM(amount - reversed) <> 0")
+        for beneficiary_id, program_id, destination, amount in ready_groups:
+            outbox.publish(outbox.COMMISSION_RELEASED, account_id=beneficiary_id, data={
+                "program_id": program_id, "amount": format_exact(amount), "book": destination, "rule": rule})
+        return batch.count
 
 
 # --------------------------------------------------------------------------- external events

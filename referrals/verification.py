@@ -74,7 +74,8 @@ def replay_differences() -> list[str]:
         with transaction.atomic():
             allow_rebuild()
             _reset_derived_state()
-            for event in Event.objects.order_by("id").iterator(chunk_size=2000):
+            # Stored events a batch has not applied yet are not part of the state either.
+            for event in Event.objects.filter(applied_at__isnull=False).order_by("id").iterator(chunk_size=2000):
                 try:
                     with transaction.atomic():
                         apply_event(event, replay=True)

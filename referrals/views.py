@@ -1,21 +1,32 @@
-"""Portal pages: landing, sign-up (through the event service), dashboard and template pages."""
+"""Portal pages: landing, sign-up (through the event service), the dashboard pages (overview, referrals,
+earnings, wallet, templates, partner track) and template pages. Reads come from `selectors` and
+`dashboard`; the one write (the Partner upgrade) goes through `services.account_change_track`."""
+import csv
 import ipaddress
 import logging
+from datetime import timedelta
+from itertools import islice
 from urllib.parse import urlencode
 
+import segno
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth import get_user_model, login
 from django.contrib.auth.decorators import login_required
+from django.http import Http404, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 
-from ledger.money import CENT, format_cents, format_exact
+from ledger.models import Balance, Book
+from ledger.money import CENT, format_cents, format_exact, to_units
 
-from .forms import SignupForm
+from . import dashboard as dashboard_reads
+from .forms import PartnerUpgradeForm, ReferralFilterForm, SignupForm
 from .middleware import existing_visitor_id, read_referral_cookie
-from .models import Account, Program, Template
+from .models import Account, Program, Referral, Template, Track
 from .selectors import account_balances, earnings_by_program, gate_progress, referral_stats
-from .services import SignupFailed, portal_sign_up
+from .services import SignupFailed, account_change_track, portal_sign_up
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +54,8 @@ def signup(request):
         except SignupFailed as exc:
             form.add_error(None, str(exc))
         else:
-            login(request, user)
+            # Named explicitly: with more than one backend (e.g. django-axes) Django cannot pick.
+            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
             response = redirect("dashboard")
             response.delete_cookie(settings.REFERRAL["COOKIE_NAME"], samesite="Lax")
             return response
@@ -60,12 +72,20 @@ def _client_ip(request) -> str:
         return ""
 
 
+def _account(request) -> Account | None:
+    return Account.objects.filter(user=request.user).first()
+
+
+def _not_linked(request):
+    return render(request, "portal/not_linked.html")
+
+
 @login_required
 @require_GET
 def dashboard(request):
-    account = Account.objects.filter(user=request.user).first()
+    account = _account(request)
     if account is None:
-        return render(request, "portal/not_linked.html")
+        return _not_linked(request)
     programs = list(Program.objects.filter(enabled=True))
     applications = {a.program_id: a for a in account.applications.select_related("program")}
     balances = account_balances(account)
@@ -80,12 +100,16 @@ def dashboard(request):
         _gate_display(program, gate_progress(account, program), applications.get(program.pk))
         for program in programs if program.requires_approval
     ]
-    templates = list(account.templates.select_related("creator")[:50])
+    template_gates = [row for row in dashboard_reads.template_rows(account, limit=5)
+                      if row["needed_seconds"]] if any(p.kind == Program.Kind.TEMPLATE_SHARE for p in programs) else []
     blocks_cashout = account.purchased_credits > 0 and any(p.own_credits_block_cashout for p in programs)
-    share_text = "Sign up through my referral link"
     link = account.referral_link
+    series = dashboard_reads.earnings_by_month(account, now=timezone.now())
+    joined_via = Referral.objects.filter(referred=account).select_related("template").first()
     context = {
         "account": account,
+        "joined_via": joined_via,
+        "nav": "overview",
         "currency": _symbol(),
         "balances": {"credits": format_cents(balances.credits), "cash_available": format_cents(balances.cash_available),
                      "pending": format_cents(balances.pending)},
@@ -93,13 +117,216 @@ def dashboard(request):
                   "conversion_percent": f"{stats['conversion_rate'] * 100:.1f}"},
         "earnings": earnings,
         "gates": gates,
-        "templates": templates,
+        "template_gates": template_gates,
         "blocks_cashout": blocks_cashout,
         "purchased_credits": format_cents(account.purchased_credits),
-        "share_x": "https://twitter.com/intent/tweet?" + urlencode({"text": share_text, "url": link}),
-        "share_linkedin": "https://www.linkedin.com/sharing/share-offsite/?" + urlencode({"url": link}),
+        "qr_data_uri": _qr_data_uri(link),
+        "chart": dashboard_reads.bar_chart(series),
+        "funnel": dashboard_reads.funnel(stats),
+        **_share_links(link),
     }
     return render(request, "portal/dashboard.html", context)
+
+
+SHARE_TEXT = "I use this platform and recommend it. Sign up through my referral link:"
+
+
+def _share_links(link: str) -> dict:
+    return {
+        "share_text": SHARE_TEXT,
+        "share_x": "https://twitter.com/intent/tweet?" + urlencode({"text": SHARE_TEXT, "url": link}),
+        "share_linkedin": "https://www.linkedin.com/sharing/share-offsite/?" + urlencode({"url": link}),
+    }
+
+
+def _qr_data_uri(link: str) -> str:
+    # An <img> with a data: URI needs no mark_safe and no inline markup (CSP allows img-src data:).
+    return segno.make(link, error="m").svg_data_uri(scale=4, border=2, dark="#1d2330", light="#ffffff")
+
+
+@login_required
+@require_GET
+def referrals_page(request):
+    account = _account(request)
+    if account is None:
+        return _not_linked(request)
+    form = ReferralFilterForm(request.GET or None)
+    query = status = ""
+    if form.is_valid():
+        query, status = form.cleaned_data["q"], form.cleaned_data["status"]
+    page = dashboard_reads.referral_page(account, query=query, status=status, page=request.GET.get("page", 1))
+    params = urlencode({k: v for k, v in (("q", query), ("status", status)) if v})
+    return render(request, "portal/referrals.html", {
+        "account": account, "nav": "referrals", "currency": _symbol(), "form": form, "page": page,
+        "rows": [_referral_row(r) for r in page.object_list], "params": params,
+        "counts": dashboard_reads.status_counts(account), "filtered": bool(query or status),
+    })
+
+
+def _referral_row(referral) -> dict:
+    return {"referral": referral, "spend": format_cents(referral.spend), "purchases": format_cents(referral.purchases),
+            "earned": format_cents(referral.earned), "earned_exact": format_exact(referral.earned)}
+
+
+@login_required
+@require_GET
+def referral_detail(request, pk: int):
+    account = _account(request)
+    # Someone else's referral, or no account at all: the same 404, so ids reveal nothing.
+    referral = get_object_or_404(Referral.objects.select_related("referred", "template"), pk=pk,
+                                 referrer=account) if account else None
+    if referral is None:
+        raise Http404
+    accruals = dashboard_reads.referral_accruals(account, referral)
+    rows = [{"accrual": a, "amount": format_cents(a.net), "exact": format_exact(a.net)} for a in accruals]
+    referral.earned = sum(a.net for a in accruals if a.state != a.State.VOID)
+    return render(request, "portal/referral_detail.html", {
+        "account": account, "nav": "referrals", "currency": _symbol(), "row": _referral_row(referral),
+        "referral": referral, "accruals": rows,
+    })
+
+
+@login_required
+@require_GET
+def earnings_page(request):
+    account = _account(request)
+    if account is None:
+        return _not_linked(request)
+    page, lines = dashboard_reads.ledger_page(account, page=request.GET.get("page", 1))
+    return render(request, "portal/earnings.html", {
+        "account": account, "nav": "earnings", "currency": _symbol(), "page": page,
+        "lines": [_line_display(line) for line in lines],
+    })
+
+
+def _line_display(line) -> dict:
+    sign = "+" if line.amount > 0 else "−"
+    return {"line": line, "amount": f"{sign}{_symbol()}{format_cents(abs(line.amount))}",
+            "exact": f"{'' if line.amount > 0 else '-'}{format_exact(abs(line.amount))}"}
+
+
+class _Echo:
+    def write(self, value):
+        return value
+
+
+@login_required
+@require_GET
+def earnings_csv(request):
+    account = _account(request)
+    if account is None:
+        raise Http404
+    writer = csv.writer(_Echo())
+    currency = settings.REFERRAL["CURRENCY"]
+
+    def rows():
+        yield writer.writerow(["date", "event", "programme", "kind", "rule", "book", f"amount_{currency.lower()}",
+                               "amount_exact", "description"])
+        # Lines are described in batches: a handful of queries per 2,000 entries, never one per entry.
+        entries = dashboard_reads.account_entries(account).iterator(chunk_size=2000)
+        while batch := list(islice(entries, 2000)):
+            for line in dashboard_reads.ledger_lines(account, batch):
+                sign = "-" if line.amount < 0 else ""
+                yield writer.writerow([
+                    line.at.isoformat(), line.event, line.program, line.kind, line.rule, line.book,
+                    sign + format_cents(abs(line.amount)), sign + format_exact(abs(line.amount)), line.description,
+                ])
+
+    response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="earnings-{account.referral_code}.csv"'
+    return response
+
+
+@login_required
+@require_GET
+def wallet_page(request):
+    account = _account(request)
+    if account is None:
+        return _not_linked(request)
+    now = timezone.now()
+    balances = account_balances(account)
+    wallet = dashboard_reads.wallet(account, now=now)
+    soon = now + timedelta(days=3)
+    grants = [{"grant": g, "remaining": format_cents(g.remaining), "amount": format_cents(g.amount),
+               "soon": g.expires_at <= soon} for g in wallet.grants]
+    short_of_minimum = max(wallet.min_payout - balances.cash_available, 0) if wallet.min_payout else 0
+    return render(request, "portal/wallet.html", {
+        "account": account, "nav": "wallet", "currency": _symbol(),
+        "balances": {"credits": format_cents(balances.credits), "cash_available": format_cents(balances.cash_available),
+                     "pending": format_cents(balances.pending), "cash_blocked": format_cents(balances.cash_blocked),
+                     "reserved": format_cents(_reserved(account)),
+                     "cash_available_exact": format_exact(balances.cash_book)},
+        "grants": grants,
+        "held": [{"reason": reason, "amount": format_cents(amount), "exact": format_exact(amount)}
+                 for reason, amount in wallet.held.items()],
+        "cashout_programs": [{"program": p, "cash_percent": f"{p.cashout_percent.normalize():f}",
+                              "credit_percent": f"{(100 - p.cashout_percent).normalize():f}"}
+                             for p in wallet.cashout_programs],
+        "blocked_by_own_credits": wallet.blocked_by_own_credits,
+        "purchased_credits": format_cents(account.purchased_credits),
+        "pays_cash": wallet.pays_cash,
+        "min_payout": format_cents(wallet.min_payout) if wallet.min_payout else "",
+        "short_of_minimum": format_cents(short_of_minimum) if short_of_minimum else "",
+    })
+
+
+def _reserved(account: Account) -> int:
+    return Balance.objects.filter(account=account, book=Book.RESERVED).values_list("amount", flat=True).first() or 0
+
+
+@login_required
+@require_GET
+def templates_page(request):
+    account = _account(request)
+    if account is None:
+        return _not_linked(request)
+    rows = dashboard_reads.template_rows(account)
+    for row in rows:
+        row["earned_display"] = format_cents(row["earned"])
+        row["earned_exact"] = format_exact(row["earned"])
+        row["held_display"] = format_cents(row["held"])
+    return render(request, "portal/templates.html", {
+        "account": account, "nav": "templates", "currency": _symbol(), "rows": rows,
+    })
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def partner_page(request):
+    account = _account(request)
+    if account is None:
+        return _not_linked(request)
+    offers = [p for p in Program.objects.filter(enabled=True, kind=Program.Kind.PURCHASE_COMMISSION)
+              if p.partner_rate is not None]
+    types = sorted({t for p in offers for t in p.payout_methods})
+    method = dashboard_reads.payout_method_summary(account, types=types)
+    # An unticked box posts nothing: bind on POST whatever the body, so the error shows.
+    form = PartnerUpgradeForm(request.POST if request.method == "POST" else None)
+    if request.method == "POST":
+        if account.track == Track.PARTNER:
+            messages.info(request, "You are already on the Partner track.")
+            return redirect("partner")
+        confirmed = form.is_valid()
+        if not offers:
+            form.add_error(None, "No programme offers a Partner track at the moment.")
+        elif method["required"] and not method["connected"]:
+            form.add_error(None, "Connect a payout account first (step 1), then confirm the upgrade.")
+        elif confirmed:
+            account_change_track(account=account, track=Track.PARTNER, actor=request.user, source="portal")
+            messages.success(request, "You are now on the Partner track. Purchases by your referrals from now on "
+                                      "earn the Partner rate as cash.")
+            return redirect("partner")
+    since = account.track_changes.filter(track=Track.PARTNER).order_by("-effective_at").first()
+    return render(request, "portal/partner.html", {
+        "account": account, "nav": "partner", "currency": _symbol(), "form": form, "offers": [
+            {"program": p, "basic_rate": f"{p.rate.normalize():f}", "partner_rate": f"{p.partner_rate.normalize():f}",
+             "basic_pays": p.get_pays_in_display().lower(),
+             "partner_pays": (Program.PaysIn(p.partner_pays_in).label if p.partner_pays_in
+                              else p.get_pays_in_display()).lower(),
+             "min_payout": format_cents(to_units(p.min_payout)) if p.min_payout else ""}
+            for p in offers],
+        "method": method, "is_partner": account.track == Track.PARTNER, "since": since,
+    })
 
 
 def _gate_display(program: Program, progress: dict, application) -> dict:

@@ -127,6 +127,66 @@ LOGGING = {
     "loggers": {"django": {"handlers": ["console"], "level": "INFO", "propagate": False}},
 }
 
+# --- Partner API: OpenAPI schema, throttle counters, batch ingestion, outbound webhooks (issue 7) ---
+INSTALLED_APPS += ["drf_spectacular", "drf_spectacular_sidecar", "integrations"]
+REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "referrals.api.schema.ApiAutoSchema"
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Referral portal integration API",
+    "DESCRIPTION": "The integration API of shared/API.md: push account and money events, read "
+                   "stats, earnings and balances, act as staff. See docs/api.md for a how-to.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    # Swagger UI from the installed sidecar package's static files: no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {},
+}
+# Per-key request counters: atomic INCR+EXPIRE in Redis when REDIS_URL is set, else a
+# per-process local-memory counter (see referrals.api.auth.ApiKeyThrottle).
+API_THROTTLE_REDIS_URL = env.str("API_THROTTLE_REDIS_URL", default=env.str("REDIS_URL", default=""))
+# A batch with more stateless money events than this is applied by a task queued on commit
+# instead of in the request (referrals.ingestion).
+INGEST_INLINE_APPLY_MAX = env.int("INGEST_INLINE_APPLY_MAX", default=200)
+# Outbound webhooks (integrations app).
+WEBHOOKS = {
+    "TIMEOUT_SECONDS": env.float("WEBHOOK_TIMEOUT_SECONDS", default=5.0),
+    "MAX_ATTEMPTS": env.int("WEBHOOK_MAX_ATTEMPTS", default=8),
+    "BACKOFF_BASE_SECONDS": env.int("WEBHOOK_BACKOFF_BASE_SECONDS", default=30),
+    "DISABLE_AFTER_FAILURES": env.int("WEBHOOK_DISABLE_AFTER_FAILURES", default=20),
+}
+
+# --- Payouts: providers, webhooks, approval (issue 4) ---
+# Stripe Connect. STRIPE_API_BASE is only changed to point tests at a local fake server.
+STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="sk_test_dev_only")
+STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="whsec_dev_only")
+STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="https://api.stripe.com")
+# How old a signed webhook may be (seconds) before it is refused as a replay.
+STRIPE_WEBHOOK_TOLERANCE = env.int("STRIPE_WEBHOOK_TOLERANCE", default=300)
+# PayPal Payouts REST (OAuth2 client credentials) and Wise REST (API token).
+PAYPAL_API_BASE = env.str("PAYPAL_API_BASE", default="https://api-m.sandbox.paypal.com")
+PAYPAL_CLIENT_ID = env.str("PAYPAL_CLIENT_ID", default="dev-client-id")
+PAYPAL_CLIENT_SECRET = env.str("PAYPAL_CLIENT_SECRET", default="dev-client-secret")
+WISE_API_BASE = env.str("WISE_API_BASE", default="https://api.sandbox.transferwise.tech")
+WISE_API_TOKEN = env.str("WISE_API_TOKEN", default="dev-wise-token")
+WISE_PROFILE_ID = env.str("WISE_PROFILE_ID", default="0")
+# Seconds before a provider call gives up (connect and read); the payout stays processing and
+# is retried with the same idempotency key.
+PAYOUT_PROVIDER_TIMEOUT = env.float("PAYOUT_PROVIDER_TIMEOUT", default=10.0)
+# Payouts strictly below this amount (e.g. "50.00") are approved without staff; 0 = off.
+PAYOUT_AUTO_APPROVE_BELOW = env.str("PAYOUT_AUTO_APPROVE_BELOW", default="0")
+# A payout left processing for longer than this (minutes) is retried by retry_stuck_payouts.
+PAYOUT_STUCK_AFTER_MINUTES = env.int("PAYOUT_STUCK_AFTER_MINUTES", default=15)
+# Send an approved payout to its provider right after the approval commits (else: the job does).
+PAYOUT_PROCESS_ON_APPROVE = env.bool("PAYOUT_PROCESS_ON_APPROVE", default=True)
+
+# --- dashboard e-mail notifications (issue 5) ---
+INSTALLED_APPS += ["notifications"]
+# Sender of the portal's e-mails (notifications, password reset).
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Referral portal <no-reply@localhost>")
+
 # --- Security (issue 8) ---
 # Everything that only makes sense behind HTTPS is switched on by one variable, so a
 # production deployment sets DJANGO_SECURE=true (docs/deploy.md) and development stays plain HTTP.
@@ -137,7 +197,8 @@ CSRF_COOKIE_SECURE = SECURE
 SECURE_HSTS_SECONDS = env.int("DJANGO_HSTS_SECONDS", default=31536000 if SECURE else 0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE
 SECURE_HSTS_PRELOAD = SECURE
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env.bool("DJANGO_BEHIND_PROXY", default=SECURE) else None
+BEHIND_PROXY = env.bool("DJANGO_BEHIND_PROXY", default=SECURE)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if BEHIND_PROXY else None
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 SECURE_REFERRER_POLICY = "strict-origin-when-cross-origin"
 X_FRAME_OPTIONS = "DENY"
@@ -183,3 +244,33 @@ AXES_VERBOSE = False
 MIDDLEWARE.insert(MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
                   "whitenoise.middleware.WhiteNoiseMiddleware")
 WHITENOISE_USE_FINDERS = not SECURE
+
+# --- Periodic jobs on Celery beat (issue 3) ---
+INSTALLED_APPS += ["django_celery_beat"]
+REDIS_URL = env.str("REDIS_URL", default="")
+# Embedded mode (no REDIS_URL): tasks run eagerly where they are queued; `make run` runs beat
+# beside the web server. With Redis, `make worker` and `make beat` run the real processes.
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://")
+CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=CELERY_BROKER_URL == "memory://")
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TIMEZONE = TIME_ZONE
+CELERY_ENABLE_UTC = True
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# A message is acknowledged only once its task finished; a worker killed mid-task leaves it to be
+# redelivered (after the visibility timeout on Redis) and the idempotent job runs again.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    # Seconds before an unacknowledged message is delivered again: longer than the longest job.
+    "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600),
+    "socket_connect_timeout": 2,
+    "socket_timeout": 5,
+}
+# Redis down: the web process must not hang on publishing. A publish gives up after about a
+# second (the caller logs it; beat sends the job again at its next tick, and the jobs catch up).
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.3, "interval_max": 0.5}
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False

@@ -14,6 +14,7 @@ from rest_framework.test import APIClient
 
 from ledger.models import Entry
 from referrals.api.keys import ApiKeyInvalid, api_key_create, api_key_revoke
+from referrals.jobs import JOBS
 from referrals.models import Account, ApiKey, Application, AuditLog, Event
 from tests.helpers import at, event, push, signup, spend
 
@@ -258,7 +259,7 @@ def _open_application(integration, alice) -> dict:
     referred_spenders(alice, 25, "20.00")
     response = integration.post("/api/v1/jobs/run", {"at": "2026-01-04T00:00:00Z", "jobs": ["revenue_share_gates"]},
                                 format="json")
-    assert response.json() == {"at": "2026-01-04T00:00:00Z",
+    assert response.json() == {"at": "2026-01-04T00:00:00Z", "applied_events": 0,
                                "results": {"revenue_share_gates": {"applications_opened": 1}}}
     (application,) = integration.get("/api/v1/applications?status=open").json()["results"]
     return application
@@ -342,11 +343,16 @@ def test_it_runs_all_jobs_when_none_are_named(integration, runpod):
     response = integration.post("/api/v1/jobs/run", {"at": "2026-02-01T00:00:00+01:00"}, format="json")
 
     assert response.status_code == 200
-    assert response.json() == {"at": "2026-01-31T23:00:00Z", "results": {
+    body = response.json()
+    assert (body["at"], body["applied_events"]) == ("2026-01-31T23:00:00Z", 0)
+    assert list(body["results"]) == list(JOBS)  # every job, in order, each with its counts
+    assert {name: counts for name, counts in body["results"].items() if name in (
+        "revenue_share_gates", "template_gates", "milestones", "expire_credits", "release_holds")} == {
         "revenue_share_gates": {"applications_opened": 0}, "template_gates": {"accruals_released": 0},
         "milestones": {"milestones_awarded": 0}, "expire_credits": {"grants_expired": 0},
         "release_holds": {"accruals_released": 0},
-    }}
+    }
+    assert all(set(counts.values()) <= {0} for counts in body["results"].values())
 
 
 def test_it_runs_jobs_now_without_at(integration):

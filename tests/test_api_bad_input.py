@@ -13,7 +13,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from ledger.models import Balance, Entry
-from referrals import services
+from referrals import events
 from referrals.api.keys import api_key_create
 from referrals.jobs import run_jobs
 from referrals.models import (
@@ -296,14 +296,14 @@ def test_it_rejects_a_batch_item_that_is_not_an_object(api, alice):
 
 
 def test_it_isolates_an_event_that_trips_an_internal_error(api, alice, monkeypatch):
-    real_ingest = services.ingest_event
+    real_validate = events.validate_event
 
-    def ingest(raw, **kwargs):
+    def validate(raw, **kwargs):
         if raw.get("id") == "boom":
             raise RuntimeError("a bug, not bad input")
-        return real_ingest(raw, **kwargs)
+        return real_validate(raw, **kwargs)
 
-    monkeypatch.setattr(services, "ingest_event", ingest)
+    monkeypatch.setattr(events, "validate_event", validate)
     with changes_nothing():
         response = post_event(api, {"events": [charge(id="boom"), {**charge(id="after"), "account": "mallory"}]})
     assert response.status_code == 200

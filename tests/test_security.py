@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django.contrib.auth import get_user_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +45,9 @@ def test_no_template_has_inline_script_style_or_event_handlers():
 
 
 def test_production_settings_pass_check_deploy_at_warning_level():
-    env = {**os.environ, "DJANGO_SECURE": "true", "DJANGO_DEBUG": "false",
+    # The browser tests allow async-unsafe calls in this process; production never does.
+    inherited = {k: v for k, v in os.environ.items() if k != "DJANGO_ALLOW_ASYNC_UNSAFE"}
+    env = {**inherited, "DJANGO_SECURE": "true", "DJANGO_DEBUG": "false",
            "DJANGO_SECRET_KEY": secrets.token_urlsafe(64), "DJANGO_ALLOWED_HOSTS": "referrals.example.com",
            "DATABASE_URL": "sqlite:////tmp/check-deploy.sqlite3"}
     result = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],

@@ -1,13 +1,20 @@
 """Bearer API key authentication, per-scope permissions and a per-key rate limit for the API."""
+import logging
+import time
+
+import redis
 from django.conf import settings
+from django.core.cache import cache
 from django.utils import timezone
 from rest_framework import exceptions
 from rest_framework.permissions import BasePermission
-from rest_framework.throttling import SimpleRateThrottle
+from rest_framework.throttling import BaseThrottle
 
 from referrals.models import ApiKey
 
 from .keys import api_key_find, api_key_touch
+
+log = logging.getLogger(__name__)
 
 DEFAULT_RATE = "6000/minute"
 
@@ -90,16 +97,78 @@ class IsStaffKey(ScopePermission):
     scope = ApiKey.Scope.STAFF.value
 
 
-class ApiKeyThrottle(SimpleRateThrottle):
-    """Requests per key; the rate is REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["api_key"]."""
+class ApiKeyThrottle(BaseThrottle):
+    """Requests per key and fixed window; the rate is REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["api_key"].
+
+    Each request is one atomic increment of the key's counter for the current window: INCR
+    (+EXPIRE) in Redis when API_THROTTLE_REDIS_URL (default REDIS_URL) is set, shared by every
+    server process; otherwise the local-memory cache, whose `incr` is atomic within a process.
+    A read-modify-write of a request history (DRF's SimpleRateThrottle, used here before) would
+    let concurrent requests overshoot the limit.
+    """
 
     scope = "api_key"
+    wait_seconds: float | None = None
 
-    def get_rate(self):
+    def get_rate(self) -> str:
         rates = getattr(settings, "REST_FRAMEWORK", {}).get("DEFAULT_THROTTLE_RATES") or {}
         return rates.get(self.scope, DEFAULT_RATE)
 
-    def get_cache_key(self, request, view):
+    def allow_request(self, request, view) -> bool:
         if not isinstance(request.auth, ApiKey):
+            return True
+        limit, period = parse_rate(self.get_rate())
+        now = time.time()
+        window = int(now // period)
+        count = counters.incr(f"throttle:{self.scope}:{request.auth.prefix}:{window}", ttl=period)
+        if count is None or count <= limit:
+            return True
+        self.wait_seconds = max(period - (now % period), 1)
+        return False
+
+    def wait(self) -> float | None:
+        return self.wait_seconds
+
+
+def parse_rate(rate: str) -> tuple[int, int]:
+    """"6000/minute" -> (6000, 60)."""
+    number, _, period = rate.partition("/")
+    return int(number), {"s": 1, "m": 60, "h": 3600, "d": 86400}[period[:1]]
+
+
+class Counters:
+    """Atomic counters with an expiry: Redis when configured, else the local-memory cache."""
+
+    def __init__(self):
+        self._redis = None
+        self._redis_url = None
+
+    def incr(self, key: str, *, ttl: int) -> int | None:
+        url = getattr(settings, "API_THROTTLE_REDIS_URL", "")
+        if url:
+            return self._incr_redis(url, key, ttl)
+        cache.add(key, 0, timeout=ttl + 1)
+        try:
+            return cache.incr(key)
+        except ValueError:  # expired between add and incr
+            cache.add(key, 1, timeout=ttl + 1)
+            return 1
+
+    def _incr_redis(self, url: str, key: str, ttl: int) -> int | None:
+        if self._redis is None or self._redis_url != url:
+            self._redis = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+            self._redis_url = url
+        try:
+            pipe = self._redis.pipeline()
+            pipe.incr(key)
+            pipe.expire(key, ttl + 1, nx=True)
+            count, _ = pipe.execute()
+            return int(count)
+        except redis.RedisError:
+            # Rate limiting is protection, not correctness: an unreachable Redis must not take
+            # the API down with it. Logged, and the request is let through.
+            log.warning("throttle counters: Redis unreachable, request not counted", exc_info=True)
             return None
-        return self.cache_format % {"scope": self.scope, "ident": request.auth.prefix}
+
+
+counters = Counters()

@@ -3,6 +3,7 @@ import json
 from base64 import b64decode
 from urllib import parse
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import exceptions, serializers
 from rest_framework.pagination import CursorPagination
 from rest_framework.parsers import BaseParser
@@ -59,6 +60,7 @@ class StrictInput(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+@extend_schema_field({"type": "string", "pattern": r"^-?[0-9]+\.[0-9]{2}$", "example": "40.00"})
 class CentsField(serializers.Field):
     """Ledger units shown as a decimal string of whole cents (rounded towards zero)."""
 
@@ -70,6 +72,7 @@ class CentsField(serializers.Field):
         return format_cents(value)
 
 
+@extend_schema_field({"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]+)?$", "example": "18.144"})
 class ExactMoneyField(CentsField):
     """Ledger units shown exactly, sub-cent digits kept ("18.144")."""
 

@@ -1,0 +1,30 @@
+"""The outbox consumer: turns the domain messages users care about into queued e-mail tasks."""
+import logging
+
+from referrals import outbox
+
+from .models import Kind
+
+log = logging.getLogger(__name__)
+
+# Outbox message kind -> notification kind. The payout kinds are published by `payouts`.
+PAYOUT_PAID = "payout.paid"
+PAYOUT_FAILED = "payout.failed"
+MESSAGE_KINDS = {
+    outbox.REFERRAL_CREATED: Kind.REFERRAL_SIGNED_UP,
+    outbox.APPLICATION_DECIDED: Kind.APPLICATION_DECIDED,
+    PAYOUT_PAID: Kind.PAYOUT_STATUS,
+    PAYOUT_FAILED: Kind.PAYOUT_STATUS,
+}
+
+
+def on_outbox_message(kind: str, *, account_id: int, data: dict) -> None:
+    """Called after commit. Queues one task when the account's login wants this kind of e-mail;
+    the task checks again when it runs (the setting may change while it waits)."""
+    if kind not in MESSAGE_KINDS:
+        return
+    from .services import wants_email
+    from .tasks import send_notification
+
+    if wants_email(account_id, MESSAGE_KINDS[kind]):
+        send_notification.delay(kind, account_id, data)

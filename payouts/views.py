@@ -1,0 +1,167 @@
+"""The payouts page (methods, a request form, history) and the Stripe webhook endpoint.
+
+Thin views: parse the form, call one service, render. Errors come back in words on the page."""
+import logging
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+
+from ledger.money import format_cents
+from referrals.models import Account
+
+from . import selectors, services, webhooks
+from .forms import PayoutRequestForm, PayPalForm, WiseForm
+from .models import MethodType, Payout, StripeWebhook
+from .providers import ProviderError
+
+log = logging.getLogger(__name__)
+
+
+def _account(request) -> Account:
+    account = Account.objects.filter(user=request.user).first()
+    if account is None:
+        raise Http404("this login has no referral account")
+    return account
+
+
+def _render(request, account, *, request_form=None, paypal_form=None, wise_form=None, status=200):
+    methods = list(selectors.methods_of(account))
+    balances = selectors.account_balances(account)
+    history = list(selectors.payouts_of(account)[:50])
+    return render(request, "payouts/page.html", {
+        "account": account,
+        "cash_available": format_cents(balances.cash_available),
+        "cash_blocked": format_cents(balances.cash_blocked) if balances.cash_blocked else "",
+        "methods": methods,
+        "has_stripe": any(m.type == MethodType.STRIPE for m in methods),
+        "request_form": request_form or PayoutRequestForm(methods=methods),
+        "paypal_form": paypal_form or PayPalForm(),
+        "wise_form": wise_form or WiseForm(),
+        "history": [{"payout": p, "amount": format_cents(p.amount)} for p in history],
+    }, status=status)
+
+
+@login_required
+@require_GET
+def payouts_page(request):
+    return _render(request, _account(request))
+
+
+@login_required
+@require_POST
+def set_paypal(request):
+    account = _account(request)
+    form = PayPalForm(request.POST)
+    if form.is_valid():
+        try:
+            services.payout_method_set(account=account, type=MethodType.PAYPAL, email=form.cleaned_data["email"],
+                                       actor=request.user)
+        except services.PayoutInvalid as exc:
+            for field, text in exc.fields.items():
+                form.add_error(field if field in form.fields else None, text)
+        else:
+            messages.success(request, "Your PayPal payout address is saved.")
+            return redirect("payouts:index")
+    return _render(request, account, paypal_form=form, status=400)
+
+
+@login_required
+@require_POST
+def set_wise(request):
+    account = _account(request)
+    form = WiseForm(request.POST)
+    if form.is_valid():
+        try:
+            services.payout_method_set(account=account, type=MethodType.WISE,
+                                       recipient=form.cleaned_data["recipient"], actor=request.user)
+        except services.PayoutInvalid as exc:
+            for field, text in exc.fields.items():
+                form.add_error(field if field in form.fields else None, text)
+        else:
+            messages.success(request, "Your Wise recipient is saved.")
+            return redirect("payouts:index")
+    return _render(request, account, wise_form=form, status=400)
+
+
+@login_required
+@require_POST
+def stripe_connect(request):
+    account = _account(request)
+    try:
+        url = services.stripe_onboarding_start(
+            account=account, actor=request.user, refresh_url=request.build_absolute_uri(reverse("payouts:index")),
+            return_url=request.build_absolute_uri(reverse("payouts:stripe-return")))
+    except ProviderError as exc:
+        log.warning("Stripe onboarding for account %s failed: %s", account.pk, exc)
+        messages.error(request, "Stripe could not be reached to set up your account. Please try again later.")
+        return redirect("payouts:index")
+    return redirect(url)
+
+
+@login_required
+@require_GET
+def stripe_return(request):
+    account = _account(request)
+    method = selectors.methods_of(account).filter(type=MethodType.STRIPE).first()
+    if method is not None:
+        try:
+            method = services.stripe_status_refresh(method=method)
+        except ProviderError as exc:
+            log.warning("Stripe status refresh for account %s failed: %s", account.pk, exc)
+        if method.ready:
+            messages.success(request, "Your Stripe account is connected and can receive payouts.")
+        else:
+            messages.info(request, "Stripe has not finished checking your account yet; payouts open once it has.")
+    return redirect("payouts:index")
+
+
+@login_required
+@require_POST
+def request_payout(request):
+    account = _account(request)
+    form = PayoutRequestForm(request.POST, methods=list(selectors.methods_of(account)))
+    # The method list only offers what is set up; an unknown choice still reaches the service,
+    # which says why in words.
+    amount, method = request.POST.get("amount", ""), request.POST.get("method", "")
+    try:
+        payout = services.payout_request(account=account, amount=amount.strip(), method=method,
+                                         actor=request.user, source=services.USER)
+    except services.PayoutInvalid as exc:
+        form.is_valid()
+        form.errors.clear()
+        for field, text in exc.fields.items():
+            label = form.fields[field].label if field in form.fields else field
+            form.add_error(field if field in form.fields else None, f"{label} {text}.")
+        return _render(request, account, request_form=form, status=400)
+    messages.success(request, f"Your payout of {format_cents(payout.amount)} is requested "
+                              f"({payout.get_status_display().lower()}).")
+    return redirect("payouts:index")
+
+
+@login_required
+@require_POST
+def cancel_payout(request, payout_id: int):
+    account = _account(request)
+    payout = Payout.objects.filter(pk=payout_id, account=account).first()
+    if payout is None:
+        raise Http404("no such payout")
+    try:
+        services.payout_cancel(payout=payout, actor=request.user)
+    except services.PayoutRefused as exc:
+        messages.error(request, str(exc).capitalize() + ".")
+    else:
+        messages.success(request, "The payout is cancelled; its amount is back in your balance.")
+    return redirect("payouts:index")
+
+
+@csrf_exempt
+@require_POST
+def stripe_webhook(request):
+    delivery = webhooks.receive_stripe(body=request.body, headers=request.headers)
+    status = {StripeWebhook.Status.REJECTED: 400, StripeWebhook.Status.FAILED: 500}.get(delivery.status, 200)
+    return JsonResponse({"id": delivery.event_id, "status": delivery.status}, status=status)

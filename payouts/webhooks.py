@@ -1,0 +1,146 @@
+"""Stripe webhooks: stored raw first, then verified, then applied once per event id.
+
+Out-of-order delivery is harmless because every handler only moves a payout forward (a paid
+payout is never made processing again; a failed one is never revived) and account status uses
+the event's own `created` time, so an older `account.updated` never overwrites a newer one.
+"""
+import json
+import logging
+from datetime import UTC, datetime
+
+import stripe
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from . import services
+from .models import MethodType, Payout, PayoutMethod, StripeWebhook
+from .providers.base import cents
+
+log = logging.getLogger(__name__)
+
+KEPT_HEADERS = ("Stripe-Signature", "Content-Type", "User-Agent", "Content-Length")
+
+
+def receive_stripe(*, body: bytes, headers) -> StripeWebhook:
+    """Store, verify and apply one delivery. Returns the stored delivery with its final status."""
+    delivery = StripeWebhook.objects.create(
+        body=body.decode("utf-8", errors="replace"),
+        headers={name: headers.get(name, "") for name in KEPT_HEADERS if headers.get(name)})
+    try:
+        stripe.Webhook.construct_event(body, headers.get("Stripe-Signature", ""), settings.STRIPE_WEBHOOK_SECRET,
+                                       tolerance=settings.STRIPE_WEBHOOK_TOLERANCE)
+        event = json.loads(body)
+    except (ValueError, stripe.SignatureVerificationError) as exc:
+        # A tampered body, a wrong secret or a stale (replayed) signature: refused, kept for review.
+        return _finish(delivery, StripeWebhook.Status.REJECTED, error=str(exc) or type(exc).__name__)
+    delivery.event_id, delivery.type = event.get("id", ""), event.get("type", "")
+    StripeWebhook.objects.filter(pk=delivery.pk).update(event_id=delivery.event_id, type=delivery.type)
+    return process(delivery, event)
+
+
+def process(delivery: StripeWebhook, event: dict) -> StripeWebhook:
+    handler = HANDLERS.get(event["type"])
+    if handler is None:
+        return _finish(delivery, StripeWebhook.Status.IGNORED, error=f"no handler for {event['type']}")
+    if StripeWebhook.objects.filter(event_id=delivery.event_id, status=StripeWebhook.Status.PROCESSED).exists():
+        return _finish(delivery, StripeWebhook.Status.DUPLICATE)
+    try:
+        with transaction.atomic():
+            note = handler(event) or ""
+            # The partial unique index makes a concurrent second delivery of this event fail here
+            # and roll its (no-op) effects back.
+            StripeWebhook.objects.filter(pk=delivery.pk).update(
+                status=StripeWebhook.Status.PROCESSED, processed_at=timezone.now(), error=note)
+    except IntegrityError:
+        return _finish(delivery, StripeWebhook.Status.DUPLICATE)
+    except Exception as exc:
+        log.exception("stripe webhook %s (%s) failed", delivery.event_id, delivery.type)
+        return _finish(delivery, StripeWebhook.Status.FAILED, error=f"{type(exc).__name__}: {exc}")
+    delivery.refresh_from_db()
+    return delivery
+
+
+def _finish(delivery: StripeWebhook, status: str, *, error: str = "") -> StripeWebhook:
+    StripeWebhook.objects.filter(pk=delivery.pk).update(status=status, error=error[:2000],
+                                                        processed_at=timezone.now())
+    delivery.status, delivery.error = status, error
+    return delivery
+
+
+def _payout_of(transfer: dict) -> Payout | None:
+    payout_id = (transfer.get("metadata") or {}).get("payout_id", "")
+    found = Payout.objects.filter(method_type=MethodType.STRIPE)
+    if payout_id.isdigit():
+        return found.filter(pk=int(payout_id)).first()
+    return found.filter(provider_reference=transfer.get("id", "")).first()
+
+
+def _on_transfer(event: dict) -> str:
+    transfer = event["data"]["object"]
+    payout = _payout_of(transfer)
+    if payout is None:
+        return f"no payout for transfer {transfer.get('id')}"
+    attempt = (transfer.get("metadata") or {}).get("attempt")
+    if attempt and attempt != str(payout.attempt):
+        return f"transfer of attempt {attempt}; payout #{payout.pk} is on attempt {payout.attempt}"
+    if event["type"] == "transfer.reversed" or transfer.get("reversed"):
+        services.payout_mark_failed(payout=payout, reason="the Stripe transfer was reversed",
+                                    source=services.WEBHOOK)
+        return "reversed"
+    if transfer.get("amount") != cents(payout.amount):
+        return f"amount {transfer.get('amount')} does not match payout #{payout.pk}; left for reconciliation"
+    services.payout_mark_paid(payout=payout, reference=transfer["id"], source=services.WEBHOOK)
+    return "paid"
+
+
+def _event_time(event: dict) -> datetime:
+    return datetime.fromtimestamp(int(event.get("created") or 0), tz=UTC)
+
+
+def _on_account_updated(event: dict) -> str:
+    from .providers.stripe import is_ready
+
+    account = event["data"]["object"]
+    when = _event_time(event)
+    methods = PayoutMethod.objects.select_for_update().filter(
+        type=MethodType.STRIPE, details__connected_account=account.get("id", ""))
+    changed = 0
+    for method in methods:
+        if method.status_updated_at is not None and method.status_updated_at >= when:
+            continue  # an older event than the status we hold
+        method.ready, method.status_updated_at = is_ready(account), when
+        method.save(update_fields=["ready", "status_updated_at", "updated_at"])
+        changed += 1
+    return f"{changed} method(s) updated"
+
+
+def _on_connected_payout(event: dict) -> str:
+    """`payout.*` of a connected account: its own bank payout. Our money left with the transfer;
+    the latest status is kept on the method so the holder and staff can see a failing bank."""
+    bank_payout = event["data"]["object"]
+    when = _event_time(event)
+    methods = PayoutMethod.objects.select_for_update().filter(
+        type=MethodType.STRIPE, details__connected_account=event.get("account", ""))
+    for method in methods:
+        last = method.details.get("bank_payout") or {}
+        if last.get("created", -1) >= int(event.get("created") or 0):
+            continue
+        method.details = {**method.details, "bank_payout": {
+            "status": bank_payout.get("status", event["type"].split(".", 1)[1]),
+            "failure_message": bank_payout.get("failure_message") or "", "created": int(event.get("created") or 0),
+            "at": when.isoformat()}}
+        method.save(update_fields=["details", "updated_at"])
+    return "bank payout status kept"
+
+
+HANDLERS = {
+    "transfer.created": _on_transfer,
+    "transfer.updated": _on_transfer,
+    "transfer.reversed": _on_transfer,
+    "account.updated": _on_account_updated,
+    "payout.paid": _on_connected_payout,
+    "payout.failed": _on_connected_payout,
+    "payout.canceled": _on_connected_payout,
+    "payout.updated": _on_connected_payout,
+}

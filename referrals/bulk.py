@@ -1,0 +1,160 @@
+"""Set-based building blocks of the periodic jobs: a handful of SQL statements whatever the
+row count, the same on SQLite and PostgreSQL.
+
+- `job_lock` serialises two runs of the same job (a transaction-scoped advisory lock on
+  PostgreSQL; SQLite serialises writers by itself).
+- `Batch` snapshots (and on PostgreSQL row-locks) the rows a job works on into a temporary
+  table, so every following statement sees exactly the same set.
+- `post_moves` writes balanced ledger transactions for a set of moves selected in SQL and
+  moves the balance projection with them, never loading the moves into Python.
+"""
+import uuid
+
+from django.db import connection
+
+from ledger.models import ACCOUNT_BOOKS, Transaction
+
+# Moves per ledger transaction. Every move balances on its own (its two legs, or its account
+# leg against the chunk's platform leg), so any split is balanced. PostgreSQL's deferred
+# balance trigger sums a transaction's entries once per entry, so a transaction's size costs
+# quadratically: a few dozen legs per transaction keeps that check linear overall.
+CHUNK = 25
+
+_ACCOUNT_BOOKS_SQL = "(" + ", ".join(f"'{b}'" for b in ACCOUNT_BOOKS) + ")"
+
+
+def is_postgres() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def job_lock(name: str) -> None:
+    """Block until no other transaction runs job `name`; released at commit or rollback."""
+    if is_postgres():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"referrals.job:{name}"])
+
+
+def lock_clause(alias: str) -> str:
+    return f" FOR UPDATE OF {alias}" if is_postgres() else ""
+
+
+def db_datetime(value):
+    """A datetime as the database stores it, for raw SQL parameters."""
+    return connection.ops.adapt_datetimefield_value(value)
+
+
+def sql(statement: str, /, **names) -> str:
+    """Fill `{name}` slots of a SQL template with identifiers and SQL fragments we generate
+    (table names, lock clauses), never with values: values always go as parameters."""
+    return statement.format(**{k: getattr(v, "name", v) for k, v in names.items()}) if names else statement
+
+
+def table(model) -> str:
+    return model._meta.db_table
+
+
+def execute(statement: str, params=(), /, **names) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(sql(statement, **names), list(params))
+        return cursor.rowcount
+
+
+def scalar(statement: str, params=(), /, **names):
+    with connection.cursor() as cursor:
+        cursor.execute(sql(statement, **names), list(params))
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def rows(statement: str, params=(), /, **names):
+    """Iterate a result in chunks rather than materialising it."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql(statement, **names), list(params))
+        while chunk := cursor.fetchmany(2000):
+            yield from chunk
+
+
+class Batch:
+    """A temporary table holding the result of a SELECT, dropped on exit.
+
+        with Batch("ready", sql, params) as batch:
+            batch.count ... f"SELECT ... FROM {batch.name}"
+    """
+
+    def __init__(self, label: str, select: str, params=()):
+        self.name = f"tmp_{label}_{uuid.uuid4().hex[:12]}"
+        self.select = select
+        self.params = list(params)
+        self.count = 0
+
+    def __enter__(self) -> "Batch":
+        with connection.cursor() as cursor:
+            cursor.execute("CREATE TEMPORARY TABLE " + self.name + " AS " + self.select, self.params)
+        self.count = int(scalar("SELECT COUNT(*) FROM {t}", t=self.name) or 0)
+        if is_postgres() and self.count > 1000:
+            # Temporary tables get no statistics by themselves; the joins that follow need them.
+            execute("ANALYZE {t}", t=self.name)
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        # On an error the table goes with the rollback of the transaction that created it.
+        if exc_type is None:
+            execute("DROP TABLE IF EXISTS {t}", t=self.name)
+
+
+def queryset_sql(queryset) -> tuple[str, list]:
+    sql, params = queryset.query.sql_with_params()
+    return sql, list(params)
+
+
+def post_moves(*, kind: str, rule: str, event, moves_sql: str, params=()) -> int:
+    """Post every move selected by `moves_sql` and update the balance projection.
+
+    `moves_sql` selects columns (account_id, program_id, from_book, to_book, amount): `amount`
+    leaves `from_book` and lands in `to_book`. Account books take the account's leg; platform
+    books (`platform:*`) get one leg per ledger transaction, programme and book. Moves of zero
+    are dropped. Returns how many moves were posted.
+    """
+    numbered = sql(
+        "SELECT ROW_NUMBER() OVER (ORDER BY m.account_id, m.program_id, m.from_book, m.to_book) - 1 AS n, "
+        "m.account_id, m.program_id, m.from_book, m.to_book, m.amount FROM ({moves}) m WHERE m.amount <> 0",
+        moves=moves_sql)
+    with Batch("moves", numbered, params) as moves:
+        if not moves.count:
+            return 0
+        n_txns = (moves.count + CHUNK - 1) // CHUNK
+        txns = Transaction.objects.bulk_create(
+            [Transaction(kind=kind, rule=rule, event=event) for _ in range(n_txns)])
+        chunks = f"tmp_chunks_{uuid.uuid4().hex[:12]}"
+        names = {"m": moves.name, "c": chunks, "books": _ACCOUNT_BOOKS_SQL, "size": CHUNK}
+        execute("CREATE TEMPORARY TABLE {c} (chunk BIGINT, txn_id BIGINT)", **names)
+        with connection.cursor() as cursor:
+            cursor.executemany(sql("INSERT INTO {c} (chunk, txn_id) VALUES (%s, %s)", **names),
+                               [(i, t.pk) for i, t in enumerate(txns)])
+        execute(
+            "INSERT INTO ledger_entry (transaction_id, account_id, book, program_id, amount) "
+            "SELECT c.txn_id, m.account_id, m.from_book, m.program_id, -m.amount "
+            "FROM {m} m JOIN {c} c ON c.chunk = m.n / {size} WHERE m.from_book IN {books} "
+            "UNION ALL SELECT c.txn_id, m.account_id, m.to_book, m.program_id, m.amount "
+            "FROM {m} m JOIN {c} c ON c.chunk = m.n / {size} WHERE m.to_book IN {books} "
+            "UNION ALL SELECT c.txn_id, NULL, m.from_book, m.program_id, -SUM(m.amount) "
+            "FROM {m} m JOIN {c} c ON c.chunk = m.n / {size} WHERE m.from_book NOT IN {books} "
+            "GROUP BY c.txn_id, m.from_book, m.program_id HAVING SUM(m.amount) <> 0 "
+            "UNION ALL SELECT c.txn_id, NULL, m.to_book, m.program_id, SUM(m.amount) "
+            "FROM {m} m JOIN {c} c ON c.chunk = m.n / {size} WHERE m.to_book NOT IN {books} "
+            "GROUP BY c.txn_id, m.to_book, m.program_id HAVING SUM(m.amount) <> 0",
+            **names)
+        execute("DROP TABLE {c}", **names)
+        execute(
+            "UPDATE ledger_balance SET amount = ledger_balance.amount + d.delta FROM ("
+            "SELECT account_id, book, SUM(delta) AS delta FROM ("
+            "SELECT account_id, from_book AS book, -amount AS delta FROM {m} WHERE from_book IN {books} "
+            "UNION ALL SELECT account_id, to_book AS book, amount AS delta FROM {m} WHERE to_book IN {books}"
+            ") x GROUP BY account_id, book) d "
+            "WHERE ledger_balance.account_id = d.account_id AND ledger_balance.book = d.book",
+            **names)
+        return moves.count
+
+
+__all__ = ["Batch", "db_datetime", "execute", "job_lock", "lock_clause", "post_moves", "queryset_sql", "rows",
+           "scalar", "sql", "table"]

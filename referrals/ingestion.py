@@ -1,0 +1,227 @@
+"""Batch ingestion with set-based writes, and applying stored events.
+
+A batch is validated in Python, deduplicated against the log in one query and its accounts
+and templates resolved in one query each. The stateless money events (`BULK_TYPES`: their
+only database checks are that the account and template exist) are then stored with one
+multi-row INSERT, marked not yet applied (`Event.applied_at` null), and answered `accepted`.
+Events whose outcome depends on state at application time (a redemption above the credits, a
+refund above the payment, a sign-up with codes and clicks, ...) keep the synchronous path
+(`services.ingest_event`: store and apply in one transaction), so they can still be answered
+`rejected`; everything stored before them is applied first, so they see its effects.
+
+Stored events are applied per account, in id order, under a lock on the account row, each
+in its own savepoint: two appliers at once (a request and the task, two tasks) never apply an
+event twice or out of order. Small batches are applied inside the request; larger ones by
+`apply_stored_events`, a task queued on commit.
+"""
+import logging
+
+from celery import current_app, shared_task
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from . import events as ev
+from . import services
+from .models import Account, Event, Template
+from .services import IngestResult
+
+log = logging.getLogger(__name__)
+
+BULK_TYPES = frozenset({ev.USAGE_CHARGED, ev.CREDITS_PURCHASED, ev.PLAN_PURCHASED})
+
+
+def ingest_batch(raws: list, *, source: str = Event.Source.API, now=None) -> list[IngestResult]:
+    """Answer every event of a batch, in input order: accepted, duplicate or rejected."""
+    now = now or timezone.now()
+    results: list[IngestResult | None] = [None] * len(raws)
+    validated: list[tuple[int, ev.ValidEvent]] = []
+    for index, raw in enumerate(raws):
+        try:
+            validated.append((index, ev.validate_event(raw, now=now)))
+        except ev.EventInvalid as exc:
+            results[index] = IngestResult(_raw_id(raw), "rejected", exc.code, str(exc), exc.fields)
+        except Exception:
+            log.exception("event could not be validated")
+            results[index] = _internal_error(raw)
+
+    # One query for every id of the batch: what the log already holds, by content hash.
+    known = dict(Event.objects.filter(external_id__in={valid.external_id for _, valid in validated})
+                 .values_list("external_id", "content_hash"))
+    chunk: list[tuple[int, ev.ValidEvent]] = []
+    chunk_ids: set[str] = set()
+    stored_ids: list[int] = []
+    for index, valid in validated:
+        if valid.external_id in chunk_ids:
+            # The same id twice in a row of stateless events: store the first, then judge this one.
+            stored_ids += _store(chunk, results, known, source=source)
+            chunk, chunk_ids = [], set()
+        if valid.external_id in known:
+            results[index] = _repeat(valid, known[valid.external_id])
+        elif valid.type in BULK_TYPES:
+            chunk.append((index, valid))
+            chunk_ids.add(valid.external_id)
+        else:
+            stored_ids += _store(chunk, results, known, source=source)
+            chunk, chunk_ids = [], set()
+            apply_pending(event_ids=stored_ids)
+            stored_ids = []
+            results[index] = _ingest_one(valid, source=source, now=now)
+            if results[index].status == "accepted":
+                known[valid.external_id] = valid.content_hash
+    stored_ids += _store(chunk, results, known, source=source)
+    if stored_ids:
+        if len(stored_ids) <= settings.INGEST_INLINE_APPLY_MAX:
+            apply_pending(event_ids=stored_ids)
+        else:
+            transaction.on_commit(lambda ids=stored_ids: queue_apply(ids))
+    return results
+
+
+def _raw_id(raw) -> str:
+    raw_id = raw.get("id") if isinstance(raw, dict) else None
+    return raw_id if isinstance(raw_id, str) else ""
+
+
+def _internal_error(raw) -> IngestResult:
+    # One event that trips a bug must not fail the whole batch: a 500 would leave the sender
+    # unsure which events were kept.
+    return IngestResult(_raw_id(raw), "rejected", "internal_error",
+                        "this event could not be processed; nothing of it was applied", {})
+
+
+def _repeat(valid: ev.ValidEvent, stored_hash: str) -> IngestResult:
+    if stored_hash == valid.content_hash:
+        return IngestResult(valid.external_id, "duplicate")
+    reason = "already used by an event with different content"
+    return IngestResult(valid.external_id, "rejected", "id_conflict", f"id: {reason}", {"id": reason})
+
+
+def _ingest_one(valid: ev.ValidEvent, *, source: str, now) -> IngestResult:
+    try:
+        return services.ingest_valid_event(valid, source=source)
+    except Exception:
+        log.exception("event %s could not be ingested", valid.external_id)
+        return _internal_error(valid.raw)
+
+
+def _rejected(valid: ev.ValidEvent, field: str, reason: str, code: str) -> IngestResult:
+    return IngestResult(valid.external_id, "rejected", code, f"{field}: {reason}", {field: reason})
+
+
+def _store(chunk: list[tuple[int, ev.ValidEvent]], results: list, known: dict, *, source: str) -> list[int]:
+    """Store stateless money events with one INSERT; returns the new events' ids."""
+    if not chunk:
+        return []
+    accounts = dict(Account.objects.filter(external_id__in={valid.account for _, valid in chunk})
+                    .values_list("external_id", "pk"))
+    wanted_templates = {valid.template for _, valid in chunk if valid.template}
+    templates = set(Template.objects.filter(external_id__in=wanted_templates)
+                    .values_list("external_id", flat=True)) if wanted_templates else set()
+    rows: list[tuple[int, ev.ValidEvent, Event]] = []
+    for index, valid in chunk:
+        if valid.account not in accounts:
+            results[index] = _rejected(valid, "account", f"unknown account {valid.account!r}", "unknown_account")
+        elif valid.template and valid.template not in templates:
+            results[index] = _rejected(valid, "template", f"unknown template {valid.template!r}", "unknown_template")
+        else:
+            rows.append((index, valid, Event(
+                external_id=valid.external_id, type=valid.type, source=source, account_id=accounts[valid.account],
+                occurred_at=valid.occurred_at, payload=valid.raw, content_hash=valid.content_hash,
+                amount=valid.amount, product=valid.product, runtime_seconds=valid.runtime_seconds,
+                applied_at=None)))
+    if not rows:
+        return []
+    try:
+        with transaction.atomic():
+            Event.objects.bulk_create([event for _, _, event in rows])
+    except IntegrityError:
+        # A concurrent request stored one of these ids first: one insert each, so each loser
+        # is answered like a plain duplicate (or conflict) and the others still go in.
+        for _, _, event in rows:
+            event.pk = None
+        for index, valid, event in rows:
+            try:
+                with transaction.atomic():
+                    event.save(force_insert=True)
+            except IntegrityError:
+                stored_hash = Event.objects.filter(external_id=valid.external_id).values_list(
+                    "content_hash", flat=True).first()
+                if stored_hash is None:
+                    raise
+                results[index] = _repeat(valid, stored_hash)
+    stored = []
+    for index, valid, event in rows:
+        if results[index] is None:
+            results[index] = IngestResult(valid.external_id, "accepted")
+            known[valid.external_id] = valid.content_hash
+            stored.append(event.pk)
+    return stored
+
+
+# --------------------------------------------------------------------------- applying
+
+
+def apply_pending(*, event_ids: list[int] | None = None, account_id: int | None = None) -> int:
+    """Apply stored events not applied yet (all of them, or those of some events' accounts),
+    per account in id order; returns how many were applied."""
+    pending = Event.objects.filter(applied_at__isnull=True, apply_error="")
+    up_to = None
+    if event_ids is not None:
+        if not event_ids:
+            return 0
+        pending = pending.filter(pk__in=event_ids)
+        # An account's older pending events go first (id order); newer ones are left to
+        # whoever stored them.
+        up_to = max(event_ids)
+    if account_id is not None:
+        pending = pending.filter(account_id=account_id)
+    # Accounts in the order of their oldest pending event.
+    accounts = dict.fromkeys(pending.order_by("id").values_list("account_id", flat=True))
+    return sum(_apply_account(account, up_to=up_to) for account in accounts)
+
+
+def _apply_account(account_id: int, *, up_to: int | None = None) -> int:
+    applied = 0
+    events = Event.objects.filter(account_id=account_id, applied_at__isnull=True, apply_error="").order_by("id")
+    if up_to is not None:
+        events = events.filter(pk__lte=up_to)
+    with transaction.atomic():
+        # The account row is the applier's claim: a second applier waits here, then finds
+        # these events applied. Per account, events are applied in id order, as in a replay.
+        # (.exists() would not do: Django drops FOR UPDATE from an EXISTS query.)
+        list(Account.objects.select_for_update().filter(pk=account_id).values_list("pk", flat=True))
+        for event in events:
+            try:
+                with transaction.atomic():
+                    # Claim before applying: an applier that read this event before the other
+                    # committed finds it taken and skips it, so no event is applied twice.
+                    if not Event.objects.filter(pk=event.pk, applied_at__isnull=True).update(
+                            applied_at=timezone.now()):
+                        continue
+                    services.apply_event(event)
+                applied += 1
+            except Exception as exc:
+                # Accepted but not applicable (a bug, or state that changed under it): kept
+                # out of the ledger and of replays, visible in the admin with its reason.
+                log.exception("stored event %s could not be applied", event.external_id)
+                Event.objects.filter(pk=event.pk).update(apply_error=f"{type(exc).__name__}: {exc}"[:2000])
+    return applied
+
+
+@shared_task(name="referrals.apply_stored_events", ignore_result=True)
+def apply_stored_events(event_ids: list[int]) -> int:
+    """Apply the events a large batch stored (see `ingest_batch`)."""
+    return apply_pending(event_ids=event_ids)
+
+
+def queue_apply(event_ids: list[int]) -> None:
+    """Queue the task; without a broker configured (or if it is unreachable) apply now."""
+    app = current_app
+    if app.conf.task_always_eager or app.conf.broker_url:
+        try:
+            apply_stored_events.delay(event_ids)
+            return
+        except Exception:
+            log.exception("could not queue apply_stored_events; applying %d events inline", len(event_ids))
+    apply_pending(event_ids=event_ids)
