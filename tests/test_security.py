@@ -95,3 +95,10 @@ def test_the_ref_link_never_redirects_to_another_host(client, db, payload):
     if response.status_code in (301, 302):
         location = response["Location"]
         assert location.startswith("/") and not location.startswith("//") and "\\" not in location[:2], location
+
+
+def test_the_api_docs_page_loads_its_script_separately_under_the_csp(client, db):
+    page = client.get("/api/docs/").content.decode()
+    scripts = re.findall(r"<script[^>]*>", page)
+    assert scripts and all("src=" in tag for tag in scripts), scripts
+    assert client.get("/api/docs/?script=").status_code == 200
