@@ -7,9 +7,11 @@ import json
 import logging
 import re
 import secrets
+import time
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import DatabaseError
 from django.http import HttpResponseRedirect
 from django.urls import Resolver404, resolve
@@ -61,6 +63,10 @@ def follow_referral_link(request) -> HttpResponseRedirect:
         referrer = Account.objects.filter(referral_code=code, code_enabled=True).only("pk", "referral_code").first()
         if referrer is None:
             return response
+        if is_bot(request) or over_click_rate(request):
+            # Crawlers and link previews are not clicks, and one IP cannot inflate a link's
+            # clicks: the visitor still lands on the page, nothing is counted or attributed.
+            return response
         keep_earlier = settings.REFERRAL["ATTRIBUTION_MODEL"] == "first" and has_live_attribution(request)
         click = record_click(request, referrer)
     except DatabaseError:
@@ -75,6 +81,28 @@ def follow_referral_link(request) -> HttpResponseRedirect:
             httponly=True, samesite="Lax", secure=request.is_secure(),
         )
     return response
+
+
+BOT_RE = re.compile(r"bot\b|bot/|crawl|spider|slurp|facebookexternalhit|embedly|preview|python-requests|"
+                    r"curl/|wget/|go-http-client|httpclient|headlesschrome.*lighthouse", re.IGNORECASE)
+
+
+def is_bot(request) -> bool:
+    return bool(BOT_RE.search(request.META.get("HTTP_USER_AGENT", "")))
+
+
+def over_click_rate(request) -> bool:
+    """At most N counted clicks per IP per minute, counted atomically in the cache (Redis or local)."""
+    limit = settings.REFERRAL["CLICKS_PER_IP_PER_MINUTE"]
+    if not limit:
+        return False
+    key = f"ref-clicks:{hash_ip(request.META.get('REMOTE_ADDR', ''))}:{int(time.time() // 60)}"
+    cache.add(key, 0, timeout=120)
+    try:
+        return cache.incr(key) > limit
+    except ValueError:  # the key expired between add and incr: this is the first click of a new minute
+        cache.set(key, 1, timeout=120)
+        return False
 
 
 def record_click(request, referrer: Account) -> Click:

@@ -115,6 +115,8 @@ REFERRAL = {
     # More than this many clicks on one link in this many minutes before a sign-up flags it.
     "CLICK_BURST_COUNT": env.int("REFERRAL_CLICK_BURST_COUNT", default=50),
     "CLICK_BURST_MINUTES": env.int("REFERRAL_CLICK_BURST_MINUTES", default=10),
+    # Clicks counted per visitor IP and minute (0: no limit); more are not counted.
+    "CLICKS_PER_IP_PER_MINUTE": env.int("REFERRAL_CLICKS_PER_IP_PER_MINUTE", default=30),
 }
 
 LOGGING = {

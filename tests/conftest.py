@@ -42,3 +42,13 @@ def _login_throttling_off_by_default(settings):
     # The test client's login() authenticates without a request, which django-axes refuses;
     # tests/test_security.py switches it back on to prove the lock-out.
     settings.AXES_ENABLED = False
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    # Counters kept in the cache (per-IP click limit, API throttle) must not leak between tests.
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()

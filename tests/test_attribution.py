@@ -277,3 +277,34 @@ def test_it_refuses_template_ids_that_cannot_appear_in_a_link(db):
     signup("alice")
     result = ingest_event(event("template.published", "alice", template="a b/c?"))
     assert result.status == "rejected" and list(result.fields) == ["template"]
+
+
+def test_it_does_not_count_crawlers_or_link_previews_as_clicks(client, db):
+    from referrals.models import Click
+    from tests.helpers import signup
+
+    alice = signup("alice")
+    for agent in ("Googlebot/2.1 (+http://www.google.com/bot.html)", "facebookexternalhit/1.1",
+                  "Slackbot-LinkExpanding 1.0", "python-requests/2.32"):
+        response = client.get(f"/?ref={alice.referral_code}", HTTP_USER_AGENT=agent)
+        assert response.status_code == 302 and response["Location"] == "/"
+    assert not Click.objects.exists()
+    client.get(f"/?ref={alice.referral_code}", HTTP_USER_AGENT="Mozilla/5.0 (X11; Linux x86_64) Chrome/156.0")
+    assert Click.objects.count() == 1
+
+
+def test_it_counts_at_most_the_limit_of_clicks_per_ip_and_minute(client, db, settings):
+    from django.core.cache import cache
+
+    from referrals.models import Click
+    from tests.helpers import signup
+
+    cache.clear()
+    settings.REFERRAL = {**settings.REFERRAL, "CLICKS_PER_IP_PER_MINUTE": 5}
+    alice = signup("alice")
+    for _ in range(8):
+        client.cookies.clear()
+        assert client.get(f"/?ref={alice.referral_code}", REMOTE_ADDR="198.51.100.9").status_code == 302
+    assert Click.objects.count() == 5
+    client.get(f"/?ref={alice.referral_code}", REMOTE_ADDR="198.51.100.10")
+    assert Click.objects.count() == 6, "another IP is not limited"
