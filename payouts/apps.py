@@ -8,4 +8,8 @@ class PayoutsConfig(AppConfig):
     def ready(self):
         # Registers the handlers of the payout ledger events, so live posting and the
         # verify_ledger replay use the same code.
-        from . import services  # noqa: F401
+        from referrals.jobs import register_job
+
+        from . import services
+
+        register_job("retry_stuck_payouts", lambda at: services.retry_stuck_payouts(at=at), self_committing=True)

@@ -191,23 +191,24 @@ services.register_handler(services.MILESTONES_CAUGHT_UP, _apply_milestones)
 services.register_handler(services.CREDITS_EXPIRED, _apply_credit_expiry)
 services.register_handler(services.EARNINGS_RELEASED, _apply_hold_release)
 
-def retry_stuck_payouts(at: datetime) -> dict:
-    from payouts.services import retry_stuck_payouts as retry
-
-    return retry(at=at)
-
-
 JOBS = {
     "revenue_share_gates": revenue_share_gates,
     "template_gates": template_gates,
     "milestones": milestones,
     "expire_credits": expire_credits,
     "release_holds": release_holds,
-    "retry_stuck_payouts": retry_stuck_payouts,
 }
 # Jobs that commit per item themselves (one provider call per payout, claimed with a row lock):
 # not wrapped in one transaction, so a failure half-way keeps what the provider already did.
-SELF_COMMITTING = {"retry_stuck_payouts"}
+SELF_COMMITTING: set[str] = set()
+
+
+def register_job(name: str, job, *, self_committing: bool = False) -> None:
+    """Apps that build on referrals add their periodic jobs here (payouts: retry_stuck_payouts),
+    so referrals never imports them."""
+    JOBS[name] = job
+    if self_committing:
+        SELF_COMMITTING.add(name)
 
 
 class UnknownJob(ValueError):

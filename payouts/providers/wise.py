@@ -3,6 +3,7 @@
 Idempotency: the transfer's `customerTransactionId` is a UUID derived from the payout's
 idempotency key; Wise answers a repeated one with the transfer it already created.
 """
+import json
 import uuid
 from decimal import Decimal
 
@@ -22,9 +23,10 @@ def customer_transaction_id(payout) -> str:
     return str(uuid.uuid5(NAMESPACE, payout.idempotency_key))
 
 
-def _call(method: str, path: str, **kwargs) -> dict:
+def _call(method: str, path: str, *, headers: dict | None = None, **kwargs) -> dict:
     response = http.request(method, f"{settings.WISE_API_BASE}{path}", provider=NAME,
-                            headers={"Authorization": f"Bearer {settings.WISE_API_TOKEN}"}, **kwargs)
+                            headers={"Authorization": f"Bearer {settings.WISE_API_TOKEN}", **(headers or {})},
+                            **kwargs)
     return http.check(response, provider=NAME)
 
 
@@ -40,16 +42,22 @@ def _result(transfer: dict) -> ProviderResult:
     return ProviderResult(PROCESSING, reference, amount_cents)
 
 
+AMOUNT_SLOT = "__exact_amount__"
+
+
 class WiseProvider:
     name = "wise"
 
     def send(self, payout) -> ProviderResult:
         profile = settings.WISE_PROFILE_ID
         recipient = payout.method.details["recipient"]
-        quote = _call("POST", f"/v3/profiles/{profile}/quotes", json={
+        # Wise wants a JSON number; it is written as the exact decimal text, never via a float.
+        quote_body = json.dumps({
             "sourceCurrency": currency(), "targetCurrency": currency(),
-            # A JSON number: a two-decimal amount's shortest float repr is that same decimal text.
-            "sourceAmount": float(decimal_string(payout.amount)), "targetAccount": recipient})
+            "sourceAmount": AMOUNT_SLOT, "targetAccount": recipient,
+        }).replace(json.dumps(AMOUNT_SLOT), decimal_string(payout.amount))
+        quote = _call("POST", f"/v3/profiles/{profile}/quotes", content=quote_body,
+                      headers={"Content-Type": "application/json"})
         transfer = _call("POST", "/v1/transfers", json={
             "targetAccount": recipient, "quoteUuid": quote["id"],
             "customerTransactionId": customer_transaction_id(payout),
