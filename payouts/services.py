@@ -21,15 +21,16 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from ledger.models import Book
 from ledger.money import AmountError, floor_to_cents, format_cents, parse_amount, to_units
 from ledger.services import Leg, post
+from referrals import bulk, outbox
 from referrals import events as ev
-from referrals import outbox
-from referrals.models import Account, Event, Program
-from referrals.services import ActionRefused, apply_event, register_handler
+from referrals.models import Account, Event, FraudFlag, Program
+from referrals.services import ActionRefused, apply_event, flag_account, on_account_flag_decided, register_handler
 
 from . import selectors
 from .models import MethodType, Payout, PayoutMethod, PayoutTransition, mask, mask_email
@@ -92,19 +93,38 @@ def _method_input(method_type: str, *, email: str = "", recipient: str = "", con
             validate_email(email)
         except ValidationError:
             raise PayoutInvalid({"email": "must be the e-mail address of a PayPal account, e.g. name@example.com"})
-        return MethodInput(method_type, {"email": email}, mask_email(email), True)
+        return MethodInput(method_type, {"email": email, "destination": destination_key(method_type, email)},
+                           mask_email(email), True)
     if method_type == MethodType.WISE:
         recipient = str(recipient or "").strip()
         if not recipient.isascii() or not recipient.isdigit() or len(recipient) > 20:
             raise PayoutInvalid({"recipient": "must be the numeric id of a Wise recipient account, e.g. 40000000"})
-        return MethodInput(method_type, {"recipient": recipient}, mask(recipient), True)
+        return MethodInput(method_type, {"recipient": recipient,
+                                         "destination": destination_key(method_type, recipient)},
+                           mask(recipient), True)
     if method_type == MethodType.STRIPE:
         connected_account = (connected_account or "").strip()
         body = connected_account.removeprefix("acct_")
         if not connected_account.startswith("acct_") or not body.isascii() or not body.isalnum() or len(body) > 60:
             raise PayoutInvalid({"connected_account": "must be a Stripe connected account id, e.g. acct_1Nv0FG..."})
-        return MethodInput(method_type, {"connected_account": connected_account}, mask(connected_account), ready)
+        return MethodInput(method_type, {"connected_account": connected_account,
+                                         "destination": destination_key(method_type, connected_account)},
+                           mask(connected_account), ready)
     raise PayoutInvalid({"type": f"must be one of {', '.join(MethodType.values)}"})
+
+
+def destination_key(method_type: str, value: str) -> str:
+    """Where the money of a method really lands, comparable across accounts: PayPal e-mails
+    normalised like sign-up e-mails (case, Gmail dots, +tags), Wise recipient and Stripe
+    connected account ids as they are. Stored in `details["destination"]` and looked up there."""
+    if method_type == MethodType.PAYPAL:
+        return f"paypal:{ev.normalize_email(value)}"
+    return f"{method_type}:{value}"
+
+
+# The field of `details` that holds each type's raw destination (methods stored before
+# `details["destination"]` existed are still matched on it).
+_RAW_DESTINATION = {MethodType.PAYPAL: "email", MethodType.WISE: "recipient", MethodType.STRIPE: "connected_account"}
 
 
 @transaction.atomic
@@ -113,16 +133,69 @@ def payout_method_set(*, account: Account, type: str, actor=None, source: str = 
     """Register (or replace) the account's method of one type. Stripe methods registered by an
     integration are trusted as onboarded (`ready`); the portal's onboarding starts them unready."""
     valid = _method_input(type, email=email, recipient=recipient, connected_account=connected_account, ready=ready)
+    destination = valid.details["destination"]
+    # Two accounts registering one destination at the same moment would not see each other's
+    # uncommitted row; one lock per destination makes the second wait and find the first.
+    bulk.job_lock(f"payout-destination:{destination}")
     method, created = PayoutMethod.objects.select_for_update().get_or_create(
         account=account, type=valid.type,
         defaults={"details": valid.details, "masked": valid.masked, "ready": valid.ready})
+    previous = None if created else method.details.get("destination")
     if not created:
+        # Provider-side notes (e.g. Stripe's last bank payout) belong to the old destination.
         method.details, method.masked, method.ready = valid.details, valid.masked, valid.ready
         method.status_updated_at = None
         method.save(update_fields=["details", "masked", "ready", "status_updated_at", "updated_at"])
     _audit_account(actor=actor, action="payout_method.set", account=account,
                    data={"type": valid.type, "masked": valid.masked, "source": source})
+    if previous != destination:
+        _flag_shared_destination(account=account, method=method)
     return method
+
+
+def _flag_shared_destination(*, account: Account, method: PayoutMethod) -> None:
+    """Fraud rule: one payout destination used by two accounts. Both accounts are flagged for
+    review, each flag naming the other account and the masked destination; their payouts are
+    held (see `payouts_held`) until staff clear or confirm the flags."""
+    raw_field = _RAW_DESTINATION[method.type]
+    others = list(
+        PayoutMethod.objects
+        .filter(Q(details__destination=method.details["destination"])
+                | Q(type=method.type, **{f"details__{raw_field}": method.details[raw_field]}))
+        .exclude(account_id=account.pk).order_by("account_id").values_list("account_id", flat=True).distinct()[:50])
+    if not others:
+        return
+    # Row locks in id order, like every other multi-account writer, so two of these cannot deadlock.
+    accounts = {a.pk: a for a in Account.objects.select_for_update().filter(pk__in=[account.pk, *others])
+                .order_by("pk")}
+    for other_id in others:
+        other = accounts[other_id]
+        for flagged, partner in ((account, other), (other, account)):
+            flag_account(flagged, [{"signal": "payout_destination", "detail": method.masked, "method": method.type,
+                                    "other_account": partner.external_id}])
+        log.warning("payout destination %s of account %s is also used by account %s: both held for review",
+                    method.masked, account.external_id, other.external_id)
+
+
+def payouts_held(account_id: int) -> FraudFlag | None:
+    """The open account flag that holds this account's payouts, if any."""
+    return FraudFlag.objects.open().filter(account_id=account_id).order_by("id").first()
+
+
+def _follow_account_flag(*, flag: FraudFlag, actor, reason: str) -> None:
+    """An account flag was decided: cleared, its approved payouts go out; confirmed, its open
+    payouts are rejected (their money back to cash, which the confirmation then voids)."""
+    waiting = Payout.objects.filter(account_id=flag.account_id, status__in=(S.REQUESTED, S.APPROVED)).order_by("id")
+    if flag.status == FraudFlag.Status.CLEARED:
+        for payout in waiting.filter(status=S.APPROVED):
+            _queue_processing(payout)
+        return
+    for payout in waiting:
+        payout_reject(payout=payout, actor=actor, source=STAFF,
+                      reason=f"fraud confirmed (flag #{flag.pk}): {reason}".rstrip(": "))
+
+
+on_account_flag_decided(_follow_account_flag)
 
 
 def stripe_onboarding_start(*, account: Account, refresh_url: str, return_url: str, actor=None) -> str:
@@ -286,7 +359,7 @@ def payout_request(*, account: Account, amount, method: str, actor=None, source:
     _event(RESERVED, payout, source=source, actor=actor, at=at, legs_from=allocation)
 
     threshold = _auto_approve_below()
-    if threshold and units < threshold:
+    if threshold and units < threshold and payouts_held(account.pk) is None:
         payout = payout_approve(payout=payout, actor=None, source=AUTO, at=at,
                                 reason=f"auto-approved: below {format_cents(threshold)}")
     return payout
@@ -308,6 +381,9 @@ def payout_approve(*, payout: Payout, actor, reason: str = "", source: str = STA
     payout = _locked(payout)
     if payout.status != S.REQUESTED:
         raise PayoutRefused(f"only requested payouts can be approved (payout #{payout.pk} is {payout.status})")
+    if flag := payouts_held(payout.account_id):
+        raise PayoutRefused(f"payout #{payout.pk} is held: its account has an open fraud flag (#{flag.pk}); "
+                            "clear or confirm the flag first")
     payout.approved_at = at or timezone.now()
     _transition(payout, S.APPROVED, actor=actor, source=source, reason=reason)
     payout.save(update_fields=["status", "approved_at"])
@@ -442,6 +518,8 @@ def _claim(payout_id: int, at: datetime) -> Payout | None:
     stuck_before = at - timedelta(minutes=settings.PAYOUT_STUCK_AFTER_MINUTES)
     with transaction.atomic():
         payout = _locked(payout_id)
+        if payouts_held(payout.account_id):
+            return None  # an open account flag holds it; clearing the flag queues it again
         if payout.status == S.APPROVED:
             payout.processing_at = at
             _transition(payout, S.PROCESSING, actor=None, source=JOB, data={"attempt": payout.attempt})
@@ -501,6 +579,7 @@ def retry_stuck_payouts(*, at: datetime) -> dict:
     batch. Safe to run concurrently: each payout is claimed with a row lock and a time check."""
     stuck_before = at - timedelta(minutes=settings.PAYOUT_STUCK_AFTER_MINUTES)
     ids = list(selectors.stuck_payouts(approved_before=stuck_before, processing_before=stuck_before)
+               .exclude(account__fraud_flags__status=FraudFlag.Status.OPEN)
                .values_list("id", flat=True)[:500])
     counts = {"retried": 0, "paid": 0, "failed": 0, "processing": 0}
     for payout_id in ids:

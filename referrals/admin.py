@@ -90,9 +90,9 @@ class ApplicationAdmin(ReadOnlyAdmin):
 
 @admin.register(FraudFlag)
 class FraudFlagAdmin(ReadOnlyAdmin):
-    list_display = ("id", "referral", "signal_names", "status", "created_at", "decided_by")
+    list_display = ("id", "referral", "account", "signal_names", "status", "created_at", "decided_by")
     list_filter = ("status",)
-    list_select_related = ("referral__referrer", "referral__referred", "decided_by")
+    list_select_related = ("referral__referrer", "referral__referred", "account", "decided_by")
     action_form = ReasonActionForm
     actions = ["clear", "confirm"]
 

@@ -212,21 +212,44 @@ class Referral(models.Model):
         return f"{self.referrer} -> {self.referred}"
 
 
+class FraudFlagQuerySet(models.QuerySet):
+    def open(self):
+        return self.filter(status=FraudFlag.Status.OPEN)
+
+
 class FraudFlag(models.Model):
-    """A referral held for staff review, with the signals that fired."""
+    """A referral, or a whole account, held for staff review, with the signals that fired.
+
+    A referral flag holds what its referrer earned through that referral. An account flag (for
+    example two referrers paid to one payout destination) holds the account's payouts: none is
+    auto-approved, approved or sent while the flag is open.
+    """
 
     class Status(models.TextChoices):
         OPEN = "open", "Open"
         CLEARED = "cleared", "Cleared"
         CONFIRMED = "confirmed", "Confirmed fraud"
 
-    referral = models.ForeignKey(Referral, on_delete=models.CASCADE, related_name="fraud_flags")
+    referral = models.ForeignKey(Referral, null=True, blank=True, on_delete=models.CASCADE,
+                                 related_name="fraud_flags")
+    account = models.ForeignKey(Account, null=True, blank=True, on_delete=models.CASCADE,
+                                related_name="fraud_flags")
     signals = models.JSONField(default=list)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
     created_at = models.DateTimeField(auto_now_add=True)
     decided_at = models.DateTimeField(null=True, blank=True)
     decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT)
     reason = models.TextField(blank=True)
+
+    objects = FraudFlagQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=(models.Q(referral__isnull=False, account__isnull=True)
+                           | models.Q(referral__isnull=True, account__isnull=False)),
+                name="fraud_flag_referral_or_account"),
+        ]
 
     def __str__(self) -> str:
         return f"flag #{self.pk} ({self.status})"

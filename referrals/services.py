@@ -18,7 +18,7 @@ from django.db.models import F, Q, Sum, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from ledger.models import Balance, Book
+from ledger.models import Balance, Book, Entry
 from ledger.money import format_exact, net_sum, share_of
 from ledger.services import Leg, open_books, post
 
@@ -51,6 +51,7 @@ APPLICATION_REOPENED = "application.reopened"
 TRACK_CHANGED = "track.changed"
 REFERRAL_CLEARED = "referral.cleared"
 REFERRAL_FRAUD_CONFIRMED = "referral.fraud_confirmed"
+ACCOUNT_FRAUD_CONFIRMED = "account.fraud_confirmed"
 CREDITS_EXPIRED = "credits.expired"
 EARNINGS_RELEASED = "earnings.released"
 TEMPLATES_QUALIFIED = "templates.qualified"
@@ -406,7 +407,8 @@ def _reason(signals: list[dict]) -> str:
     names = {"same_email": "same e-mail as the referrer", "same_ip": "same sign-up IP as the referrer",
              "same_device": "same device as the referrer", "same_payment": "same payment method as the referrer",
              "disposable_email": "disposable e-mail domain", "shared_click": "click shared by several sign-ups",
-             "click_burst": "burst of clicks on the link"}
+             "click_burst": "burst of clicks on the link",
+             "payout_destination": "payout destination shared with another account"}
     return "; ".join(names.get(s["signal"], s["signal"]) for s in signals)
 
 
@@ -553,6 +555,60 @@ def flag_referral(referral: Referral, signals: list[dict], *, event: Event) -> N
                  Leg(Book.PENDING, accrual.net, accrual.beneficiary_id, accrual.program_id)]
     post(kind="fraud-hold", rule="self-referral", event=event, legs=legs)
     earned.update(state=Accrual.State.HELD, held_for_fraud=True, released_at=None)
+
+
+def flag_account(account: Account, signals: list[dict]) -> FraudFlag:
+    """Hold a whole account for staff review (its payouts wait while the flag is open); new
+    signals join the account's open flag if it has one. The caller holds the account's row lock."""
+    flag = FraudFlag.objects.open().select_for_update().filter(account=account).first()
+    if flag is None:
+        return FraudFlag.objects.create(account=account, signals=signals)
+    added = [s for s in signals if s not in flag.signals]
+    if added:
+        flag.signals = flag.signals + added
+        flag.save(update_fields=["signals"])
+    return flag
+
+
+# Apps whose rows an account flag holds (payouts) follow its decision: each listener is called
+# as listener(flag=, actor=, reason=) inside the decision's transaction, before a confirmation
+# voids the account's cash. payouts registers one, so referrals never imports payouts.
+_account_flag_listeners: list = []
+
+
+def on_account_flag_decided(listener) -> None:
+    if listener not in _account_flag_listeners:
+        _account_flag_listeners.append(listener)
+
+
+def _decide_account_flag(flag: FraudFlag, status: str, *, actor, reason: str) -> None:
+    account = Account.objects.select_for_update().get(pk=flag.account_id)
+    flag.status, flag.decided_at, flag.decided_by, flag.reason = status, timezone.now(), actor, reason
+    flag.save(update_fields=["status", "decided_at", "decided_by", "reason"])
+    for listener in _account_flag_listeners:
+        listener(flag=flag, actor=actor, reason=reason)
+    if status != FraudFlag.Status.CONFIRMED:
+        return
+    # What the flag held back is the account's cash (open payouts were just released into it):
+    # confirmed fraud voids it, as a confirmed referral flag voids the earnings it held. The
+    # amounts travel in the event, so the replay posts exactly these legs.
+    cash = (Entry.objects.filter(account=account, book=Book.CASH).values_list("program_id")
+            .annotate(total=Sum("amount")).values_list("program_id", "total"))
+    void = [[program_id, int(total)] for program_id, total in sorted(cash, key=lambda row: row[0] or 0)
+            if total and total > 0]
+    if void:
+        _record(ACCOUNT_FRAUD_CONFIRMED, payload={"flag": flag.pk, "account": account.external_id,
+                                                  "reason": reason, "void": void},
+                source=Event.Source.STAFF, account=account, actor=actor)
+
+
+def _on_account_fraud_confirmed(event: Event, replay: bool) -> int:
+    legs = []
+    for program_id, units in event.payload["void"]:
+        legs += [Leg(Book.CASH, -units, event.account_id, program_id),
+                 Leg(Book.EARNINGS_EXPENSE, units, None, program_id)]
+    post(kind="void", rule="fraud-confirmed", event=event, legs=legs)
+    return 1
 
 
 def _on_refund(event: Event, replay: bool) -> int:
@@ -714,6 +770,7 @@ _HANDLERS = {
     TRACK_CHANGED: _on_track_changed,
     REFERRAL_CLEARED: _on_referral_decided,
     REFERRAL_FRAUD_CONFIRMED: _on_referral_decided,
+    ACCOUNT_FRAUD_CONFIRMED: _on_account_fraud_confirmed,
 }
 
 
@@ -837,6 +894,10 @@ def fraud_flag_clear(*, flag: FraudFlag, actor, reason: str = "") -> None:
     flag = FraudFlag.objects.select_for_update().get(pk=flag.pk)
     if flag.status != FraudFlag.Status.OPEN:
         raise ActionRefused("this flag has already been decided")
+    if flag.account_id:
+        _decide_account_flag(flag, FraudFlag.Status.CLEARED, actor=actor, reason=reason)
+        _audit(actor=actor, action="fraud.clear", obj=flag, reason=reason)
+        return
     _record(REFERRAL_CLEARED, payload={"referral": flag.referral_id, "reason": reason},
             source=Event.Source.STAFF, account=flag.referral.referrer, actor=actor)
     _audit(actor=actor, action="fraud.clear", obj=flag, reason=reason)
@@ -849,6 +910,10 @@ def fraud_flag_confirm(*, flag: FraudFlag, actor, reason: str) -> None:
     flag = FraudFlag.objects.select_for_update().get(pk=flag.pk)
     if flag.status != FraudFlag.Status.OPEN:
         raise ActionRefused("this flag has already been decided")
+    if flag.account_id:
+        _decide_account_flag(flag, FraudFlag.Status.CONFIRMED, actor=actor, reason=reason.strip())
+        _audit(actor=actor, action="fraud.confirm", obj=flag, reason=reason)
+        return
     _record(REFERRAL_FRAUD_CONFIRMED, payload={"referral": flag.referral_id, "reason": reason},
             source=Event.Source.STAFF, account=flag.referral.referrer, actor=actor)
     _audit(actor=actor, action="fraud.confirm", obj=flag, reason=reason)

@@ -1,10 +1,24 @@
 """Fraud rules beyond self-referral: each holds the earnings for review and records its signal."""
 from datetime import timedelta
 
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
 from ledger.models import Book
 from ledger.selectors import balances_for
+from payouts import services as payouts
+from payouts.models import Payout, PayoutMethod
+from payouts.services import PayoutInvalid, PayoutRefused
+from referrals import services
 from referrals.models import Click, FraudFlag, Referral
+from referrals.services import ActionRefused
+from referrals.verification import verify
+from tests.fakes import fixtures
 from tests.helpers import at, buy_credits, signup, usd
+
+fake_paypal = fixtures.fake_paypal
 
 
 def _signals(account):
@@ -49,3 +63,157 @@ def test_it_flags_a_sign_up_after_a_burst_of_clicks(vast, settings):
     assert signals == ["click_burst"]
     assert FraudFlag.objects.get(referral__referred=bursty).signals[0]["detail"].startswith("21 clicks")
     assert Referral.objects.get(referred=calm).status == "pending"
+
+
+# --------------------------------------------------------------------------- one payout destination, two referrers
+
+
+@pytest.fixture
+def _payouts_by_hand(settings):
+    settings.PAYOUT_PROCESS_ON_APPROVE = False
+    settings.PAYOUT_AUTO_APPROVE_BELOW = "0"
+
+
+def _earner(name: str, referred: str, when: int):
+    """`name` with 45.00 of cash: 3% x 75% of the 2000.00 their referral bought (vast)."""
+    account = signup(name, when=at(when))
+    signup(referred, code=account.referral_code, when=at(when, hours=1))
+    buy_credits(referred, "2000.00", when=at(when, hours=2))
+    account.refresh_from_db()
+    return account
+
+
+def _account_flag(account):
+    return FraudFlag.objects.get(account=account, status=FraudFlag.Status.OPEN)
+
+
+def test_it_flags_both_referrers_when_two_use_one_paypal_address(vast):
+    alice, carol = signup("alice"), signup("carol")
+    payouts.payout_method_set(account=alice, type="paypal", email="alice.smith@gmail.com")
+    assert not FraudFlag.objects.exists()
+    method = payouts.payout_method_set(account=carol, type="paypal", email="Alice.Smith+payouts@GMail.com")
+    for flagged, other in ((alice, carol), (carol, alice)):
+        flag = _account_flag(flagged)
+        assert flag.referral is None
+        assert flag.signals == [{"signal": "payout_destination", "detail": method.masked, "method": "paypal",
+                                 "other_account": other.external_id}]
+        assert "smith" not in str(flag.signals), "staff see the masked destination only"
+
+
+@pytest.mark.parametrize(("method_type", "field", "value"), [
+    ("wise", "recipient", "40000001"),
+    ("stripe", "connected_account", "acct_1SharedAcct"),
+])
+def test_it_flags_a_shared_wise_recipient_or_stripe_connected_account(vast, method_type, field, value):
+    alice, carol = signup("alice"), signup("carol")
+    payouts.payout_method_set(account=alice, type=method_type, **{field: value})
+    payouts.payout_method_set(account=carol, type=method_type, **{field: value})
+    assert {f.account for f in FraudFlag.objects.open()} == {alice, carol}
+
+
+def test_distinct_destinations_and_an_account_reusing_its_own_are_not_flagged(vast):
+    alice, carol = signup("alice"), signup("carol")
+    payouts.payout_method_set(account=alice, type="paypal", email="alice@example.com")
+    payouts.payout_method_set(account=alice, type="paypal", email="Alice@Example.com")
+    payouts.payout_method_set(account=alice, type="wise", recipient="40000001")
+    payouts.payout_method_set(account=carol, type="paypal", email="carol@example.com")
+    payouts.payout_method_set(account=carol, type="wise", recipient="40000002")
+    assert not FraudFlag.objects.exists()
+
+
+def test_a_method_stored_before_destination_keys_existed_is_still_found(vast):
+    alice, carol = signup("alice"), signup("carol")
+    legacy = payouts.payout_method_set(account=alice, type="wise", recipient="40000001")
+    PayoutMethod.objects.filter(pk=legacy.pk).update(details={"recipient": "40000001"})
+    payouts.payout_method_set(account=carol, type="wise", recipient="40000001")
+    assert FraudFlag.objects.open().count() == 2
+
+
+def test_a_bad_destination_changes_nothing(vast):
+    alice, carol = signup("alice"), signup("carol")
+    payouts.payout_method_set(account=alice, type="paypal", email="alice@example.com")
+    with pytest.raises(PayoutInvalid) as caught:
+        payouts.payout_method_set(account=carol, type="paypal", email="alice@example")
+    assert "email" in caught.value.fields
+    assert not PayoutMethod.objects.filter(account=carol).exists()
+    assert not FraudFlag.objects.exists()
+
+
+def test_the_lookup_costs_the_same_queries_however_many_methods_exist(vast, django_assert_max_num_queries):
+    alice = signup("alice")
+    payouts.payout_method_set(account=alice, type="wise", recipient="40000001")
+    carol = signup("carol")
+    with CaptureQueriesContext(connection) as few:
+        payouts.payout_method_set(account=carol, type="wise", recipient="40000009")
+    for i in range(30):
+        payouts.payout_method_set(account=signup(f"user{i}"), type="wise", recipient=str(50000000 + i))
+    dave = signup("dave")
+    with django_assert_max_num_queries(len(few.captured_queries)):
+        payouts.payout_method_set(account=dave, type="wise", recipient="40000010")
+
+
+def test_a_flagged_account_s_payout_is_neither_auto_approved_nor_approved_by_staff(vast, staff, settings,
+                                                                                   _payouts_by_hand):
+    settings.PAYOUT_AUTO_APPROVE_BELOW = "100.00"
+    alice, carol = _earner("alice", "bob", 1), signup("carol")
+    payouts.payout_method_set(account=alice, type="paypal", email="shared@example.com")
+    payouts.payout_method_set(account=carol, type="paypal", email="shared@example.com")
+    payout = payouts.payout_request(account=alice, amount="40.00", method="paypal")
+    assert payout.status == Payout.Status.REQUESTED, "held: not auto-approved"
+    with pytest.raises(PayoutRefused, match="open fraud flag"):
+        payouts.payout_approve(payout=payout, actor=staff)
+    payout.refresh_from_db()
+    assert payout.status == Payout.Status.REQUESTED
+    assert list(payout.transitions.values_list("to_status", flat=True)) == ["requested"]
+
+
+def test_an_approved_payout_is_not_sent_while_its_account_is_flagged(vast, staff, fake_paypal, _payouts_by_hand):
+    alice, carol = _earner("alice", "bob", 1), signup("carol")
+    payouts.payout_method_set(account=alice, type="paypal", email="shared@example.com")
+    payout = payouts.payout_approve(payout=payouts.payout_request(account=alice, amount="40.00", method="paypal"),
+                                    actor=staff)
+    payouts.payout_method_set(account=carol, type="paypal", email="shared@example.com")
+
+    assert payouts.payout_process(payout_id=payout.pk).status == Payout.Status.APPROVED
+    later = timezone.now() + timedelta(days=1)
+    assert payouts.retry_stuck_payouts(at=later)["retried"] == 0
+    assert fake_paypal.batches == {}, "nothing reached the provider"
+
+    services.fraud_flag_clear(flag=_account_flag(alice), actor=staff, reason="same household, checked")
+    assert payouts.payout_process(payout_id=payout.pk).status == Payout.Status.PROCESSING
+    assert len(fake_paypal.batches) == 1
+
+
+def test_clearing_an_account_flag_lets_its_payouts_through(vast, staff, _payouts_by_hand):
+    alice, carol = _earner("alice", "bob", 1), signup("carol")
+    payouts.payout_method_set(account=alice, type="paypal", email="shared@example.com")
+    payouts.payout_method_set(account=carol, type="paypal", email="shared@example.com")
+    payout = payouts.payout_request(account=alice, amount="40.00", method="paypal")
+    services.fraud_flag_clear(flag=_account_flag(alice), actor=staff, reason="checked")
+    assert payouts.payout_approve(payout=payout, actor=staff).status == Payout.Status.APPROVED
+    assert FraudFlag.objects.get(account=alice).status == FraudFlag.Status.CLEARED
+    assert _account_flag(carol).status == "open", "each account's flag is decided on its own"
+    assert balances_for(alice.pk)[Book.RESERVED] == usd("40.00")
+    assert verify() == []
+
+
+def test_confirming_an_account_flag_rejects_its_payouts_and_voids_its_cash(vast, staff, _payouts_by_hand):
+    alice, carol = _earner("alice", "bob", 1), _earner("carol", "dan", 2)
+    payouts.payout_method_set(account=alice, type="paypal", email="shared@example.com")
+    payouts.payout_method_set(account=carol, type="paypal", email="shared@example.com")
+    payout = payouts.payout_request(account=alice, amount="40.00", method="paypal")
+
+    with pytest.raises(ActionRefused, match="reason"):
+        services.fraud_flag_confirm(flag=_account_flag(alice), actor=staff, reason=" ")
+    assert _account_flag(alice).status == "open"
+
+    services.fraud_flag_confirm(flag=_account_flag(alice), actor=staff, reason="one person, two accounts")
+    payout.refresh_from_db()
+    assert payout.status == Payout.Status.REJECTED
+    assert "fraud confirmed" in payout.transitions.last().reason
+    books = balances_for(alice.pk)
+    assert books[Book.CASH] == 0 and books[Book.RESERVED] == 0
+    assert balances_for(carol.pk)[Book.CASH] == usd("45.00"), "carol's flag is still open, nothing voided"
+    with pytest.raises(ActionRefused, match="already been decided"):
+        services.fraud_flag_clear(flag=FraudFlag.objects.get(account=alice), actor=staff)
+    assert verify() == [], "the void is an event the replay reproduces"
