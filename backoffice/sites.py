@@ -12,3 +12,39 @@ class PortalAdminSite(admin.AdminSite):
         from .selectors import staff_overview
 
         return super().index(request, extra_context={**(extra_context or {}), "overview": staff_overview()})
+
+    # --- sign-in: password, then the authenticator code once staff have one (backoffice.otp) ---
+    login_template = "admin/portal_login.html"
+
+    @property
+    def login_form(self):
+        from .otp import StaffLoginForm
+
+        return StaffLoginForm
+
+    def has_permission(self, request):
+        from . import otp
+
+        return super().has_permission(request) and otp.otp_state(request) in (otp.VERIFIED, otp.NOT_NEEDED)
+
+    def login(self, request, extra_context=None):
+        from django.shortcuts import redirect
+        from django.urls import reverse
+
+        from . import otp
+
+        user = request.user
+        state = otp.otp_state(request) if user.is_active and user.is_staff else ""
+        if request.method == "GET" and state == otp.NEEDS_ENROLMENT:
+            return redirect(reverse("admin:otp_enrol", current_app=self.name))
+        return super().login(request, extra_context={**(extra_context or {}), "otp_state": state})
+
+    def get_urls(self):
+        from functools import partial
+
+        from django.urls import path
+
+        from . import otp
+
+        # Outside admin_view on purpose: staff who must enrol have no admin permission yet.
+        return [path("two-factor/", partial(otp.enrol, admin_site=self), name="otp_enrol"), *super().get_urls()]

@@ -276,3 +276,14 @@ CELERY_BROKER_CONNECTION_TIMEOUT = 2
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.3, "interval_max": 0.5}
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# --- Two-factor sign-in for staff (issue 8): TOTP devices from django-otp ---
+# A staff user with a confirmed authenticator needs its code to use the admin; with
+# STAFF_OTP_REQUIRED every staff user must enrol one first (backoffice.sites).
+INSTALLED_APPS += ["django_otp", "django_otp.plugins.otp_totp"]
+MIDDLEWARE.insert(MIDDLEWARE.index("django.contrib.auth.middleware.AuthenticationMiddleware") + 1,
+                  "django_otp.middleware.OTPMiddleware")
+STAFF_OTP_REQUIRED = env.bool("STAFF_OTP_REQUIRED", default=False)
+OTP_TOTP_ISSUER = env.str("OTP_TOTP_ISSUER", default="Referral portal")
+# The admin's device pages never show a secret key or its QR code to other staff.
+OTP_ADMIN_HIDE_SENSITIVE_DATA = True
