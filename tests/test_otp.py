@@ -1,6 +1,7 @@
 """Two-factor sign-in for staff (backoffice.otp): the admin needs a code once a staff user has an
 authenticator, codes are checked and never accepted twice, enrolment, the mandatory mode and the
 lock-out. Codes are computed from the device key with django-otp's own TOTP implementation."""
+
 import re
 
 import pytest
@@ -17,8 +18,9 @@ PASSWORD = "pw-sam-12345"
 @pytest.fixture
 def sam(db):
     """A staff member (all admin permissions, so the pages show everything)."""
-    return get_user_model().objects.create_user("sam@operator.test", "sam@operator.test", PASSWORD, is_staff=True,
-                                                is_superuser=True)
+    return get_user_model().objects.create_user(
+        "sam@operator.test", "sam@operator.test", PASSWORD, is_staff=True, is_superuser=True
+    )
 
 
 @pytest.fixture

@@ -89,6 +89,24 @@ def test_login_next_never_redirects_to_another_host(client, alice_user, payload)
     assert location.startswith("/") and not location.startswith("//") and not location.startswith("/\\"), location
 
 
+def _stays_on_host(location: str) -> bool:
+    return location.startswith("/") and not location.startswith("//") and not location.startswith("/\\")
+
+
+@pytest.mark.parametrize("payload", OPEN_REDIRECT_PAYLOADS)
+def test_admin_login_and_logout_next_never_redirect_to_another_host(client, db, payload):
+    get_user_model().objects.create_user("sam@operator.test", "sam@operator.test", "pw-sam-12345", is_staff=True)
+    login = client.post(f"/admin/login/?next={payload}", {"username": "sam@operator.test", "password": "pw-sam-12345",
+                                                          "next": payload})
+    assert login.status_code == 302 and _stays_on_host(login["Location"]), login["Location"]
+    for path in ("/admin/logout/", "/logout/"):
+        client.login(username="sam@operator.test", password="pw-sam-12345")
+        logout = client.post(f"{path}?next={payload}", {"next": payload})
+        assert logout.status_code in (200, 302), path
+        if logout.status_code == 302:
+            assert _stays_on_host(logout["Location"]), (path, logout["Location"])
+
+
 @pytest.mark.parametrize("payload", OPEN_REDIRECT_PAYLOADS)
 def test_the_ref_link_never_redirects_to_another_host(client, db, payload):
     response = client.get("/", {"ref": "abcdefgh", "next": payload}, PATH_INFO="/" + payload.lstrip("/"))
