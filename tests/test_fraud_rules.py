@@ -217,3 +217,32 @@ def test_confirming_an_account_flag_rejects_its_payouts_and_voids_its_cash(vast,
     with pytest.raises(ActionRefused, match="already been decided"):
         services.fraud_flag_clear(flag=FraudFlag.objects.get(account=alice), actor=staff)
     assert verify() == [], "the void is an event the replay reproduces"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_accounts_registering_one_destination_at_the_same_moment_are_both_flagged():
+    if connection.vendor != "postgresql":
+        pytest.skip(reason="a race needs PostgreSQL and real connections: set DATABASE_URL (CI provides it)")
+    import threading
+
+    from django.db import connections
+
+    def register(account, email, barrier):
+        try:
+            barrier.wait()
+            payouts.payout_method_set(account=account, type="paypal", email=email)
+        finally:
+            connections.close_all()
+
+    # Pairs, round after round: without the per-destination lock, two transactions that each
+    # insert before the other commits both find nobody and flag nothing.
+    for round_ in range(12):
+        pair = [signup(f"racer{round_}a"), signup(f"racer{round_}b")]
+        barrier = threading.Barrier(2)
+        threads = [threading.Thread(target=register, args=(a, f"pooled{round_}@example.com", barrier)) for a in pair]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        flagged = set(FraudFlag.objects.open().filter(account__in=pair).values_list("account_id", flat=True))
+        assert flagged == {a.pk for a in pair}, f"round {round_}"
