@@ -607,7 +607,8 @@ def _on_account_fraud_confirmed(event: Event, replay: bool) -> int:
     for program_id, units in event.payload["void"]:
         legs += [Leg(Book.CASH, -units, event.account_id, program_id),
                  Leg(Book.EARNINGS_EXPENSE, units, None, program_id)]
-    post(kind="void", rule="fraud-confirmed", event=event, legs=legs)
+    post(kind="fraud-void", rule="account-fraud-confirmed", event=event, legs=legs,
+         memo="staff confirmed fraud on this account (a payout destination shared with another account)")
     return 1
 
 

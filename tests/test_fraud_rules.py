@@ -6,7 +6,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from ledger.models import Book
+from ledger.models import Book, Entry
 from ledger.selectors import balances_for
 from payouts import services as payouts
 from payouts.models import Payout, PayoutMethod
@@ -214,6 +214,9 @@ def test_confirming_an_account_flag_rejects_its_payouts_and_voids_its_cash(vast,
     books = balances_for(alice.pk)
     assert books[Book.CASH] == 0 and books[Book.RESERVED] == 0
     assert balances_for(carol.pk)[Book.CASH] == usd("45.00"), "carol's flag is still open, nothing voided"
+    void = Entry.objects.get(transaction__kind="fraud-void", book=Book.CASH)
+    assert (void.account_id, void.amount) == (alice.pk, -usd("45.00"))
+    assert Entry.objects.get(transaction=void.transaction, book=Book.EARNINGS_EXPENSE).amount == usd("45.00")
     with pytest.raises(ActionRefused, match="already been decided"):
         services.fraud_flag_clear(flag=FraudFlag.objects.get(account=alice), actor=staff)
     assert verify() == [], "the void is an event the replay reproduces"
