@@ -9,6 +9,17 @@ from django.utils.http import url_has_allowed_host_and_scheme
 class DecisionDeskMixin:
     #: (action name, button label) pairs shown on the change page to staff allowed to decide.
     decisions: tuple[tuple[str, str], ...] = ()
+    #: The list page's title and one line on how to work the desk.
+    desk_title = ""
+    desk_help = ""
+
+    change_list_template = "admin/backoffice/desk_change_list.html"
+
+    def changelist_view(self, request, extra_context=None):
+        extra_context = {**(extra_context or {}), "desk_help": self.desk_help}
+        if self.desk_title:
+            extra_context["title"] = self.desk_title
+        return super().changelist_view(request, extra_context)
 
     def decision_applies(self, name: str, obj) -> bool:
         """Whether a decision makes sense for the object in its current state (the service decides)."""

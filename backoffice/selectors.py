@@ -6,6 +6,7 @@ from django.apps import apps
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
+from ledger.models import Balance, Book
 from ledger.money import format_cents
 from referrals.models import Accrual, Application, FraudFlag, JobRun, Referral
 from referrals.selectors import account_balances, earnings_by_program, gate_progress, referral_stats
@@ -66,6 +67,9 @@ def account_summary(account, *, now=None) -> dict:
         "age_days": (now - account.signed_up_at).days,
         "balances": {"Cash available for payouts": format_cents(balances.cash_available),
                      "Cash blocked by own purchased credits": format_cents(balances.cash_blocked),
+                     "Reserved for payouts in progress": format_cents(
+                         Balance.objects.filter(account=account, book=Book.RESERVED).values_list("amount", flat=True)
+                         .first() or 0),
                      "Platform credits": format_cents(balances.credits),
                      "Held (pending) earnings": format_cents(balances.pending)},
         "earnings": [{**row, **{k: format_cents(row[k]) for k in ("earned", "pending", "available", "paid")}}

@@ -4,6 +4,7 @@ failed, mark paid externally), each calling one service that checks the rules ag
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
+from django.contrib.admin.utils import unquote
 from django.db.models import F, Func, IntegerField, OuterRef, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.template.loader import render_to_string
@@ -13,7 +14,7 @@ from backoffice.desk import DecisionDeskMixin
 from backoffice.selectors import flags_concerning, payout_review
 from ledger.admin import ReadOnlyAdmin
 from ledger.money import format_cents
-from referrals.models import FraudFlag
+from referrals.models import FraudFlag, Program
 from referrals.services import ActionRefused
 
 from . import services
@@ -69,7 +70,7 @@ class PayoutAdmin(DecisionDeskMixin, ReadOnlyAdmin):
     search_help_text = "Exact payout id, account id or provider reference."
     list_select_related = ("account", "first_approved_by", "first_approved_by_key")
     raw_id_fields = ("account", "method", "requested_by")
-    readonly_fields = ("review", "account", "method", "method_type", "amount_display", "state", "allocation",
+    readonly_fields = ("review", "account", "method", "method_type", "amount_display", "state", "taken_from",
                        "attempt", "provider_reference", "failure_reason", "last_error", "requested_by",
                        "requested_at", "first_approved_by", "first_approved_by_key", "first_approved_at",
                        "approved_by", "approved_at", "processing_at", "finished_at")
@@ -78,7 +79,7 @@ class PayoutAdmin(DecisionDeskMixin, ReadOnlyAdmin):
         ("The account: history, balances and fraud flags", {"fields": ("review",)}),
         ("Approvals", {"fields": ("first_approved_by", "first_approved_by_key", "first_approved_at",
                                   "approved_by", "approved_at")}),
-        ("Provider", {"fields": ("method_type", "allocation", "attempt", "provider_reference", "processing_at",
+        ("Provider", {"fields": ("method_type", "taken_from", "attempt", "provider_reference", "processing_at",
                                  "finished_at", "failure_reason", "last_error")}),
     )
     inlines = [TransitionInline]
@@ -87,6 +88,17 @@ class PayoutAdmin(DecisionDeskMixin, ReadOnlyAdmin):
     change_form_template = "admin/payouts/payout/change_form.html"
     decisions = (("approve", "Approve"), ("reject", "Reject"), ("retry", "Retry"),
                  ("mark_paid", "Mark paid externally"))
+    desk_title = "Payouts desk"
+    desk_help = ("Open a payout to see the account's history, balances and fraud flags, then approve it (it is sent "
+                 "to the provider) or reject it with a reason. Large payouts need two approvals by two people.")
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        payout = self.get_object(request, unquote(object_id)) if object_id else None
+        needs_two = (payout is not None and payout.status == Payout.Status.REQUESTED
+                     and services.needs_second_approval(payout.amount))
+        extra_context = {**(extra_context or {}), "needs_two_approvals": needs_two,
+                         "second_approval_above": format_cents(services.second_approval_above())}
+        return super().changeform_view(request, object_id, form_url, extra_context)
 
     def decision_applies(self, name: str, obj) -> bool:
         return obj.status in {"approve": [Payout.Status.REQUESTED],
@@ -115,7 +127,14 @@ class PayoutAdmin(DecisionDeskMixin, ReadOnlyAdmin):
             return f"Requested — approved once (by {_first_approver(obj)}), waiting for a second approver"
         if obj.status == Payout.Status.REQUESTED and services.needs_second_approval(obj.amount):
             return "Requested — needs two approvals"
+        if obj.status == Payout.Status.PROCESSING and obj.last_error:
+            return "Processing — the provider has not answered yet; retried automatically"
         return obj.get_status_display()
+
+    @admin.display(description="Taken from")
+    def taken_from(self, obj):
+        names = dict(Program.objects.filter(pk__in=[pid for pid, _ in obj.allocation]).values_list("pk", "name"))
+        return "; ".join(f"{names.get(pid, pid)}: {format_cents(units)}" for pid, units in obj.allocation)
 
     @admin.display(description="Account age")
     def account_age(self, obj):

@@ -343,7 +343,7 @@ def payout_approve(*, payout: Payout, actor, reason: str = "", source: str = STA
             return _first_approval(payout, user=user, api_key=api_key, reason=reason, source=source, at=at,
                                    limit=limit)
         if _same_approver(payout, user=user, api_key=api_key):
-            raise PayoutRefused(f"payout #{payout.pk} needs its second approval from a different staff member: "
+            raise PayoutRefused(f"the second approval must come from a different staff member: "
                                 f"{_approver_name(user, api_key)} already gave the first one")
         data = {"approval": "2 of 2", "first_approved_by": _first_approver_name(payout)}
     payout.approved_at, payout.approved_by = at, user

@@ -46,7 +46,9 @@ def _run_decision(modeladmin, request, queryset, decide, verb):
         except services.ActionRefused as exc:
             modeladmin.message_user(request, f"{obj}: {exc}", messages.ERROR)
     if done:
-        modeladmin.message_user(request, f"{verb} {done} item(s).", messages.SUCCESS)
+        opts = modeladmin.model._meta
+        noun = opts.verbose_name if done == 1 else opts.verbose_name_plural
+        modeladmin.message_user(request, f"{verb} {done} {noun}.", messages.SUCCESS)
 
 
 class EventTypeFilter(ValuesFilter):
@@ -97,7 +99,7 @@ class ApplicationAdmin(DecisionDeskMixin, ReadOnlyAdmin):
     """The applications desk: open applications with the figures that justify them."""
 
     list_display = ("id", "account", "program", "status", "referrals_now", "spend_now", "held_now", "opened_at",
-                    "decided_by", "reason")
+                    "decided_by")
     list_display_links = ("id", "account")
     list_filter = ("status", "program", "opened_at")
     search_fields = ("=account__external_id",)
@@ -112,6 +114,9 @@ class ApplicationAdmin(DecisionDeskMixin, ReadOnlyAdmin):
     action_form = ReasonActionForm
     actions = ["approve", "reject", "reopen"]
     decisions = (("approve", "Approve (releases the held earnings)"), ("reject", "Reject"), ("reopen", "Reopen"))
+    desk_title = "Applications desk"
+    desk_help = ("Open an application to see the figures behind it, then approve (its held earnings are released) "
+                 "or reject with a reason. Or tick several and pick an action below.")
     change_form_template = "admin/referrals/application/change_form.html"
 
     def get_queryset(self, request):
@@ -150,7 +155,7 @@ class ApplicationAdmin(DecisionDeskMixin, ReadOnlyAdmin):
 
     @admin.display(description="Held earnings", ordering="held_total")
     def held_now(self, obj):
-        return format_exact(obj.held_total)
+        return format_cents(obj.held_total)
 
     @admin.display(description="The account")
     def review(self, obj):
@@ -176,8 +181,7 @@ class ApplicationAdmin(DecisionDeskMixin, ReadOnlyAdmin):
 class FraudFlagAdmin(DecisionDeskMixin, ReadOnlyAdmin):
     """The fraud desk: flagged referrals with the signals that fired; clear or confirm."""
 
-    list_display = ("id", "referrer", "referred", "signal_details", "held_now", "status", "created_at", "decided_by",
-                    "reason")
+    list_display = ("id", "referrer", "referred", "signal_details", "held_now", "status", "created_at", "decided_by")
     list_filter = ("status", SignalFilter, "created_at")
     search_fields = ("=referral__referrer__external_id", "=referral__referred__external_id")
     search_help_text = "Exact account id of the referrer or the referred account."
@@ -191,6 +195,9 @@ class FraudFlagAdmin(DecisionDeskMixin, ReadOnlyAdmin):
     actions = ["clear", "confirm"]
     decisions = (("clear", "Clear (not fraud: release the held earnings)"),
                  ("confirm", "Confirm fraud (void the held earnings)"))
+    desk_title = "Fraud desk"
+    desk_help = ("Referrals held by the self-referral rules, with the signals that fired. Clear a false alarm (the "
+                 "earnings are released) or confirm fraud with a reason (the held earnings are voided).")
     change_form_template = "admin/referrals/fraudflag/change_form.html"
 
     def get_queryset(self, request):
@@ -220,7 +227,7 @@ class FraudFlagAdmin(DecisionDeskMixin, ReadOnlyAdmin):
 
     @admin.display(description="Held earnings", ordering="held_total")
     def held_now(self, obj):
-        return format_exact(obj.held_total)
+        return format_cents(obj.held_total)
 
     @admin.display(description="Account review")
     def review(self, obj):

@@ -53,7 +53,7 @@ def big_tables(runpod):
 CHANGELISTS = [
     "/admin/ledger/entry/", "/admin/ledger/entry/?book__exact=credits", "/admin/ledger/entry/?q=alice",
     "/admin/ledger/transaction/", "/admin/ledger/balance/",
-    "/admin/referrals/event/", "/admin/referrals/event/?type=usage.charged&occurred_at__gte=2000-01-01",
+    "/admin/referrals/event/", "/admin/referrals/event/?type=usage.charged&source__exact=api",
     "/admin/referrals/accrual/", "/admin/referrals/accrual/?state__exact=held",
     "/admin/referrals/click/", "/admin/referrals/auditlog/", "/admin/referrals/auditlog/?q=bulk.test",
     "/admin/referrals/account/", "/admin/referrals/referral/", "/admin/referrals/jobrun/",
