@@ -38,6 +38,8 @@ run: migrate
 	$(PY) manage.py load_preset $(PRESET)
 	$(PY) manage.py seed_demo
 	$(PY) manage.py setup_schedules
+	$(PY) manage.py setup_roles
+	$(PY) manage.py seed_staff_demo
 	@if [ -z "$${DJANGO_DEBUG+set}" ] && ! grep -qs '^DJANGO_DEBUG=' .env; then export DJANGO_DEBUG=true; fi; \
 	$(VENV)/bin/celery -A referrals_site beat --loglevel=INFO & beat=$$!; \
 	trap 'kill $$beat 2>/dev/null' EXIT INT TERM; \

@@ -98,9 +98,8 @@ class AccountAdmin(BigTableAdmin):
 class ApplicationAdmin(DecisionDeskMixin, ReadOnlyAdmin):
     """The applications desk: open applications with the figures that justify them."""
 
-    list_display = ("id", "account", "program", "status", "referrals_now", "spend_now", "held_now", "opened_at",
+    list_display = ("account", "program", "status", "referrals_now", "spend_now", "held_now", "opened_at",
                     "decided_by")
-    list_display_links = ("id", "account")
     list_filter = ("status", "program", "opened_at")
     search_fields = ("=account__external_id",)
     search_help_text = "Exact account id."
