@@ -121,3 +121,18 @@ def test_the_desks_change_pages_run_a_bounded_number_of_queries(client, boss, bi
                                                  requested_at=timezone.now()) for _ in range(30)])
     with django_assert_max_num_queries(25):
         assert client.get(f"/admin/payouts/payout/{payouts[0].pk}/change/").status_code == 200
+
+
+def test_search_is_exact_and_answered_by_indexes(client, boss, big_tables):
+    client.force_login(boss)
+    txn_id = Entry.objects.filter(account=big_tables).values_list("transaction_id", flat=True).first()
+    with CaptureQueriesContext(connection) as queries:
+        found = client.get("/admin/ledger/entry/?q=alice").context["cl"]
+    assert found.result_count > CAP and len(found.result_list) == 100  # ROWS / 2 of them, counted up to the cap
+    assert {entry.account.external_id for entry in found.result_list} == {"alice"}
+    # No UPPER(column) = UPPER(term) and no join in the WHERE clause: an IN (SELECT ...) on the key.
+    assert not [q["sql"] for q in queries if "UPPER(" in q["sql"]]
+    by_transaction = client.get(f"/admin/ledger/entry/?q={txn_id}").context["cl"]
+    assert {entry.transaction_id for entry in by_transaction.result_list} == {txn_id}
+    assert client.get("/admin/ledger/entry/?q=Alice").context["cl"].result_count == 0  # exact, case included
+    assert client.get("/admin/referrals/fraudflag/?q=nobody").status_code == 200
