@@ -14,12 +14,14 @@ from backoffice.paginator import EstimatedCountPaginator
 from .models import Balance, Entry, Transaction
 from .money import format_exact
 
+MAX_SEARCH_KEYS = 1000
+
 
 class BigTableAdmin(admin.ModelAdmin):
     """For tables that grow without bound (ledger, events, clicks, accruals, audit).
 
     Search is exact and index-friendly: each `search_fields` path ("=" prefix optional) matches the
-    whole term, case-sensitively, and a path through a relation becomes `fk IN (SELECT id ...)`, so
+    whole term, case-sensitively, and a path through a relation becomes `fk IN (<keys found first>)`, so
     PostgreSQL answers with the indexes (Django's "=" search is `UPPER(x) = UPPER(term)` ORed across
     joins, a scan of the whole table). A term that is not a valid value for a field (text for an id)
     skips that field."""
@@ -47,7 +49,11 @@ def exact_match(model, path: str, term: str) -> Q | None:
     field = model._meta.get_field(name)
     if rest:
         inner = exact_match(field.related_model, rest, term)
-        return None if inner is None else Q(**{f"{name}__in": field.related_model.objects.filter(inner).values("pk")})
+        # The related keys are looked up first (a few rows by a unique or indexed column): a literal
+        # IN list lets PostgreSQL OR several indexes; an IN (subquery) in an OR reads the whole table.
+        keys = [] if inner is None else list(
+            field.related_model.objects.filter(inner).values_list("pk", flat=True)[:MAX_SEARCH_KEYS])
+        return Q(**{f"{field.attname}__in": keys}) if keys else None
     try:
         value = field.to_python(term)
     except ValidationError:

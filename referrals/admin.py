@@ -297,8 +297,8 @@ class AccrualAdmin(ReadOnlyAdmin):
 class ClickAdmin(ReadOnlyAdmin):
     list_display = ("id", "referrer", "visitor_id", "is_unique", "path", "created_at")
     list_filter = ("is_unique", "created_at")
-    search_fields = ("=referrer__external_id", "=visitor_id")
-    search_help_text = "Exact referrer account id or visitor id."
+    search_fields = ("=referrer__external_id",)
+    search_help_text = "Exact referrer account id."
     list_select_related = ("referrer",)
     raw_id_fields = ("referrer", "template")
 

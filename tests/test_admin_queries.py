@@ -130,7 +130,7 @@ def test_search_is_exact_and_answered_by_indexes(client, boss, big_tables):
         found = client.get("/admin/ledger/entry/?q=alice").context["cl"]
     assert found.result_count > CAP and len(found.result_list) == 100  # ROWS / 2 of them, counted up to the cap
     assert {entry.account.external_id for entry in found.result_list} == {"alice"}
-    # No UPPER(column) = UPPER(term) and no join in the WHERE clause: an IN (SELECT ...) on the key.
+    # No UPPER(column) = UPPER(term) and no join in the WHERE clause: the account's key, found first.
     assert not [q["sql"] for q in queries if "UPPER(" in q["sql"]]
     by_transaction = client.get(f"/admin/ledger/entry/?q={txn_id}").context["cl"]
     assert {entry.transaction_id for entry in by_transaction.result_list} == {txn_id}
