@@ -41,9 +41,12 @@ PAGES = [
     ("entries", Entry, "/admin/ledger/entry/"),
     ("entries, one book", Entry, "/admin/ledger/entry/?book__exact=credits"),
     ("entries, one account", Entry, "/admin/ledger/entry/?q=acct-7"),
+    ("entries, one txn", Entry, "/admin/ledger/entry/?q=12345"),
     ("events", Event, "/admin/referrals/event/"),
     ("events, one type", Event, "/admin/referrals/event/?type=usage.charged"),
+    ("events, one account", Event, "/admin/referrals/event/?q=acct-7"),
     ("clicks", Click, "/admin/referrals/click/"),
+    ("clicks, one referrer", Click, "/admin/referrals/click/?q=acct-7"),
 ]
 
 
