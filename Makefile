@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # The second, PostgreSQL pass runs everything that touches money, locks, jobs, the API and payouts.
 # The pages, the browser, schema fuzzing and headers behave the same on both databases; they run
 # in the SQLite pass only, which keeps CI well under its 20 minutes.
-PG_SKIP ?= --ignore=tests/test_browser.py --ignore=tests/test_schema_fuzz.py --ignore=tests/test_dashboard.py \
+PG_SKIP ?= --ignore=tests/test_browser.py --ignore=tests/test_admin_browser.py --ignore=tests/test_schema_fuzz.py --ignore=tests/test_dashboard.py \
 	--ignore=tests/test_dashboard_queries.py --ignore=tests/test_portal.py --ignore=tests/test_notifications.py \
 	--ignore=tests/test_security.py --ignore=tests/test_attribution.py
 
@@ -38,6 +38,8 @@ run: migrate
 	$(PY) manage.py load_preset $(PRESET)
 	$(PY) manage.py seed_demo
 	$(PY) manage.py setup_schedules
+	$(PY) manage.py setup_roles
+	$(PY) manage.py seed_staff_demo
 	@if [ -z "$${DJANGO_DEBUG+set}" ] && ! grep -qs '^DJANGO_DEBUG=' .env; then export DJANGO_DEBUG=true; fi; \
 	$(VENV)/bin/celery -A referrals_site beat --loglevel=INFO & beat=$$!; \
 	trap 'kill $$beat 2>/dev/null' EXIT INT TERM; \

@@ -104,7 +104,8 @@ class AdjustmentAdmin(ReadOnlyAdmin):
     form = AdjustmentForm
     list_display = ("created_at", "account", "book", "signed_amount", "reason", "actor")
     list_filter = ("book",)
-    search_fields = ("account__external_id", "reason")
+    search_fields = ("=account__external_id",)
+    search_help_text = "Exact account id."
     list_select_related = ("account", "actor")
     raw_id_fields = ("account",)
 

@@ -1,12 +1,15 @@
-"""What the staff overview on the admin index shows: work waiting and recent earnings."""
+"""Reads for the staff desks: the overview on the admin index, and what a reviewer needs to see
+next to an application or a payout (the account's figures, history and fraud flags)."""
 from datetime import timedelta
 
 from django.apps import apps
-from django.db.models import Count, Sum
+from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
+from ledger.models import Balance, Book
 from ledger.money import format_cents
-from referrals.models import Accrual, Application, FraudFlag, JobRun
+from referrals.models import Accrual, Application, FraudFlag, JobRun, Referral
+from referrals.selectors import account_balances, earnings_by_program, gate_progress, referral_stats
 
 
 def staff_overview(*, now=None) -> dict:
@@ -31,6 +34,79 @@ def staff_overview(*, now=None) -> dict:
     except LookupError:  # the payouts app has no Payout model in this deployment
         return overview
     due = (payout_model.objects.filter(status__in=["requested", "approved"])
-           .aggregate(n=Count("id"), total=Sum("amount")))
-    overview["payouts_due"] = {"count": due["n"], "total": format_cents(due["total"] or 0)}
+           .aggregate(n=Count("id"), total=Sum("amount"),
+                      second=Count("id", filter=Q(status="requested", first_approved_at__isnull=False))))
+    overview["payouts_due"] = {"count": due["n"], "total": format_cents(due["total"] or 0),
+                               "awaiting_second_approval": due["second"]}
     return overview
+
+
+def flags_concerning(account) -> Q:
+    """Fraud flags about an account (an Account, its id, or an OuterRef): on referrals it made or
+    came through, and on the account itself (a payout destination shared with another account)."""
+    return Q(referral__referrer=account) | Q(referral__referred=account) | Q(account=account)
+
+
+def account_flags(account) -> list[dict]:
+    flags = (FraudFlag.objects.filter(flags_concerning(account))
+             .select_related("referral__referrer", "referral__referred", "account", "decided_by").order_by("-id")[:20])
+    return [{"id": flag.pk, "status": flag.get_status_display(), "created_at": flag.created_at,
+             "referral": (f"{flag.referral.referrer.external_id} → {flag.referral.referred.external_id}"
+                          if flag.referral_id else f"account {flag.account.external_id}"),
+             "signals": [(s.get("signal", "?"), s.get("detail", "")) for s in flag.signals],
+             "decided_by": flag.decided_by.get_username() if flag.decided_by else "", "reason": flag.reason}
+            for flag in flags]
+
+
+def account_summary(account, *, now=None) -> dict:
+    """Who the account is and what it holds: age, balances, earnings per programme, referrals."""
+    now = now or timezone.now()
+    balances = account_balances(account)
+    stats = referral_stats(account)
+    return {
+        "account": account,
+        "age_days": (now - account.signed_up_at).days,
+        "balances": {"Cash available for payouts": format_cents(balances.cash_available),
+                     "Cash blocked by own purchased credits": format_cents(balances.cash_blocked),
+                     "Reserved for payouts in progress": format_cents(
+                         Balance.objects.filter(account=account, book=Book.RESERVED).values_list("amount", flat=True)
+                         .first() or 0),
+                     "Platform credits": format_cents(balances.credits),
+                     "Held (pending) earnings": format_cents(balances.pending)},
+        "earnings": [{**row, **{k: format_cents(row[k]) for k in ("earned", "pending", "available", "paid")}}
+                     for row in earnings_by_program(account)],
+        "referrals": stats["total_referrals"],
+        "conversions": stats["conversions"],
+        "ineligible": Referral.objects.filter(referrer=account, status=Referral.Status.INELIGIBLE).count(),
+        "flags": account_flags(account),
+    }
+
+
+def payout_review(payout) -> dict:
+    """Everything the payouts desk shows beside one payout: the account and its payout history."""
+    others = type(payout).objects.filter(account_id=payout.account_id).exclude(pk=payout.pk)
+    totals = {row["status"]: row for row in others.values("status").annotate(n=Count("id"), total=Sum("amount"))
+              .order_by()}
+    return {
+        **account_summary(payout.account),
+        "history": [{"pk": other.pk, "amount": format_cents(other.amount), "method": other.get_method_type_display(),
+                     "status": other.get_status_display(), "requested_at": other.requested_at}
+                    for other in others.order_by("-id")[:10]],
+        "history_totals": [{"status": status, "count": row["n"], "total": format_cents(row["total"] or 0)}
+                           for status, row in sorted(totals.items())],
+    }
+
+
+def application_review(application) -> dict:
+    """The figures that justify (or not) an application: the gate, now and when it was opened."""
+    progress = gate_progress(application.account, application.program)
+    held = (Accrual.objects.filter(program=application.program, beneficiary=application.account,
+                                   state=Accrual.State.HELD).aggregate(total=Sum("amount"), reversed=Sum("reversed")))
+    return {
+        **account_summary(application.account),
+        "gate": {"referrals": progress["referrals"], "referrals_needed": progress["referrals_needed"],
+                 "spend": format_cents(progress["spend"]), "spend_needed": format_cents(progress["spend_needed"]),
+                 "referrals_at_open": application.referrals_at_open,
+                 "spend_at_open": format_cents(application.spend_at_open)},
+        "held_in_program": format_cents(int(held["total"] or 0) - int(held["reversed"] or 0)),
+    }

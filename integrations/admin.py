@@ -4,6 +4,8 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 
+from ledger.admin import BigTableAdmin, ValuesFilter
+
 from . import services
 from .models import WEBHOOK_KINDS, WebhookDelivery, WebhookEndpoint
 
@@ -45,14 +47,20 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
         self.message_user(request, f"Enabled {queryset.count()} endpoint(s).", messages.SUCCESS)
 
 
+class KindFilter(ValuesFilter):
+    title = "kind"
+    parameter_name = "kind"
+    values = tuple(WEBHOOK_KINDS)
+
+
 @admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(admin.ModelAdmin):
+class WebhookDeliveryAdmin(BigTableAdmin):
     list_display = ("id", "kind", "endpoint", "status", "attempts", "response_code", "created_at", "last_attempt_at")
-    list_filter = ("status", "kind")
+    list_filter = ("status", KindFilter, "endpoint", "created_at")
     list_select_related = ("endpoint",)
-    search_fields = ("message_id",)
+    search_fields = ("=message_id",)
+    search_help_text = "Exact message id."
     raw_id_fields = ("endpoint", "redelivery_of")
-    show_full_result_count = False
     readonly_fields = ("endpoint", "message_id", "kind", "payload", "status", "attempts", "next_attempt_at",
                        "last_attempt_at", "response_code", "response_body", "error", "redelivery_of",
                        "created_at", "delivered_at")

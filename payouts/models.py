@@ -99,6 +99,15 @@ class Payout(models.Model):
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
                                      related_name="+")
     requested_at = models.DateTimeField()
+    # Maker-checker (settings.PAYOUT_SECOND_APPROVAL_ABOVE): a large payout stays requested after
+    # its first approval, which is recorded here; only a different approver can approve it.
+    first_approved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                                          related_name="+")
+    first_approved_by_key = models.ForeignKey("referrals.ApiKey", null=True, blank=True, on_delete=models.PROTECT,
+                                              related_name="+", help_text="When the first approval came via the API.")
+    first_approved_at = models.DateTimeField(null=True, blank=True)
+    approved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                                    related_name="+", help_text="The staff member whose approval released it.")
     approved_at = models.DateTimeField(null=True, blank=True)
     processing_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -115,10 +124,18 @@ class Payout(models.Model):
                                                            "rejected", "cancelled"]),
                                    name="payout_status_known"),
             models.CheckConstraint(condition=Q(attempt__gte=1), name="payout_attempt_positive"),
+            # One approver can never be both maker and checker.
+            models.CheckConstraint(condition=Q(first_approved_by__isnull=True) | Q(approved_by__isnull=True)
+                                   | ~Q(first_approved_by=models.F("approved_by")),
+                                   name="payout_two_different_approvers"),
         ]
 
     def __str__(self) -> str:
         return f"payout #{self.pk} ({self.status})"
+
+    @property
+    def awaiting_second_approval(self) -> bool:
+        return self.status == Payout.Status.REQUESTED and self.first_approved_at is not None
 
     @property
     def idempotency_key(self) -> str:

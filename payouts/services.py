@@ -359,36 +359,113 @@ def payout_request(*, account: Account, amount, method: str, actor=None, source:
     _event(RESERVED, payout, source=source, actor=actor, at=at, legs_from=allocation)
 
     threshold = _auto_approve_below()
-    if threshold and units < threshold and payouts_held(account.pk) is None:
+    # A payout that needs two staff approvals, or whose account has an open fraud flag, is never
+    # auto-approved, whatever the settings say.
+    if threshold and units < threshold and not needs_second_approval(units) and payouts_held(account.pk) is None:
         payout = payout_approve(payout=payout, actor=None, source=AUTO, at=at,
                                 reason=f"auto-approved: below {format_cents(threshold)}")
     return payout
 
 
-def _auto_approve_below() -> int:
+def _setting_amount(name: str) -> int:
     try:
-        return parse_amount(str(settings.PAYOUT_AUTO_APPROVE_BELOW), places=2, maximum=MAX_PAYOUT)
+        return parse_amount(str(getattr(settings, name, "0")), places=2, maximum=MAX_PAYOUT)
     except AmountError:
         return 0  # "0" (off) or unset
+
+
+def _auto_approve_below() -> int:
+    return _setting_amount("PAYOUT_AUTO_APPROVE_BELOW")
+
+
+def second_approval_above() -> int:
+    """Ledger units above which a payout needs two approvals by two different approvers; 0 = never."""
+    return _setting_amount("PAYOUT_SECOND_APPROVAL_ABOVE")
+
+
+def needs_second_approval(amount: int) -> bool:
+    limit = second_approval_above()
+    return bool(limit) and amount > limit
 
 
 # --------------------------------------------------------------------------- staff and user decisions
 
 
 @transaction.atomic
-def payout_approve(*, payout: Payout, actor, reason: str = "", source: str = STAFF,
-                   at: datetime | None = None) -> Payout:
+def payout_approve(*, payout: Payout, actor, reason: str = "", source: str = STAFF, at: datetime | None = None,
+                   api_key=None) -> Payout:
+    """Approve a requested payout, which sends it to its provider.
+
+    Maker-checker: a payout above `PAYOUT_SECOND_APPROVAL_ABOVE` needs two approvals by two
+    different approvers (staff members, or API keys with the staff scope). The first approval is
+    recorded and the payout stays requested, awaiting the second; the same approver approving
+    again is refused and changes nothing."""
     payout = _locked(payout)
     if payout.status != S.REQUESTED:
         raise PayoutRefused(f"only requested payouts can be approved (payout #{payout.pk} is {payout.status})")
     if flag := payouts_held(payout.account_id):
         raise PayoutRefused(f"payout #{payout.pk} is held: its account has an open fraud flag (#{flag.pk}); "
                             "clear or confirm the flag first")
-    payout.approved_at = at or timezone.now()
-    _transition(payout, S.APPROVED, actor=actor, source=source, reason=reason)
-    payout.save(update_fields=["status", "approved_at"])
+    user = actor if getattr(actor, "pk", None) else None
+    if user is not None and not user.is_staff:
+        raise PayoutRefused("only staff members can approve payouts")
+    at = at or timezone.now()
+    data = {}
+    if needs_second_approval(payout.amount):
+        limit = format_cents(second_approval_above())
+        if user is None and api_key is None:
+            raise PayoutRefused(f"payout #{payout.pk} ({format_cents(payout.amount)}) is above {limit}: it needs "
+                                "two approvals by two different staff members")
+        if payout.first_approved_at is None:
+            return _first_approval(payout, user=user, api_key=api_key, reason=reason, source=source, at=at,
+                                   limit=limit)
+        if _same_approver(payout, user=user, api_key=api_key):
+            raise PayoutRefused(f"the second approval must come from a different staff member: "
+                                f"{_approver_name(user, api_key)} already gave the first one")
+        data = {"approval": "2 of 2", "first_approved_by": _first_approver_name(payout)}
+    payout.approved_at, payout.approved_by = at, user
+    _transition(payout, S.APPROVED, actor=user, source=source, reason=reason, data=data)
+    payout.save(update_fields=["status", "approved_at", "approved_by"])
+    if source == STAFF:
+        _audit_payout(actor=user, action="payout.approve", payout=payout, reason=reason, data=data)
     _queue_processing(payout)
     return payout
+
+
+def _first_approval(payout: Payout, *, user, api_key, reason: str, source: str, at: datetime, limit: str) -> Payout:
+    payout.first_approved_by, payout.first_approved_by_key, payout.first_approved_at = user, api_key, at
+    data = {"approval": "1 of 2", "second_approval_above": limit}
+    # A requested -> requested row: the payout's trail shows who gave the first approval and when.
+    _transition(payout, S.REQUESTED, actor=user, source=source, reason=reason, data=data)
+    payout.save(update_fields=["first_approved_by", "first_approved_by_key", "first_approved_at"])
+    if source == STAFF:
+        _audit_payout(actor=user, action="payout.first_approval", payout=payout, reason=reason, data=data)
+    return payout
+
+
+def _same_approver(payout: Payout, *, user, api_key) -> bool:
+    if user is not None:
+        return payout.first_approved_by_id == user.pk
+    return payout.first_approved_by_key_id == api_key.pk
+
+
+def _approver_name(user, api_key) -> str:
+    return user.get_username() if user is not None else f"API key {api_key.prefix}"
+
+
+def _first_approver_name(payout: Payout) -> str:
+    if payout.first_approved_by_id:
+        return payout.first_approved_by.get_username()
+    if payout.first_approved_by_key_id:
+        return f"API key {payout.first_approved_by_key.prefix}"
+    return ""
+
+
+def _audit_payout(*, actor, action: str, payout: Payout, reason: str = "", data=None) -> None:
+    from referrals.models import AuditLog
+
+    AuditLog.objects.create(actor=actor, action=action, object_type="Payout", object_id=str(payout.pk),
+                            reason=reason, data={"amount": format_cents(payout.amount), **(data or {})})
 
 
 def _queue_processing(payout: Payout) -> None:

@@ -179,6 +179,9 @@ WISE_PROFILE_ID = env.str("WISE_PROFILE_ID", default="0")
 PAYOUT_PROVIDER_TIMEOUT = env.float("PAYOUT_PROVIDER_TIMEOUT", default=10.0)
 # Payouts strictly below this amount (e.g. "50.00") are approved without staff; 0 = off.
 PAYOUT_AUTO_APPROVE_BELOW = env.str("PAYOUT_AUTO_APPROVE_BELOW", default="0")
+# Maker-checker: payouts strictly above this amount need two approvals by two different staff
+# members (or API keys); "0" = every payout needs one approval only. See docs/payouts.md.
+PAYOUT_SECOND_APPROVAL_ABOVE = env.str("PAYOUT_SECOND_APPROVAL_ABOVE", default="1000.00")
 # A payout left processing for longer than this (minutes) is retried by retry_stuck_payouts.
 PAYOUT_STUCK_AFTER_MINUTES = env.int("PAYOUT_STUCK_AFTER_MINUTES", default=15)
 # Send an approved payout to its provider right after the approval commits (else: the job does).

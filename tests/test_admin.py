@@ -109,3 +109,58 @@ def test_it_refuses_a_partner_key_with_staff_scope(admin_client, db):
         "name": "partner", "scopes": ["staff"], "account": alice.pk})
     assert response.status_code == 200 and "may only have the" in response.content.decode()
     assert not ApiKey.objects.exists()
+
+
+def test_the_applications_desk_shows_the_figures_and_reopens_a_rejected_one(runpod, admin_client):
+    alice, application = _open_application()
+    listing = admin_client.get("/admin/referrals/application/?status__exact=open").content.decode()
+    assert "Applications desk" in listing
+    assert "25 / 25" in listing and "500.00 / 500.00" in listing and "10.00" in listing  # held: 2% of $500
+    page = admin_client.get(f"/admin/referrals/application/{application.pk}/change/").content.decode()
+    assert "Eligible referred accounts" in page and 'value="approve"' in page and 'value="reopen"' not in page
+    admin_client.post("/admin/referrals/application/", {
+        "action": "reject", "_selected_action": [application.pk], "reason": "spend looks circular"})
+    page = admin_client.get(f"/admin/referrals/application/{application.pk}/change/").content.decode()
+    assert 'value="reopen"' in page and 'value="approve"' not in page
+    admin_client.post("/admin/referrals/application/", {
+        "action": "reopen", "_selected_action": [application.pk], "reason": "billing confirmed"})
+    application.refresh_from_db()
+    assert application.status == "open"
+    assert list(AuditLog.objects.filter(object_type="Application").order_by("id").values_list("action", "reason")) \
+        == [("application.reject", "spend looks circular"), ("application.reopen", "billing confirmed")]
+
+
+def test_the_fraud_desk_shows_the_signals_and_clearing_releases_the_earnings(vast, admin_client):
+    alice = signup("alice", email="a@example.com")
+    signup("bob", email="A@example.com", code=alice.referral_code, when=at(1))
+    signup("carol", code=alice.referral_code, when=at(1))
+    buy_credits("bob", "100.00", when=at(2))
+    flag = FraudFlag.objects.get()
+    listing = admin_client.get("/admin/referrals/fraudflag/?signal=same_email").content.decode()
+    assert "Fraud desk" in listing and "same_email (a@example.com)" in listing and "3.00" in listing
+    other_signal = admin_client.get("/admin/referrals/fraudflag/?signal=same_ip").content.decode()
+    assert "same_email (a@example.com)" not in other_signal
+    held = balances_for(alice.pk)[Book.PENDING]
+    assert held == 3 * 10**10
+    admin_client.post("/admin/referrals/fraudflag/", {
+        "action": "clear", "_selected_action": [flag.pk], "reason": "bob is alice's colleague, not alice"})
+    flag.refresh_from_db()
+    assert flag.status == "cleared" and flag.reason == "bob is alice's colleague, not alice"
+    assert balances_for(alice.pk)[Book.PENDING] == 0
+    assert balances_for(alice.pk)[Book.CREDITS] + balances_for(alice.pk)[Book.CASH] == held
+
+
+def test_it_exports_the_payouts_desk_with_its_computed_columns(vast, admin_client, settings):
+    from payouts import services
+
+    settings.PAYOUT_PROCESS_ON_APPROVE = False
+    alice = signup("alice")
+    signup("bob", code=alice.referral_code, when=at(1))
+    buy_credits("bob", "2000.00", when=at(2))
+    alice.refresh_from_db()
+    services.payout_method_set(account=alice, type="paypal", email="alice@example.com")
+    payout = services.payout_request(account=alice, amount="12.50", method="paypal")
+    response = admin_client.post("/admin/payouts/payout/", {"action": "export_csv", "_selected_action": [payout.pk]})
+    lines = b"".join(response.streaming_content).decode().splitlines()
+    assert lines[0].startswith("id,account,amount_display,method_type,state,account_age,open_flags,paid_before")
+    assert lines[1].startswith(f"{payout.pk},alice,12.50,paypal,Requested,")

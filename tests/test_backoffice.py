@@ -74,6 +74,11 @@ def test_finance_adjusts_through_the_admin_and_support_cannot(runpod, client):
     alice = signup("alice")
     client.force_login(_staff("sue", "support"))
     assert client.get("/admin/backoffice/adjustment/add/").status_code == 403
+    response = client.post("/admin/backoffice/adjustment/add/", {
+        "account": alice.pk, "book": "credits", "amount_text": "7.25", "reason": "posting the form directly"})
+    assert response.status_code == 403
+    assert balances_for(alice.pk).get(Book.CREDITS, 0) == 0 and not Entry.objects.filter(
+        transaction__kind="adjustment").exists()
     client.force_login(_staff("fiona", "finance"))
     response = client.post("/admin/backoffice/adjustment/add/", {
         "account": alice.pk, "book": "credits", "amount_text": "7.25", "reason": "migration from old system"})
@@ -118,3 +123,50 @@ def test_big_changelists_run_a_bounded_number_of_queries(runpod, client, django_
                  "/admin/referrals/account/"):
         with django_assert_max_num_queries(12):
             assert client.get(path).status_code == 200
+
+
+def test_the_admin_index_counts_payouts_due_and_those_waiting_for_a_second_approver(vast, client, settings):
+    from payouts import services
+    from tests.helpers import buy_credits
+
+    settings.PAYOUT_PROCESS_ON_APPROVE = False
+    settings.PAYOUT_SECOND_APPROVAL_ABOVE = "20.00"
+    alice = signup("alice")
+    signup("bob", code=alice.referral_code, when=at(1))
+    buy_credits("bob", "2000.00", when=at(2))
+    alice.refresh_from_db()
+    services.payout_method_set(account=alice, type="paypal", email="alice@example.com")
+    services.payout_request(account=alice, amount="10.00", method="paypal")
+    large = services.payout_request(account=alice, amount="30.00", method="paypal")
+    fiona = _staff("fiona", "finance")
+    services.payout_approve(payout=large, actor=fiona)
+    client.force_login(fiona)
+    overview = client.get("/admin/").context["overview"]
+    assert overview["payouts_due"] == {"count": 2, "total": "40.00", "awaiting_second_approval": 1}
+    page = client.get("/admin/").content.decode()
+    assert "Payouts waiting for a second approver" in page
+
+
+def test_the_fraud_and_payouts_desks_show_an_account_flag_for_a_shared_payout_destination(vast, client, settings):
+    from payouts import services
+    from referrals.models import FraudFlag
+    from tests.helpers import buy_credits
+
+    settings.PAYOUT_PROCESS_ON_APPROVE = False
+    alice = signup("alice")
+    signup("bob", code=alice.referral_code, when=at(1))
+    buy_credits("bob", "2000.00", when=at(2))
+    carol = signup("carol")
+    services.payout_method_set(account=alice, type="paypal", email="shared@example.com")
+    services.payout_method_set(account=carol, type="paypal", email="shared@example.com")
+    payout = services.payout_request(account=alice, amount="10.00", method="paypal")
+    flag = FraudFlag.objects.get(account=alice)
+    client.force_login(_staff("sue", "support"))
+
+    desk = client.get("/admin/referrals/fraudflag/").content.decode()
+    assert "payout_destination" in desk and "alice" in desk and "its payouts" in desk
+    flag_page = client.get(f"/admin/referrals/fraudflag/{flag.pk}/change/").content.decode()
+    assert "Fraud flags on this account and its referrals" in flag_page and "account alice" in flag_page
+    client.force_login(_staff("fiona", "finance"))
+    payout_page = client.get(f"/admin/payouts/payout/{payout.pk}/change/").content.decode()
+    assert f"#{flag.pk}" in payout_page and "account alice" in payout_page

@@ -67,3 +67,215 @@ def test_it_shows_the_payout_and_methods_without_the_full_details(client, boss, 
     assert "alice.private" not in page
     method_page = client.get(f"/admin/payouts/payoutmethod/{payouts[0].method_id}/change/").content.decode()
     assert "alice.private" not in method_page
+
+
+# --------------------------------------------------------------------------- maker-checker
+
+
+def _staff(username, *groups):
+    from django.contrib.auth.models import Group
+
+    from backoffice.roles import setup_roles
+
+    user = get_user_model().objects.create_user(username, f"{username}@operator.test", "pw-12345-staff",
+                                                is_staff=True)
+    setup_roles()
+    for name in groups:
+        user.groups.add(Group.objects.get(name=name))
+    return user
+
+
+@pytest.fixture
+def fiona(db):
+    return _staff("fiona", "finance")
+
+
+@pytest.fixture
+def frank(db):
+    return _staff("frank", "finance")
+
+
+@pytest.fixture
+def big(vast, settings):
+    """alice's 30.00 payout, above a second-approval limit of 20.00."""
+    settings.PAYOUT_SECOND_APPROVAL_ABOVE = "20.00"
+    alice = signup("alice")
+    signup("bob", code=alice.referral_code, when=at(1))
+    buy_credits("bob", "2000.00", when=at(2))  # 45.00 cash
+    alice.refresh_from_db()
+    services.payout_method_set(account=alice, type="paypal", email="alice.private@example.com")
+    return services.payout_request(account=alice, amount="30.00", method="paypal")
+
+
+def _snapshot(payout):
+    payout.refresh_from_db()
+    return (payout.status, payout.first_approved_by_id, payout.first_approved_at, payout.approved_by_id,
+            payout.transitions.count())
+
+
+def test_it_needs_two_different_staff_members_above_the_limit(big, fiona, frank):
+    from referrals.models import AuditLog
+
+    first = services.payout_approve(payout=big, actor=fiona, reason="checked the account")
+    assert (first.status, first.first_approved_by, first.awaiting_second_approval) == ("requested", fiona, True)
+    trail = first.transitions.last()
+    assert (trail.from_status, trail.to_status, trail.actor, trail.data["approval"]) == (
+        "requested", "requested", fiona, "1 of 2")
+    before = _snapshot(big)
+    with pytest.raises(services.PayoutRefused, match="different staff member: fiona already gave the first one"):
+        services.payout_approve(payout=big, actor=fiona)
+    assert _snapshot(big) == before, "a refused second approval changes nothing"
+    second = services.payout_approve(payout=big, actor=frank, reason="agreed")
+    assert (second.status, second.approved_by, second.first_approved_by) == ("approved", frank, fiona)
+    assert second.transitions.last().data == {"approval": "2 of 2", "first_approved_by": "fiona"}
+    assert list(AuditLog.objects.filter(object_type="Payout").order_by("id").values_list("action", "actor__username")) \
+        == [("payout.first_approval", "fiona"), ("payout.approve", "frank")]
+
+
+def test_the_database_refuses_one_person_as_both_approvers(big, fiona):
+    from django.db import IntegrityError, transaction
+
+    services.payout_approve(payout=big, actor=fiona)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Payout.objects.filter(pk=big.pk).update(approved_by=fiona, status="approved")
+
+
+def test_one_approval_is_enough_at_or_below_the_limit(vast, settings, fiona):
+    settings.PAYOUT_SECOND_APPROVAL_ABOVE = "30.00"
+    alice = signup("alice")
+    signup("bob", code=alice.referral_code, when=at(1))
+    buy_credits("bob", "2000.00", when=at(2))
+    alice.refresh_from_db()
+    services.payout_method_set(account=alice, type="paypal", email="alice@example.com")
+    payout = services.payout_request(account=alice, amount="30.00", method="paypal")
+    assert services.payout_approve(payout=payout, actor=fiona).status == "approved"
+
+
+def test_auto_approval_never_skips_the_second_approval(vast, settings):
+    settings.PAYOUT_AUTO_APPROVE_BELOW = "40.00"
+    settings.PAYOUT_SECOND_APPROVAL_ABOVE = "20.00"
+    alice = signup("alice")
+    signup("bob", code=alice.referral_code, when=at(1))
+    buy_credits("bob", "2000.00", when=at(2))
+    alice.refresh_from_db()
+    services.payout_method_set(account=alice, type="paypal", email="alice@example.com")
+    small = services.payout_request(account=alice, amount="10.00", method="paypal")
+    large = services.payout_request(account=alice, amount="30.00", method="paypal")
+    assert (small.status, large.status) == ("approved", "requested")
+    with pytest.raises(services.PayoutRefused, match="needs two approvals"):
+        services.payout_approve(payout=large, actor=None, source=services.AUTO)
+
+
+def test_a_payout_waiting_for_its_second_approval_can_still_be_rejected(big, fiona, frank):
+    from ledger.models import Book
+    from ledger.selectors import balances_for
+
+    services.payout_approve(payout=big, actor=fiona)
+    services.payout_reject(payout=big, actor=frank, reason="account under review")
+    big.refresh_from_db()
+    assert big.status == "rejected"
+    assert balances_for(big.account_id)[Book.RESERVED] == 0
+
+
+def test_the_desk_records_the_first_approval_and_refuses_the_same_person_twice(client, big, fiona, frank):
+    client.force_login(fiona)
+    page = _act(client, "approve", [big], reason="first look").content.decode()
+    assert "a second staff member must approve" in page
+    listing = client.get(f"{URL}?approval=second").content.decode()
+    assert "approved once (by fiona), waiting for a second approver" in listing
+    before = _snapshot(big)
+    page = _act(client, "approve", [big]).content.decode()
+    assert "different staff member: fiona already gave the first one" in page
+    assert _snapshot(big) == before
+    client.force_login(frank)
+    page = client.get(f"{URL}{big.pk}/change/").content.decode()
+    assert "a different staff member must give the second approval" in page
+    _act(client, "approve", [big], reason="second look")
+    big.refresh_from_db()
+    assert (big.status, big.approved_by, big.first_approved_by) == ("approved", frank, fiona)
+
+
+def test_the_api_needs_two_different_staff_keys(big):
+    from rest_framework.test import APIClient
+
+    from referrals.api.keys import api_key_create
+
+    def client_for(name):
+        api = APIClient()
+        api.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key_create(name=name, scopes=['staff'])[1]}")
+        return api
+
+    ops, audit = client_for("ops"), client_for("audit")
+    url = f"/api/v1/payouts/{big.pk}/approve"
+    first = ops.post(url, {"reason": "ok"}, format="json")
+    assert first.status_code == 200 and first.json()["status"] == "requested"
+    assert first.json()["awaiting_second_approval"] is True
+    again = ops.post(url, {}, format="json")
+    assert again.status_code == 409 and "different staff member" in again.json()["error"]["message"]
+    second = audit.post(url, {}, format="json")
+    assert second.status_code == 200 and second.json()["status"] == "approved"
+    assert second.json()["awaiting_second_approval"] is False
+
+
+# --------------------------------------------------------------------------- the desk and roles
+
+
+def test_the_desk_shows_the_account_history_balances_and_fraud_flags(client, boss, vast):
+    alice = signup("alice", email="alice@example.com", ip="10.0.0.9")
+    signup("bob", code=alice.referral_code, when=at(1))
+    signup("alias", email="ALICE@example.com", code=alice.referral_code, when=at(1))  # same e-mail: flagged
+    buy_credits("bob", "2000.00", when=at(2))
+    alice.refresh_from_db()
+    services.payout_method_set(account=alice, type="paypal", email="alice.private@example.com")
+    earlier = services.payout_request(account=alice, amount="10.00", method="paypal")
+    services.payout_approve(payout=earlier, actor=boss)
+    services.payout_mark_paid(payout=earlier, reference="PP-1")
+    payout = services.payout_request(account=alice, amount="20.00", method="paypal")
+    client.force_login(boss)
+    listing = client.get(URL).content.decode()
+    assert "Open fraud flags" in listing and "Paid before" in listing
+    page = client.get(f"{URL}{payout.pk}/change/").content.decode()
+    assert "same_email" in page and "alice → alias" in page
+    assert f"#{earlier.pk}" in page and "10.00" in page  # the earlier, paid payout
+    assert "Cash available for payouts" in page and "Referral credits" in page  # balances and earnings
+    assert 'value="approve"' in page and 'value="retry"' not in page  # decisions that fit a requested payout
+    assert "alice.private" not in page
+
+
+def test_it_decides_from_the_change_page_and_comes_back_to_it(client, boss, payouts):
+    client.force_login(boss)
+    page = f"{URL}{payouts[0].pk}/change/"
+    response = client.post(URL, {"action": "approve", "_selected_action": [payouts[0].pk], "index": 0,
+                                 "reason": "", "next": page})
+    assert response.status_code == 302 and response["Location"] == page
+    assert Payout.objects.get(pk=payouts[0].pk).status == "approved"
+    response = client.post(URL, {"action": "approve", "_selected_action": [payouts[1].pk], "index": 0,
+                                 "next": "https://evil.example/"})
+    assert response["Location"] != "https://evil.example/"
+
+
+@pytest.mark.parametrize("action", ["approve", "reject", "mark_paid", "retry"])
+def test_support_cannot_decide_payouts_even_by_posting_the_action(client, payouts, action):
+    sue = _staff("sue", "support")
+    client.force_login(sue)
+    assert client.get(URL).status_code == 200  # support reads the desk
+    assert f'value="{action}"' not in client.get(URL).content.decode()
+    before = list(Payout.objects.order_by("id").values_list("status", flat=True))
+    response = _act(client, action, payouts[:1], reason="trying anyway")
+    assert "No action selected" in response.content.decode()
+    assert list(Payout.objects.order_by("id").values_list("status", flat=True)) == before
+    assert not PayoutTransitionModel().objects.filter(actor=sue).exists()
+
+
+def test_finance_can_decide_payouts(client, payouts, fiona):
+    client.force_login(fiona)
+    _act(client, "approve", payouts[:1])
+    _act(client, "reject", payouts[1:2], reason="duplicate request")
+    assert list(Payout.objects.order_by("id").values_list("status", flat=True)) == ["approved", "rejected",
+                                                                                   "requested"]
+
+
+def PayoutTransitionModel():  # noqa: N802 - reads like the model it returns
+    from payouts.models import PayoutTransition
+
+    return PayoutTransition

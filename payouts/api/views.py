@@ -37,6 +37,9 @@ class PayoutOutput(serializers.Serializer):
     requested_at = serializers.DateTimeField()
     approved_at = serializers.DateTimeField()
     finished_at = serializers.DateTimeField()
+    awaiting_second_approval = serializers.BooleanField(
+        help_text="Above PAYOUT_SECOND_APPROVAL_ABOVE: one approval is recorded, a different approver must give "
+                  "the second.")
 
 
 def _invalid(exc: services.PayoutInvalid):
@@ -137,14 +140,21 @@ class PayoutApproveView(ApiView):
         reason = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
 
     @extend_schema(operation_id="payouts_approve", tags=["payouts"], summary="Approve a requested payout",
-                   description="It is then sent to its provider. 409 unless the payout is `requested`.",
+                   description="It is then sent to its provider. 409 unless the payout is `requested`. "
+                               "Above PAYOUT_SECOND_APPROVAL_ABOVE a payout needs two approvals from two "
+                               "different staff keys or staff members: the first answers 200 with "
+                               "`awaiting_second_approval` true, the same key again answers 409. 409 too while the "
+                               "account has an open fraud flag (e.g. a payout destination shared with another "
+                               "account): staff clear or confirm it first.",
                    request=PayoutApproveInput, responses={200: PayoutOutput, **error_responses(400, 409)})
     def post(self, request, payout_id):
         data = _valid(self.PayoutApproveInput, request.data)
         payout = _payout(payout_id)
         with transaction.atomic():
-            payout = services.payout_approve(payout=payout, actor=None, reason=data["reason"], source=services.API)
-            api_key_audit(key=request.auth, action="payout.approve", obj=payout, reason=data["reason"])
+            payout = services.payout_approve(payout=payout, actor=None, reason=data["reason"], source=services.API,
+                                             api_key=request.auth)
+            action = "payout.first_approval" if payout.awaiting_second_approval else "payout.approve"
+            api_key_audit(key=request.auth, action=action, obj=payout, reason=data["reason"])
         return Response(PayoutOutput(_payout(payout.pk)).data)
 
 

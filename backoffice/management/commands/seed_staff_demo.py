@@ -1,0 +1,90 @@
+"""Demo data for the staff desks, on top of `seed_demo`: the support and finance roles with a
+login each (two finance members, so a payout above the maker-checker limit can be approved twice),
+a partner with cash earnings and payouts waiting, and a referral flagged as self-referral.
+
+Cash needs a programme that pays cash; when none is enabled (the `runpod` preset pays in credits)
+the `vast` preset is loaded too. Safe to run twice: events have fixed ids and payouts are only
+requested once.
+"""
+from datetime import timedelta
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.core.management.base import BaseCommand
+from django.db.models import Q
+from django.utils import timezone
+
+from backoffice.roles import setup_roles
+from ledger.money import format_cents
+from referrals import events as ev
+from referrals.models import Account, Event, Program
+from referrals.presets import load_preset
+from referrals.services import ingest_event
+
+STAFF = {  # username: (group, password) — published demo logins, printed on purpose
+    "fiona": ("finance", "fiona-demo-pass"),
+    "frank": ("finance", "frank-demo-pass"),
+    "sue": ("support", "sue-demo-pass"),
+}
+PARTNER = "demo-partner"
+CLIENT_PURCHASES = ["20000.00", "20000.00", "20000.00"]  # 3% x 75% of 60,000 = 1,350.00 of cash
+PAYOUTS = ["45.00", "1200.00"]  # one small, one above the default second-approval limit of 1,000.00
+
+
+class Command(BaseCommand):
+    help = "Staff logins per role and a partner with payouts to approve (run after seed_demo; idempotent)."
+
+    def handle(self, *args, **options):
+        setup_roles()
+        for username, (group, password) in STAFF.items():
+            self._staff(username, group, password)
+        if not Program.objects.filter(enabled=True).filter(
+                Q(pays_in=Program.PaysIn.CASH) | Q(partner_pays_in=Program.PaysIn.CASH) | Q(cashout_percent__gt=0)
+        ).exists():
+            load_preset("vast")
+            self.stdout.write("loaded the vast preset (no enabled programme paid cash)")
+        partner = self._partner()
+        self._payouts(partner)
+        for username, (group, password) in STAFF.items():
+            self.stdout.write(f"Staff login ({group}): {username} / {password}")
+
+    def _staff(self, username: str, group: str, password: str) -> None:
+        user, created = get_user_model().objects.get_or_create(
+            username=username, defaults={"email": f"{username}@example.com", "is_staff": True})
+        if created:
+            user.set_password(password)
+            user.save(update_fields=["password"])
+        user.groups.add(Group.objects.get(name=group))
+
+    def _partner(self) -> Account:
+        existing = Account.objects.filter(external_id=PARTNER).first()
+        base = existing.signed_up_at if existing else (timezone.now() - timedelta(days=40)).replace(microsecond=0)
+        self._push("demo-partner-signup", ev.ACCOUNT_CREATED, PARTNER, base, email="partner@example.com")
+        partner = Account.objects.get(external_id=PARTNER)
+        for n, amount in enumerate(CLIENT_PURCHASES, start=1):
+            client = f"{PARTNER}-client-{n}"
+            self._push(f"demo-partner-client-{n}", ev.ACCOUNT_CREATED, client, base + timedelta(days=n),
+                       email=f"{client}@example.com", referral_code=partner.referral_code)
+            self._push(f"demo-partner-purchase-{n}", ev.CREDITS_PURCHASED, client, base + timedelta(days=n + 1),
+                       amount=amount)
+        # The partner's own second address, signed up through its link: flagged as self-referral.
+        self._push("demo-partner-alias", ev.ACCOUNT_CREATED, f"{PARTNER}-alias", base + timedelta(days=5),
+                   email="Partner+promo@example.com", referral_code=partner.referral_code)
+        return partner
+
+    def _payouts(self, partner: Account) -> None:
+        from payouts import services
+
+        if partner.payouts.exists():
+            return
+        services.payout_method_set(account=partner, type="paypal", email="partner.payouts@example.com")
+        for amount in PAYOUTS:
+            payout = services.payout_request(account=partner, amount=amount, method="paypal")
+            needs = " (needs two approvals)" if services.needs_second_approval(payout.amount) else ""
+            self.stdout.write(f"payout #{payout.pk} of {format_cents(payout.amount)} requested{needs}")
+
+    def _push(self, event_id: str, event_type: str, account: str, when, **fields) -> None:
+        raw = {"id": event_id, "type": event_type, "account": account, "occurred_at": when.isoformat(), **fields}
+        result = ingest_event(raw, source=Event.Source.PORTAL)
+        if result.status == "rejected":
+            self.stderr.write(f"  {event_id} rejected: {result.message}")
