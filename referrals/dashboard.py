@@ -12,12 +12,13 @@ from decimal import Decimal
 from django.apps import apps
 from django.core.paginator import Page, Paginator
 from django.db.models import Count, Q, QuerySet, Sum
-from django.db.models.functions import Coalesce, TruncMonth
+from django.db.models.functions import Coalesce
 
 from ledger.models import Book, Entry
 from ledger.money import UNITS, format_cents, net_sum, to_units
 
 from . import events as ev
+from . import rollups
 from .models import Account, Accrual, CreditGrant, Program, Referral
 
 REFERRALS_PER_PAGE = 25
@@ -289,20 +290,13 @@ def wallet(account: Account, *, now: datetime) -> Wallet:
 # --------------------------------------------------------------------------- templates
 
 
-def template_rows(account: Account, *, limit: int = 100) -> list[dict]:
+def template_rows(account: Account, *, limit: int = 100, earned: rollups.Earnings | None = None) -> list[dict]:
     """The account's templates with runtime, earnings and whether their gate is met."""
     programs = list(Program.objects.filter(enabled=True, kind=Program.Kind.TEMPLATE_SHARE))
     needed_hours = max((p.template_min_runtime_hours for p in programs), default=Decimal(0))
     templates = list(account.templates.select_related("creator").order_by("-created_at", "-id")[:limit])
-    earned = dict(
-        Accrual.objects.filter(beneficiary=account, template__in=[t.pk for t in templates])
-        .exclude(state=Accrual.State.VOID).values("template_id")
-        .annotate(total=net_sum("amount", "reversed")).values_list("template_id", "total")
-    )
-    held = dict(
-        Accrual.objects.filter(beneficiary=account, template__in=[t.pk for t in templates], state=Accrual.State.HELD)
-        .values("template_id").annotate(total=net_sum("amount", "reversed")).values_list("template_id", "total")
-    )
+    earned = earned or rollups.earnings(account.pk)
+    earned_by_template, held = earned.by_template, earned.held_by_template
     rows = []
     for template in templates:
         hours = Decimal(template.runtime_seconds) / 3600
@@ -311,7 +305,7 @@ def template_rows(account: Account, *, limit: int = 100) -> list[dict]:
             "runtime_hours": hours.quantize(Decimal("0.1")), "needed_hours": needed_hours,
             "runtime_seconds": template.runtime_seconds, "needed_seconds": int(needed_hours * 3600),
             "qualified": template.qualified_at is not None or (needed_hours and hours >= needed_hours),
-            "earned": int(earned.get(template.pk) or 0), "held": int(held.get(template.pk) or 0),
+            "earned": earned_by_template.get(template.pk, 0), "held": held.get(template.pk, 0),
         })
     return rows
 
@@ -319,18 +313,16 @@ def template_rows(account: Account, *, limit: int = 100) -> list[dict]:
 # --------------------------------------------------------------------------- chart and funnel
 
 
-def earnings_by_month(account: Account, *, now: datetime, months: int = 12) -> list[tuple[datetime, int]]:
-    """Referral earnings (net of claw-backs, void excluded) per calendar month, oldest first,
-    with empty months filled in, ending with the month of `now`."""
+def earnings_by_month(account: Account, *, now: datetime, months: int = 12,
+                      earned: rollups.Earnings | None = None) -> list[tuple[datetime, int]]:
+    """Referral earnings (net of claw-backs, void excluded) per calendar month (UTC) of the
+    accrual, oldest first, with empty months filled in, ending with the month of `now`."""
     first = (now.replace(day=1, hour=0, minute=0, second=0, microsecond=0))
     starts = [first]
     for _ in range(months - 1):
         starts.insert(0, (starts[0] - timedelta(days=1)).replace(day=1))
-    rows = (Accrual.objects.filter(beneficiary=account, created_at__gte=starts[0])
-            .exclude(state=Accrual.State.VOID).exclude(referral__referred=account)
-            .annotate(month=TruncMonth("created_at")).values("month")
-            .annotate(total=net_sum("amount", "reversed")).values_list("month", "total"))
-    totals = {(m.year, m.month): int(t or 0) for m, t in rows}
+    earned = earned or rollups.earnings(account.pk)
+    totals = {(m.year, m.month): total for m, total in earned.referral_by_month.items()}
     return [(start, totals.get((start.year, start.month), 0)) for start in starts]
 
 

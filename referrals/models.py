@@ -460,3 +460,33 @@ class ApiKey(models.Model):
     # DRF treats the key as the request's auth object; these make permission checks read well.
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes
+
+
+class EarningsRollup(models.Model):
+    """Sums of accruals per beneficiary, programme, template, UTC day of the accrual, state and
+    whether the beneficiary is the referred account itself: the dashboard's totals, programme
+    table and chart read these few thousand rows instead of a referrer's million accruals.
+
+    Written only by database triggers on `Accrual` (migration `earnings_rollup`): each insert,
+    update or delete of accruals adds signed delta rows in the same statement, so the rollup
+    moves in the same transaction as the ledger legs, whatever writes the accruals (services,
+    set-based jobs, bulk loads). Rows are only ever inserted, so two writers never wait on one
+    row; the `compact_rollups` job merges each key's deltas. `rollups.earnings_differences`
+    checks it against the accruals and the ledger.
+    """
+
+    beneficiary_id = models.BigIntegerField()
+    program_id = models.BigIntegerField()
+    template_id = models.BigIntegerField(null=True)
+    day = models.DateField()
+    state = models.CharField(max_length=10)
+    as_referred = models.BooleanField()
+    accruals = models.BigIntegerField()
+    amount = models.BigIntegerField()
+    reversed = models.BigIntegerField()
+
+    class Meta:
+        indexes = [models.Index(fields=["beneficiary_id", "day"])]
+
+    def __str__(self) -> str:
+        return f"{self.beneficiary_id} {self.program_id} {self.day} {self.state}"

@@ -7,7 +7,8 @@ from django.db.models import Count, Q, Sum
 from ledger.models import Balance, Book, Entry
 from ledger.money import floor_to_cents
 
-from .models import Account, Accrual, Click, Program, Referral
+from . import rollups
+from .models import Account, Click, Program, Referral
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,9 @@ def account_balances(account: Account) -> Balances:
     )
 
 
-def referral_stats(account: Account) -> dict:
+def referral_stats(account: Account, *, earned: rollups.Earnings | None = None) -> dict:
+    """Counts of clicks, sign-ups and conversions, and referral earnings (from the earnings
+    rollup; pass `earned` when the caller has read it already)."""
     counts = Referral.objects.filter(referrer=account).aggregate(
         total=Count("id"),
         conversions=Count("id", filter=Q(status=Referral.Status.CONVERTED)),
@@ -49,9 +52,7 @@ def referral_stats(account: Account) -> dict:
     clicks = Click.objects.filter(referrer=account).aggregate(
         total=Count("id"), unique=Count("id", filter=Q(is_unique=True)))
     # Referral earnings only: what the account received as a referred user is not among them.
-    earned = (Accrual.objects.filter(beneficiary=account).exclude(state=Accrual.State.VOID)
-              .exclude(referral__referred=account)).aggregate(
-        total=Sum("amount"), reversed=Sum("reversed"))
+    earned = earned or rollups.earnings(account.pk)
     total = counts["total"]
     rate = (Decimal(counts["conversions"]) / Decimal(total)).quantize(Decimal("0.0001")) if total else Decimal("0")
     return {
@@ -61,33 +62,24 @@ def referral_stats(account: Account) -> dict:
         "total_clicks": clicks["total"],
         "unique_clicks": clicks["unique"],
         "pending_referrals": counts["pending"],
-        "total_earnings": int(earned["total"] or 0) - int(earned["reversed"] or 0),
+        "total_earnings": earned.referral_total,
     }
 
 
-def earnings_by_program(account: Account) -> list[dict]:
-    rows = (
-        Accrual.objects.filter(beneficiary=account).exclude(state=Accrual.State.VOID)
-        .values("program_id", "program__key", "program__name")
-        .annotate(
-            gross=Sum("amount"), clawed_back=Sum("reversed"),
-            held=Sum("amount", filter=Q(state=Accrual.State.HELD)),
-            held_clawed_back=Sum("reversed", filter=Q(state=Accrual.State.HELD)),
-        )
-        .order_by("program__key")
-    )
+def earnings_by_program(account: Account, *, earned: rollups.Earnings | None = None) -> list[dict]:
+    """Per programme the account earned under: earned, pending, available and paid out."""
+    earned = earned or rollups.earnings(account.pk)
+    programs = {p.pk: p for p in Program.objects.filter(pk__in=earned.by_program)}
     # Paid out: the platform:payouts legs of this account's payout events (settled minus reversed).
     paid = dict(
         Entry.objects.filter(book=Book.PAYOUTS, transaction__event__account=account).values_list("program_id")
         .annotate(total=Sum("amount")).values_list("program_id", "total")
     )
     out = []
-    for row in rows:
-        earned = int(row["gross"]) - int(row["clawed_back"])
-        pending = int(row["held"] or 0) - int(row["held_clawed_back"] or 0)
-        out.append({"program": row["program__key"], "name": row["program__name"], "earned": earned,
-                    "pending": pending, "available": earned - pending,
-                    "paid": int(paid.get(row["program_id"]) or 0)})
+    for program_id, sums in sorted(earned.by_program.items(), key=lambda item: programs[item[0]].key):
+        program = programs[program_id]
+        out.append({"program": program.key, "name": program.name, "earned": sums.earned, "pending": sums.pending,
+                    "available": sums.earned - sums.pending, "paid": int(paid.get(program_id) or 0)})
     return out
 
 

@@ -22,6 +22,7 @@ from ledger.models import Balance, Book
 from ledger.money import CENT, format_cents, format_exact, to_units
 
 from . import dashboard as dashboard_reads
+from . import rollups
 from .forms import PartnerUpgradeForm, ReferralFilterForm, SignupForm
 from .middleware import existing_visitor_id, read_referral_cookie
 from .models import Account, Program, Referral, Template, Track
@@ -89,22 +90,23 @@ def dashboard(request):
     programs = list(Program.objects.filter(enabled=True))
     applications = {a.program_id: a for a in account.applications.select_related("program")}
     balances = account_balances(account)
-    stats = referral_stats(account)
+    earned = rollups.earnings(account.pk)
+    stats = referral_stats(account, earned=earned)
     earnings = [
         # Displays round to the cent (SPEC "Money"); the exact figure stays in the tooltip.
         {**row, "earned": format_cents(row["earned"]), "earned_exact": format_exact(row["earned"]),
          "pending": format_cents(row["pending"]), "available": format_cents(row["available"])}
-        for row in earnings_by_program(account)
+        for row in earnings_by_program(account, earned=earned)
     ]
     gates = [
         _gate_display(program, gate_progress(account, program), applications.get(program.pk))
         for program in programs if program.requires_approval
     ]
-    template_gates = [row for row in dashboard_reads.template_rows(account, limit=5)
+    template_gates = [row for row in dashboard_reads.template_rows(account, limit=5, earned=earned)
                       if row["needed_seconds"]] if any(p.kind == Program.Kind.TEMPLATE_SHARE for p in programs) else []
     blocks_cashout = account.purchased_credits > 0 and any(p.own_credits_block_cashout for p in programs)
     link = account.referral_link
-    series = dashboard_reads.earnings_by_month(account, now=timezone.now())
+    series = dashboard_reads.earnings_by_month(account, now=timezone.now(), earned=earned)
     joined_via = Referral.objects.filter(referred=account).select_related("template").first()
     context = {
         "account": account,
