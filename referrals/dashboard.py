@@ -6,19 +6,18 @@ assert it with 10,000 referrals); amounts stay in ledger units until the view fo
 """
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from django.apps import apps
 from django.core.paginator import Page, Paginator
-from django.db.models import Count, Q, QuerySet, Sum
-from django.db.models.functions import Coalesce
+from django.db.models import Q, QuerySet, Sum
 
 from ledger.models import Book, Entry
 from ledger.money import UNITS, format_cents, net_sum, to_units
 
 from . import events as ev
-from . import rollups
+from . import models, rollups
 from .models import Account, Accrual, CreditGrant, Program, Referral
 
 REFERRALS_PER_PAGE = 25
@@ -48,12 +47,23 @@ def referral_list(account: Account, *, query: str = "", status: str = "") -> Que
 
 
 def referral_page(account: Account, *, query: str = "", status: str = "", page: str | int = 1) -> Page:
-    """One page of referrals, each with `earned` (what it earned this account, net of refunds)."""
-    paginator = Paginator(referral_list(account, query=query, status=status), REFERRALS_PER_PAGE)
+    """One page of referrals, each with `earned` (what it earned this account, net of refunds).
+
+    The page is cut from the ids alone (an index-only scan of the referrer's newest-first
+    index, however deep the page), then its 25 rows are loaded; without a search the total
+    comes from the referral rollup rather than a COUNT over every referral."""
+    ids = referral_list(account, query=query, status=status).values_list("id", flat=True)
+    paginator = Paginator(ids, REFERRALS_PER_PAGE)
+    if not query.strip():
+        by_status = rollups.referral_totals(account.pk)
+        paginator.count = (by_status.get(status, rollups.StatusTotals()).referrals if status in Referral.Status.values
+                           else sum(t.referrals for t in by_status.values()))
     current = paginator.get_page(page)
-    rows = list(current.object_list)
+    page_ids = list(current.object_list)
+    loaded = Referral.objects.select_related("referred", "template").in_bulk(page_ids)
+    rows = [loaded[pk] for pk in page_ids if pk in loaded]
     earned = dict(
-        Accrual.objects.filter(beneficiary=account, referral__in=[r.pk for r in rows])
+        Accrual.objects.filter(beneficiary=account, referral__in=page_ids)
         .exclude(state=Accrual.State.VOID).values("referral_id")
         .annotate(total=net_sum("amount", "reversed")).values_list("referral_id", "total")
     )
@@ -87,11 +97,11 @@ class LedgerLine:
 
 def account_entries(account: Account) -> QuerySet:
     # Newest first by when it happened (the event's time), not when it was posted: a replayed or
-    # late event would otherwise sort by its arrival.
-    happened = Coalesce("transaction__event__occurred_at", "transaction__created_at")
-    return (Entry.objects.filter(account=account)
+    # late event would otherwise sort by its arrival. `LedgerLine` holds that time per account
+    # leg, indexed, so this reads in index order instead of sorting a million joined rows.
+    return (Entry.objects.filter(line__account_id=account.pk)
             .select_related("transaction", "transaction__event", "program")
-            .annotate(happened_at=happened).order_by("-happened_at", "-id"))
+            .order_by("-line__happened_at", "-line__entry_id"))
 
 
 def ledger_lines(account: Account, entries) -> list[LedgerLine]:
@@ -124,9 +134,62 @@ def ledger_lines(account: Account, entries) -> list[LedgerLine]:
     return lines
 
 
-def ledger_page(account: Account, *, page: str | int = 1) -> tuple[Page, list[LedgerLine]]:
-    current = Paginator(account_entries(account), ENTRIES_PER_PAGE).get_page(page)
-    return current, ledger_lines(account, current.object_list)
+class BadCursor(ValueError):
+    pass
+
+
+@dataclass
+class LedgerWindow:
+    """One page of a keyset-paginated list: cursors to the newer and older neighbours ("" when
+    there is none). No page numbers: counting a million entries per view is what this avoids."""
+
+    newer: str = ""
+    older: str = ""
+
+
+def _cursor(key: tuple[datetime, int]) -> str:
+    happened_at, entry_id = key
+    return f"{round(happened_at.timestamp() * 1_000_000)}.{entry_id}"
+
+
+def parse_cursor(value: str) -> tuple[datetime, int]:
+    """ "<microseconds since the epoch>.<entry id>" -> (time, id); BadCursor if it is not one."""
+    micros, _, entry_id = value.partition(".")
+    if not (micros.lstrip("-").isdigit() and entry_id.isdigit()):
+        raise BadCursor("not a position in the list")
+    try:
+        at = datetime.fromtimestamp(int(micros) / 1_000_000, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        raise BadCursor("not a position in the list") from None
+    return at.replace(microsecond=int(micros) % 1_000_000), int(entry_id)
+
+
+def ledger_page(account: Account, *, before: str = "", after: str = "") -> tuple[LedgerWindow, list[LedgerLine]]:
+    """A page of the account's ledger lines, newest first: the first page, the one just older than
+    cursor `before`, or the one just newer than `after` (BadCursor when a cursor is not one)."""
+    keys = models.LedgerLine.objects.filter(account_id=account.pk)
+    if before:
+        at, entry_id = parse_cursor(before)
+        # `<=` on the time bounds the index scan; the OR only settles ties at that instant.
+        keys = keys.filter(happened_at__lte=at).filter(Q(happened_at__lt=at) | Q(entry_id__lt=entry_id))
+    elif after:
+        at, entry_id = parse_cursor(after)
+        keys = keys.filter(happened_at__gte=at).filter(Q(happened_at__gt=at) | Q(entry_id__gt=entry_id))
+    order = ("happened_at", "entry_id") if after else ("-happened_at", "-entry_id")
+    found = list(keys.order_by(*order).values_list("happened_at", "entry_id")[:ENTRIES_PER_PAGE + 1])
+    more = len(found) > ENTRIES_PER_PAGE
+    found = found[:ENTRIES_PER_PAGE]
+    if after:
+        found.reverse()
+    loaded = account_entries(account).in_bulk([entry_id for _, entry_id in found])
+    lines = ledger_lines(account, [loaded[entry_id] for _, entry_id in found if entry_id in loaded])
+    window = LedgerWindow()
+    if found:
+        has_newer = (after and more) or bool(before)
+        has_older = (not after and more) or bool(after)
+        window.newer = _cursor(found[0]) if has_newer else ""
+        window.older = _cursor(found[-1]) if has_older else ""
+    return window, lines
 
 
 def _money(units: int) -> str:
@@ -363,8 +426,10 @@ def funnel(stats: dict) -> list[dict]:
 
 
 def status_counts(account: Account) -> dict:
-    return Referral.objects.filter(referrer=account).aggregate(
-        all=Count("id"), **{s: Count("id", filter=Q(status=s)) for s in Referral.Status.values})
+    """How many referrals the account has, in all and per status (from the referral rollup)."""
+    by_status = rollups.referral_totals(account.pk)
+    counts = {s: by_status.get(s, rollups.StatusTotals()).referrals for s in Referral.Status.values}
+    return {"all": sum(t.referrals for t in by_status.values()), **counts}
 
 
 # --------------------------------------------------------------------------- payout account (Partner upgrade)

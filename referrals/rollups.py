@@ -1,6 +1,7 @@
-"""Rollups for the dashboard: the job that compacts `EarningsRollup`, the reads over it, and the
-check that it matches the accruals and the ledger. The database triggers that keep it in step
-with every accrual write are installed by migration `referrals/0003_earnings_rollup`.
+"""Rollups for the dashboard (`EarningsRollup`, `ReferralRollup`, `ClickRollup`): the job that
+compacts them, the reads over them, and the checks that they match their source rows and the
+ledger. The database triggers that keep them in step with every accrual, referral and click
+write are installed by migrations `0003_earnings_rollup` and `0005_referrer_rollups`.
 
 Why triggers and delta rows: accruals are written by the event services, by the set-based jobs
 (one UPDATE releasing thousands of rows) and by replays; a trigger catches every one of them in
@@ -19,60 +20,94 @@ from django.db.models.functions import Coalesce, TruncDate, TruncMonth
 from ledger.models import Book, Entry
 
 from . import bulk
-from .models import Accrual, EarningsRollup
+from .models import Accrual, Click, ClickRollup, EarningsRollup, Referral, ReferralRollup
 
 KEYS = ("beneficiary_id", "program_id", "template_id", "day", "state", "as_referred")
 
-# Keys with more than one row, or whose rows sum to nothing.
-_SPLIT_KEYS = """
-    SELECT beneficiary_id, program_id, template_id, day, state, as_referred FROM referrals_earningsrollup
-    GROUP BY beneficiary_id, program_id, template_id, day, state, as_referred
-    HAVING COUNT(*) > 1 OR (SUM(accruals) = 0 AND SUM(amount) = 0 AND SUM(reversed) = 0)"""
-_SAME_KEY = """x.beneficiary_id = d.beneficiary_id AND x.program_id = d.program_id
-    AND COALESCE(x.template_id, 0) = COALESCE(d.template_id, 0) AND x.day = d.day AND x.state = d.state
-    AND x.as_referred = d.as_referred"""
-_INSERT_MERGED = """
-    INSERT INTO referrals_earningsrollup (beneficiary_id, program_id, template_id, day, state, as_referred,
-                                          accruals, amount, reversed)
-    SELECT beneficiary_id, program_id, template_id, day, state, as_referred, SUM(accruals), SUM(amount), SUM(reversed)
-    FROM {rows} GROUP BY beneficiary_id, program_id, template_id, day, state, as_referred
-    HAVING SUM(accruals) <> 0 OR SUM(amount) <> 0 OR SUM(reversed) <> 0"""
+
+@dataclass(frozen=True)
+class Rollup:
+    """A delta table: rows with the same key add up; `source` selects its rows from scratch."""
+
+    table: str
+    keys: tuple[str, ...]
+    sums: tuple[str, ...]
+    source: str
+
+    def fragments(self) -> dict[str, str]:
+        return {
+            "t": self.table,
+            "keys": ", ".join(self.keys),
+            "cols": ", ".join(self.keys + self.sums),
+            "sums": ", ".join(f"SUM({c})" for c in self.sums),
+            "any": " OR ".join(f"SUM({c}) <> 0" for c in self.sums),
+            "none": " AND ".join(f"SUM({c}) = 0" for c in self.sums),
+            # NULL keys (a template-less accrual) must match each other.
+            "same": " AND ".join(f"COALESCE(x.{k}, 0) = COALESCE(d.{k}, 0)" if k == "template_id"
+                                 else f"x.{k} = d.{k}" for k in self.keys),
+        }
 
 
-def compact(at=None) -> dict:
-    """Merge each key's delta rows into one (and drop keys that sum to nothing).
-
-    On PostgreSQL one statement deletes the rows it sees and inserts their sums: rows that
-    writers commit meanwhile are not seen, so they stay as deltas for the next run and nothing
-    is counted twice or lost. SQLite has a single writer, so a few statements do."""
-    if bulk.is_postgres():
-        merged = bulk.execute(
-            "WITH gone AS (DELETE FROM referrals_earningsrollup x USING ({split}) d WHERE {same} RETURNING x.*) "
-            "{merge}",
-            split=_SPLIT_KEYS, same=_SAME_KEY, merge=bulk.sql(_INSERT_MERGED, rows="gone"))
-        return {"keys_merged": merged}
-    bulk.execute("CREATE TEMPORARY TABLE tmp_rollup_split AS {split}", split=_SPLIT_KEYS)
-    bulk.execute("CREATE TEMPORARY TABLE tmp_rollup_merged AS SELECT x.* FROM referrals_earningsrollup x "
-                 "JOIN tmp_rollup_split d ON {same}", same=_SAME_KEY)
-    bulk.execute("DELETE FROM referrals_earningsrollup WHERE id IN (SELECT id FROM tmp_rollup_merged)")
-    merged = bulk.execute(_INSERT_MERGED, rows="tmp_rollup_merged")
-    bulk.execute("DROP TABLE tmp_rollup_split")
-    bulk.execute("DROP TABLE tmp_rollup_merged")
-    return {"keys_merged": merged}
-
-
-def rebuild() -> int:
-    """Recompute the rollup from the accruals (after a bulk load that bypassed the triggers,
-    e.g. `bench/dashboard.py`). Run it in a transaction with no accrual writers about."""
-    day = "(a.created_at AT TIME ZONE 'UTC')::date" if bulk.is_postgres() else "date(a.created_at)"
-    bulk.execute("DELETE FROM referrals_earningsrollup")
-    return bulk.execute("""
-        INSERT INTO referrals_earningsrollup (beneficiary_id, program_id, template_id, day, state, as_referred,
-                                              accruals, amount, reversed)
+ROLLUPS = (
+    Rollup("referrals_earningsrollup", KEYS, ("accruals", "amount", "reversed"), """
         SELECT a.beneficiary_id, a.program_id, a.template_id, {day}, a.state,
                COALESCE(r.referred_id = a.beneficiary_id, false), COUNT(*), SUM(a.amount), SUM(a.reversed)
         FROM referrals_accrual a LEFT JOIN referrals_referral r ON r.id = a.referral_id
-        GROUP BY 1, 2, 3, 4, 5, 6""", day=day)
+        GROUP BY 1, 2, 3, 4, 5, 6"""),
+    Rollup("referrals_referralrollup", ("referrer_id", "status"), ("referrals", "spend", "purchases"), """
+        SELECT referrer_id, status, COUNT(*), SUM(spend), SUM(purchases) FROM referrals_referral GROUP BY 1, 2"""),
+    Rollup("referrals_clickrollup", ("referrer_id",), ("clicks", "unique_clicks"), """
+        SELECT referrer_id, COUNT(*), SUM(CASE WHEN is_unique THEN 1 ELSE 0 END) FROM referrals_click GROUP BY 1"""),
+)
+
+# Keys with more than one row, or whose rows sum to nothing; and their merged sums.
+_SPLIT_KEYS = "SELECT {keys} FROM {t} GROUP BY {keys} HAVING COUNT(*) > 1 OR ({none})"
+_INSERT_MERGED = "INSERT INTO {t} ({cols}) SELECT {keys}, {sums} FROM {rows} GROUP BY {keys} HAVING {any}"
+
+
+def compact(at=None) -> dict:
+    """Merge each key's delta rows into one (and drop keys that sum to nothing), in every rollup.
+
+    On PostgreSQL one statement per rollup deletes the rows it sees and inserts their sums:
+    rows that writers commit meanwhile are not seen, so they stay as deltas for the next run and
+    nothing is counted twice or lost. SQLite has a single writer, so a few statements do."""
+    counts = {}
+    for rollup in ROLLUPS:
+        names = rollup.fragments()
+        split = bulk.sql(_SPLIT_KEYS, **names)
+        if bulk.is_postgres():
+            merge = bulk.sql(_INSERT_MERGED, **names, rows="gone")
+            merged = bulk.execute("WITH gone AS (DELETE FROM {t} x USING ({split}) d WHERE {same} RETURNING x.*) "
+                                  "{merge}", **names, split=split, merge=merge)
+        else:
+            bulk.execute("CREATE TEMPORARY TABLE tmp_rollup_split AS {split}", split=split)
+            bulk.execute("CREATE TEMPORARY TABLE tmp_rollup_merged AS SELECT x.* FROM {t} x "
+                         "JOIN tmp_rollup_split d ON {same}", **names)
+            bulk.execute("DELETE FROM {t} WHERE id IN (SELECT id FROM tmp_rollup_merged)", **names)
+            merged = bulk.execute(_INSERT_MERGED, **names, rows="tmp_rollup_merged")
+            bulk.execute("DROP TABLE tmp_rollup_split")
+            bulk.execute("DROP TABLE tmp_rollup_merged")
+        counts[rollup.table.removeprefix("referrals_")] = merged
+    return counts
+
+
+def rebuild() -> dict:
+    """Recompute every rollup, and the ledger lines, from their source rows (after a bulk load
+    that bypassed the triggers, e.g. `bench/dashboard.py`). Run it with no writers about."""
+    day = "(a.created_at AT TIME ZONE 'UTC')::date" if bulk.is_postgres() else "date(a.created_at)"
+    counts = {}
+    for rollup in ROLLUPS:
+        names = rollup.fragments()
+        bulk.execute("DELETE FROM {t}", **names)
+        counts[rollup.table.removeprefix("referrals_")] = bulk.execute(
+            "INSERT INTO {t} ({cols}) {source}", **names, source=bulk.sql(rollup.source, day=day))
+    bulk.execute("DELETE FROM referrals_ledgerline")
+    counts["ledgerline"] = bulk.execute("""
+        INSERT INTO referrals_ledgerline (entry_id, account_id, happened_at)
+        SELECT n.id, n.account_id, COALESCE(e.occurred_at, t.created_at)
+        FROM ledger_entry n JOIN ledger_transaction t ON t.id = n.transaction_id
+        LEFT JOIN referrals_event e ON e.id = t.event_id WHERE n.account_id IS NOT NULL""")
+    return counts
 
 
 # ---------------------------------------------------------------------------- reads
@@ -139,6 +174,28 @@ def earnings(account_id: int) -> Earnings:
     return out
 
 
+@dataclass(frozen=True)
+class StatusTotals:
+    referrals: int = 0
+    spend: int = 0
+    purchases: int = 0
+
+
+def referral_totals(referrer_id: int) -> dict[str, StatusTotals]:
+    """Per referral status: how many, and their net spend and purchases."""
+    rows = (ReferralRollup.objects.filter(referrer_id=referrer_id).values("status")
+            .annotate(n=Sum("referrals"), spend=Sum("spend"), purchases=Sum("purchases")).order_by())
+    return {row["status"]: StatusTotals(int(row["n"]), int(row["spend"]), int(row["purchases"]))
+            for row in rows if row["n"]}
+
+
+def click_totals(referrer_id: int) -> tuple[int, int]:
+    """(clicks, unique clicks)."""
+    totals = ClickRollup.objects.filter(referrer_id=referrer_id).aggregate(
+        clicks=Sum("clicks"), unique=Sum("unique_clicks"))
+    return int(totals["clicks"] or 0), int(totals["unique"] or 0)
+
+
 # ---------------------------------------------------------------------------- checks
 
 
@@ -160,6 +217,27 @@ def _accrual_sums() -> dict[tuple, tuple[int, int, int]]:
 # Transaction kinds that change what an account has earned (as opposed to moving it between
 # books, spending, expiring or paying it out): what the rollup's net figures must equal.
 EARNING_KINDS = ("accrual", "reversal", "void")
+
+
+def referrer_differences() -> list[str]:
+    """Where the referral and click rollups disagree with the referrals and clicks."""
+    problems = []
+    rollup = {(r["referrer_id"], r["status"]): (int(r["n"]), int(r["s"]), int(r["p"]))
+              for r in ReferralRollup.objects.values("referrer_id", "status").annotate(
+                  n=Sum("referrals"), s=Sum("spend"), p=Sum("purchases")).order_by()
+              if r["n"] or r["s"] or r["p"]}
+    source = {(r["referrer_id"], r["status"]): (int(r["n"]), int(r["s"]), int(r["p"]))
+              for r in Referral.objects.values("referrer_id", "status").annotate(
+                  n=Count("id"), s=Sum("spend"), p=Sum("purchases")).order_by()}
+    clicks = {r["referrer_id"]: (int(r["n"]), int(r["u"])) for r in ClickRollup.objects.values("referrer_id")
+              .annotate(n=Sum("clicks"), u=Sum("unique_clicks")).order_by() if r["n"] or r["u"]}
+    click_source = {r["referrer_id"]: (int(r["n"]), int(r["u"])) for r in Click.objects.values("referrer_id")
+                    .annotate(n=Count("id"), u=Count("id", filter=Q(is_unique=True))).order_by()}
+    for name, ours, theirs in (("referral", rollup, source), ("click", clicks, click_source)):
+        for key in sorted(set(ours) | set(theirs), key=str):
+            if ours.get(key) != theirs.get(key):
+                problems.append(f"{name} rollup {key}: rollup {ours.get(key)} != {name}s {theirs.get(key)}")
+    return problems
 
 
 def earnings_differences() -> list[str]:
@@ -190,4 +268,5 @@ def earnings_differences() -> list[str]:
     return problems
 
 
-__all__ = ["Earnings", "ProgramEarnings", "compact", "earnings", "earnings_differences", "rebuild"]
+__all__ = ["ROLLUPS", "Earnings", "ProgramEarnings", "StatusTotals", "click_totals", "compact", "earnings",
+           "earnings_differences", "rebuild", "referral_totals", "referrer_differences"]

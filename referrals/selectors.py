@@ -2,13 +2,13 @@
 from dataclasses import dataclass
 from decimal import Decimal
 
-from django.db.models import Count, Q, Sum
+from django.db.models import Sum
 
 from ledger.models import Balance, Book, Entry
 from ledger.money import floor_to_cents
 
 from . import rollups
-from .models import Account, Click, Program, Referral
+from .models import Account, Program, Referral
 
 
 @dataclass(frozen=True)
@@ -44,24 +44,20 @@ def account_balances(account: Account) -> Balances:
 def referral_stats(account: Account, *, earned: rollups.Earnings | None = None) -> dict:
     """Counts of clicks, sign-ups and conversions, and referral earnings (from the earnings
     rollup; pass `earned` when the caller has read it already)."""
-    counts = Referral.objects.filter(referrer=account).aggregate(
-        total=Count("id"),
-        conversions=Count("id", filter=Q(status=Referral.Status.CONVERTED)),
-        pending=Count("id", filter=Q(status=Referral.Status.PENDING)),
-    )
-    clicks = Click.objects.filter(referrer=account).aggregate(
-        total=Count("id"), unique=Count("id", filter=Q(is_unique=True)))
+    by_status = rollups.referral_totals(account.pk)
+    total = sum(totals.referrals for totals in by_status.values())
+    conversions = by_status.get(Referral.Status.CONVERTED, rollups.StatusTotals()).referrals
+    clicks, unique_clicks = rollups.click_totals(account.pk)
     # Referral earnings only: what the account received as a referred user is not among them.
     earned = earned or rollups.earnings(account.pk)
-    total = counts["total"]
-    rate = (Decimal(counts["conversions"]) / Decimal(total)).quantize(Decimal("0.0001")) if total else Decimal("0")
+    rate = (Decimal(conversions) / Decimal(total)).quantize(Decimal("0.0001")) if total else Decimal("0")
     return {
         "total_referrals": total,
-        "conversions": counts["conversions"],
+        "conversions": conversions,
         "conversion_rate": rate,
-        "total_clicks": clicks["total"],
-        "unique_clicks": clicks["unique"],
-        "pending_referrals": counts["pending"],
+        "total_clicks": clicks,
+        "unique_clicks": unique_clicks,
+        "pending_referrals": by_status.get(Referral.Status.PENDING, rollups.StatusTotals()).referrals,
         "total_earnings": earned.referral_total,
     }
 
@@ -83,9 +79,10 @@ def earnings_by_program(account: Account, *, earned: rollups.Earnings | None = N
     return out
 
 
-def gate_progress(account: Account, program: Program) -> dict:
+def gate_progress(account: Account, program: Program, *,
+                  by_status: dict[str, rollups.StatusTotals] | None = None) -> dict:
     """Where a referrer stands against a gated programme's thresholds (for the dashboard)."""
-    eligible = Referral.objects.filter(referrer=account).exclude(status=Referral.Status.INELIGIBLE)
-    agg = eligible.aggregate(n=Count("id"), spend=Sum("spend"))
-    return {"referrals": agg["n"], "referrals_needed": program.gate_min_referrals,
-            "spend": int(agg["spend"] or 0), "spend_needed": int(program.gate_min_spend * 10**10)}
+    by_status = rollups.referral_totals(account.pk) if by_status is None else by_status
+    eligible = [t for status, t in by_status.items() if status != Referral.Status.INELIGIBLE]
+    return {"referrals": sum(t.referrals for t in eligible), "referrals_needed": program.gate_min_referrals,
+            "spend": sum(t.spend for t in eligible), "spend_needed": int(program.gate_min_spend * 10**10)}

@@ -98,8 +98,9 @@ def dashboard(request):
          "pending": format_cents(row["pending"]), "available": format_cents(row["available"])}
         for row in earnings_by_program(account, earned=earned)
     ]
+    by_status = rollups.referral_totals(account.pk)
     gates = [
-        _gate_display(program, gate_progress(account, program), applications.get(program.pk))
+        _gate_display(program, gate_progress(account, program, by_status=by_status), applications.get(program.pk))
         for program in programs if program.requires_approval
     ]
     template_gates = [row for row in dashboard_reads.template_rows(account, limit=5, earned=earned)
@@ -194,9 +195,16 @@ def earnings_page(request):
     account = _account(request)
     if account is None:
         return _not_linked(request)
-    page, lines = dashboard_reads.ledger_page(account, page=request.GET.get("page", 1))
+    error = ""
+    try:
+        window, lines = dashboard_reads.ledger_page(account, before=request.GET.get("before", ""),
+                                                    after=request.GET.get("after", ""))
+    except dashboard_reads.BadCursor as exc:
+        field = "before" if request.GET.get("before") else "after"
+        error = f"{field}: {exc}; showing the newest entries."
+        window, lines = dashboard_reads.ledger_page(account)
     return render(request, "portal/earnings.html", {
-        "account": account, "nav": "earnings", "currency": _symbol(), "page": page,
+        "account": account, "nav": "earnings", "currency": _symbol(), "window": window, "error": error,
         "lines": [_line_display(line) for line in lines],
     })
 
