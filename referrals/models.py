@@ -467,7 +467,7 @@ class ApiKey(models.Model):
 
 
 class EarningsRollup(models.Model):
-    """Sums of accruals per beneficiary, programme, template, UTC day of the accrual, state and
+    """Sums of accruals per beneficiary, programme, template, UTC month of the accrual, state and
     whether the beneficiary is the referred account itself: the dashboard's totals, programme
     table and chart read these few thousand rows instead of a referrer's million accruals.
 
@@ -482,7 +482,7 @@ class EarningsRollup(models.Model):
     beneficiary_id = models.BigIntegerField()
     program_id = models.BigIntegerField()
     template_id = models.BigIntegerField(null=True)
-    day = models.DateField()
+    month = models.DateField(help_text="First day of the UTC month of the accrual.")
     state = models.CharField(max_length=10)
     as_referred = models.BooleanField()
     accruals = models.BigIntegerField()
@@ -490,10 +490,10 @@ class EarningsRollup(models.Model):
     reversed = models.BigIntegerField()
 
     class Meta:
-        indexes = [models.Index(fields=["beneficiary_id", "day"])]
+        indexes = [models.Index(fields=["beneficiary_id", "month"], name="earningsrollup_account_month")]
 
     def __str__(self) -> str:
-        return f"{self.beneficiary_id} {self.program_id} {self.day} {self.state}"
+        return f"{self.beneficiary_id} {self.program_id} {self.month:%Y-%m} {self.state}"
 
 
 class LedgerLine(models.Model):

@@ -22,7 +22,7 @@ from ledger.models import Book, Entry
 from . import bulk
 from .models import Accrual, Click, ClickRollup, EarningsRollup, Referral, ReferralRollup
 
-KEYS = ("beneficiary_id", "program_id", "template_id", "day", "state", "as_referred")
+KEYS = ("beneficiary_id", "program_id", "template_id", "month", "state", "as_referred")
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class Rollup:
 
 ROLLUPS = (
     Rollup("referrals_earningsrollup", KEYS, ("accruals", "amount", "reversed"), """
-        SELECT a.beneficiary_id, a.program_id, a.template_id, {day}, a.state,
+        SELECT a.beneficiary_id, a.program_id, a.template_id, {month}, a.state,
                COALESCE(r.referred_id = a.beneficiary_id, false), COUNT(*), SUM(a.amount), SUM(a.reversed)
         FROM referrals_accrual a LEFT JOIN referrals_referral r ON r.id = a.referral_id
         GROUP BY 1, 2, 3, 4, 5, 6"""),
@@ -94,13 +94,14 @@ def compact(at=None) -> dict:
 def rebuild() -> dict:
     """Recompute every rollup, and the ledger lines, from their source rows (after a bulk load
     that bypassed the triggers, e.g. `bench/dashboard.py`). Run it with no writers about."""
-    day = "(a.created_at AT TIME ZONE 'UTC')::date" if bulk.is_postgres() else "date(a.created_at)"
+    month = ("date_trunc('month', a.created_at AT TIME ZONE 'UTC')::date" if bulk.is_postgres()
+             else "date(a.created_at, 'start of month')")
     counts = {}
     for rollup in ROLLUPS:
         names = rollup.fragments()
         bulk.execute("DELETE FROM {t}", **names)
         counts[rollup.table.removeprefix("referrals_")] = bulk.execute(
-            "INSERT INTO {t} ({cols}) {source}", **names, source=bulk.sql(rollup.source, day=day))
+            "INSERT INTO {t} ({cols}) {source}", **names, source=bulk.sql(rollup.source, month=month))
     bulk.execute("DELETE FROM referrals_ledgerline")
     counts["ledgerline"] = bulk.execute("""
         INSERT INTO referrals_ledgerline (entry_id, account_id, happened_at)
@@ -144,7 +145,7 @@ class Earnings:
 def earnings(account_id: int) -> Earnings:
     """Everything the overview shows about earnings, from one query over the rollup."""
     rows = (EarningsRollup.objects.filter(beneficiary_id=account_id).exclude(state=Accrual.State.VOID)
-            .annotate(month=TruncMonth("day")).values("program_id", "template_id", "month", "state", "as_referred")
+            .values("program_id", "template_id", "month", "state", "as_referred")
             .annotate(n=Sum("accruals"), gross=Sum("amount"), back=Sum("reversed")).order_by())
     out = Earnings()
     by_month = defaultdict(int)
@@ -209,7 +210,8 @@ def _rollup_sums() -> dict[tuple, tuple[int, int, int]]:
 def _accrual_sums() -> dict[tuple, tuple[int, int, int]]:
     as_referred = Coalesce(ExpressionWrapper(Q(referral__referred_id=F("beneficiary_id")),
                                              output_field=BooleanField()), Value(False))
-    rows = (Accrual.objects.annotate(day=TruncDate("created_at", tzinfo=UTC), as_referred=as_referred)
+    month = TruncDate(TruncMonth("created_at", tzinfo=UTC), tzinfo=UTC)
+    rows = (Accrual.objects.annotate(month=month, as_referred=as_referred)
             .values(*KEYS).annotate(n=Count("id"), a=Sum("amount"), r=Sum("reversed")).order_by())
     return {tuple(row[k] for k in KEYS): (int(row["n"]), int(row["a"]), int(row["r"])) for row in rows}
 

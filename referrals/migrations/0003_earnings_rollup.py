@@ -4,14 +4,15 @@ the database are rolled up once, as the triggers are installed."""
 from django.db import migrations, models
 
 ROLLUP = "referrals_earningsrollup"
-KEYS = ("beneficiary_id", "program_id", "template_id", "day", "state", "as_referred")
+KEYS = ("beneficiary_id", "program_id", "template_id", "month", "state", "as_referred")
 SUMS = ("accruals", "amount", "reversed")
 
 # PostgreSQL: statement-level triggers with transition tables, so a job's UPDATE of 50,000
 # accruals adds one delta row per key, not 50,000.
 
 _PG_DELTAS = """
-    SELECT a.beneficiary_id, a.program_id, a.template_id, (a.created_at AT TIME ZONE 'UTC')::date AS day, a.state,
+    SELECT a.beneficiary_id, a.program_id, a.template_id,
+           date_trunc('month', a.created_at AT TIME ZONE 'UTC')::date AS month, a.state,
            COALESCE(r.referred_id = a.beneficiary_id, false) AS as_referred,
            {sign} * COUNT(*) AS accruals, {sign} * SUM(a.amount) AS amount, {sign} * SUM(a.reversed) AS reversed
     FROM {rows} a LEFT JOIN referrals_referral r ON r.id = a.referral_id
@@ -63,9 +64,9 @@ DROP FUNCTION IF EXISTS referrals_earnings_rollup_delete();
 
 
 def _sqlite_row(row: str, sign: str) -> str:
-    # SQLite stores aware datetimes as UTC text ("2026-11-21 07:33:47.123456"): date() is the UTC day.
+    # SQLite stores aware datetimes as UTC text ("2026-11-21 07:33:47.123456"): this is the UTC month.
     return (f"INSERT INTO {ROLLUP} ({', '.join(KEYS + SUMS)}) VALUES ({row}.beneficiary_id, {row}.program_id, "
-            f"{row}.template_id, date({row}.created_at), {row}.state, COALESCE((SELECT r.referred_id = "
+            f"{row}.template_id, date({row}.created_at, 'start of month'), {row}.state, COALESCE((SELECT r.referred_id = "
             f"{row}.beneficiary_id FROM referrals_referral r WHERE r.id = {row}.referral_id), 0), {sign}1, "
             f"{sign}{row}.amount, {sign}{row}.reversed);")
 
@@ -87,7 +88,7 @@ SQLITE_BACKWARD = [f"DROP TRIGGER IF EXISTS referrals_earnings_rollup_{op}" for 
 BACKFILL_PG = f"{_PG_INSERT} {_PG_DELTAS.format(sign=1, rows='referrals_accrual')}"
 BACKFILL_SQLITE = (
     f"INSERT INTO {ROLLUP} ({', '.join(KEYS + SUMS)}) "
-    "SELECT a.beneficiary_id, a.program_id, a.template_id, date(a.created_at), a.state, "
+    "SELECT a.beneficiary_id, a.program_id, a.template_id, date(a.created_at, 'start of month'), a.state, "
     "COALESCE(r.referred_id = a.beneficiary_id, 0), COUNT(*), SUM(a.amount), SUM(a.reversed) "
     "FROM referrals_accrual a LEFT JOIN referrals_referral r ON r.id = a.referral_id GROUP BY 1, 2, 3, 4, 5, 6")
 
@@ -124,7 +125,7 @@ class Migration(migrations.Migration):
                 ('beneficiary_id', models.BigIntegerField()),
                 ('program_id', models.BigIntegerField()),
                 ('template_id', models.BigIntegerField(null=True)),
-                ('day', models.DateField()),
+                ('month', models.DateField(help_text='First day of the UTC month of the accrual.')),
                 ('state', models.CharField(max_length=10)),
                 ('as_referred', models.BooleanField()),
                 ('accruals', models.BigIntegerField()),
@@ -132,7 +133,7 @@ class Migration(migrations.Migration):
                 ('reversed', models.BigIntegerField()),
             ],
             options={
-                'indexes': [models.Index(fields=['beneficiary_id', 'day'], name='referrals_e_benefic_457180_idx')],
+                'indexes': [models.Index(fields=['beneficiary_id', 'month'], name='earningsrollup_account_month')],
             },
         ),
         migrations.RunPython(install, uninstall),
