@@ -46,20 +46,32 @@ def referral_list(account: Account, *, query: str = "", status: str = "") -> Que
     return referrals.order_by("-created_at", "-id")
 
 
-def referral_page(account: Account, *, query: str = "", status: str = "", page: str | int = 1) -> Page:
+def referral_page(account: Account, *, query: str = "", status: str = "", page: str | int = 1,
+                  before: str = "", after: str = "") -> Page:
     """One page of referrals, each with `earned` (what it earned this account, net of refunds).
 
-    The page is cut from the ids alone (an index-only scan of the referrer's newest-first
-    index, however deep the page), then its 25 rows are loaded; without a search the total
-    comes from the referral rollup rather than a COUNT over every referral."""
+    The "Older" and "Newer" links carry a cursor (the created time and id of the page's last or
+    first row) and the page number, for display: a cursor page is a bounded range scan of the
+    referrer's newest-first index however deep it is. A bare `?page=N` is cut from the ids
+    alone (an index-only scan). Without a search the total comes from the referral rollup, not
+    a COUNT over every referral. BadCursor when a cursor is not one."""
     ids = referral_list(account, query=query, status=status).values_list("id", flat=True)
     paginator = Paginator(ids, REFERRALS_PER_PAGE)
     if not query.strip():
         by_status = rollups.referral_totals(account.pk)
         paginator.count = (by_status.get(status, rollups.StatusTotals()).referrals if status in Referral.Status.values
                            else sum(t.referrals for t in by_status.values()))
-    current = paginator.get_page(page)
-    page_ids = list(current.object_list)
+    number = paginator.get_page(page).number if not (before or after) else _page_number(paginator, page)
+    if before:
+        at, pk = parse_cursor(before)
+        page_ids = list(ids.filter(created_at__lte=at).filter(Q(created_at__lt=at) | Q(id__lt=pk))
+                        [:REFERRALS_PER_PAGE])
+    elif after:
+        at, pk = parse_cursor(after)
+        page_ids = list(ids.filter(created_at__gte=at).filter(Q(created_at__gt=at) | Q(id__gt=pk))
+                        .order_by("created_at", "id")[:REFERRALS_PER_PAGE])[::-1]
+    else:
+        page_ids = list(paginator.page(number).object_list)
     loaded = Referral.objects.select_related("referred", "template").in_bulk(page_ids)
     rows = [loaded[pk] for pk in page_ids if pk in loaded]
     earned = dict(
@@ -69,8 +81,18 @@ def referral_page(account: Account, *, query: str = "", status: str = "", page: 
     )
     for referral in rows:
         referral.earned = int(earned.get(referral.pk) or 0)
-    current.object_list = rows
+    current = Page(rows, number, paginator)
+    current.newer_cursor = _cursor((rows[0].created_at, rows[0].pk)) if rows else ""
+    current.older_cursor = _cursor((rows[-1].created_at, rows[-1].pk)) if rows else ""
     return current
+
+
+def _page_number(paginator: Paginator, page) -> int:
+    """The page number a cursor link carries, for display only (clamped, never an error)."""
+    try:
+        return min(max(int(page), 1), paginator.num_pages)
+    except (TypeError, ValueError):
+        return 1
 
 
 def referral_accruals(account: Account, referral: Referral) -> list[Accrual]:

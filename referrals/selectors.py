@@ -41,10 +41,11 @@ def account_balances(account: Account) -> Balances:
     )
 
 
-def referral_stats(account: Account, *, earned: rollups.Earnings | None = None) -> dict:
-    """Counts of clicks, sign-ups and conversions, and referral earnings (from the earnings
-    rollup; pass `earned` when the caller has read it already)."""
-    by_status = rollups.referral_totals(account.pk)
+def referral_stats(account: Account, *, earned: rollups.Earnings | None = None,
+                   by_status: dict[str, rollups.StatusTotals] | None = None) -> dict:
+    """Counts of clicks, sign-ups and conversions, and referral earnings, from the rollups (pass
+    `earned` and `by_status` when the caller has read them already)."""
+    by_status = rollups.referral_totals(account.pk) if by_status is None else by_status
     total = sum(totals.referrals for totals in by_status.values())
     conversions = by_status.get(Referral.Status.CONVERTED, rollups.StatusTotals()).referrals
     clicks, unique_clicks = rollups.click_totals(account.pk)

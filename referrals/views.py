@@ -92,14 +92,14 @@ def dashboard(request):
     applications = {a.program_id: a for a in account.applications.select_related("program")}
     balances = account_balances(account)
     earned = rollups.earnings(account.pk)
-    stats = referral_stats(account, earned=earned)
+    by_status = rollups.referral_totals(account.pk)
+    stats = referral_stats(account, earned=earned, by_status=by_status)
     earnings = [
         # Displays round to the cent (SPEC "Money"); the exact figure stays in the tooltip.
         {**row, "earned": format_cents(row["earned"]), "earned_exact": format_exact(row["earned"]),
          "pending": format_cents(row["pending"]), "available": format_cents(row["available"])}
         for row in earnings_by_program(account, earned=earned)
     ]
-    by_status = rollups.referral_totals(account.pk)
     gates = [
         _gate_display(program, gate_progress(account, program, by_status=by_status), applications.get(program.pk))
         for program in programs if program.requires_approval
@@ -161,10 +161,16 @@ def referrals_page(request):
     query = status = ""
     if form.is_valid():
         query, status = form.cleaned_data["q"], form.cleaned_data["status"]
-    page = dashboard_reads.referral_page(account, query=query, status=status, page=request.GET.get("page", 1))
+    error = ""
+    try:
+        page = dashboard_reads.referral_page(account, query=query, status=status, page=request.GET.get("page", 1),
+                                             before=request.GET.get("before", ""), after=request.GET.get("after", ""))
+    except dashboard_reads.BadCursor as exc:
+        error = f"{'before' if request.GET.get('before') else 'after'}: {exc}; showing the newest referrals."
+        page = dashboard_reads.referral_page(account, query=query, status=status)
     params = urlencode({k: v for k, v in (("q", query), ("status", status)) if v})
     return render(request, "portal/referrals.html", {
-        "account": account, "nav": "referrals", "currency": _symbol(), "form": form, "page": page,
+        "account": account, "nav": "referrals", "currency": _symbol(), "form": form, "page": page, "error": error,
         "rows": [_referral_row(r) for r in page.object_list], "params": params,
         "counts": dashboard_reads.status_counts(account), "filtered": bool(query or status),
     })

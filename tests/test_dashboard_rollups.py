@@ -200,3 +200,22 @@ def test_it_names_the_field_of_a_bad_cursor_and_shows_the_newest_entries(alice, 
         parse_cursor("12x.4")
     page = client.get("/dashboard/earnings/?before=yesterday").content.decode()
     assert "before: not a position in the list" in page and "of $10.00 pods spend" in page
+
+
+def test_it_pages_referrals_by_cursor_like_by_number(alice):
+    from referrals.dashboard import REFERRALS_PER_PAGE, referral_page
+
+    now = T0 + timedelta(days=1)
+    accounts = Account.objects.bulk_create([Account(external_id=f"bulk-{i}", signed_up_at=now) for i in range(60)])
+    # Ties at one instant too: the cursor settles them by id, as the ordering does.
+    Referral.objects.bulk_create([Referral(referrer=alice, referred=a, created_at=now - timedelta(minutes=i // 3))
+                                  for i, a in enumerate(accounts)])
+    by_number = [[r.pk for r in referral_page(alice, page=n).object_list] for n in (1, 2, 3)]
+    first = referral_page(alice)
+    second = referral_page(alice, page=2, before=first.older_cursor)
+    third = referral_page(alice, page=3, before=second.older_cursor)
+    assert [[r.pk for r in p.object_list] for p in (first, second, third)] == by_number
+    assert (second.number, third.number, third.paginator.num_pages) == (2, 3, 3)
+    assert len(by_number[0]) == REFERRALS_PER_PAGE and sum(map(len, by_number)) == 63
+    back = referral_page(alice, page=2, after=third.newer_cursor)
+    assert [r.pk for r in back.object_list] == by_number[1]
