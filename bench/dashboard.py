@@ -40,13 +40,13 @@ django.setup()
 
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
-from django.db import connection  # noqa: E402
+from django.db import connection, transaction  # noqa: E402
 from django.test import Client  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
-from referrals import rollups  # noqa: E402
-from referrals.models import Account, LedgerLine, Program  # noqa: E402
+from referrals import rollups, services  # noqa: E402
+from referrals.models import Account, LedgerLine, Program, Referral  # noqa: E402
 from referrals.presets import load_preset  # noqa: E402
 
 TARGET_P50_MS = 100
@@ -291,11 +291,15 @@ def pages(alice: Account, n_referrals: int) -> dict[str, str]:
     lines = LedgerLine.objects.filter(account_id=alice.pk).order_by("-happened_at", "-entry_id")
     line = lines[min(500 * 50, lines.count() // 2)]
     cursor = f"{round(line.happened_at.timestamp() * 1_000_000)}.{line.entry_id}"
+    newest = Referral.objects.filter(referrer=alice).order_by("-created_at", "-id")
+    boundary = newest[min(deep * 25, n_referrals - 1) - 1]
+    referral_cursor = f"{round(boundary.created_at.timestamp() * 1_000_000)}.{boundary.pk}"
     return {
         "bare logged-in view (baseline)": "/__bare_user__/",
         "overview": "/dashboard/",
         "referrals, page 1": "/dashboard/referrals/",
-        f"referrals, page {deep}": f"/dashboard/referrals/?page={deep}",
+        f"referrals, page {deep} (Older link)": f"/dashboard/referrals/?page={deep}&before={referral_cursor}",
+        f"referrals, ?page={deep} typed": f"/dashboard/referrals/?page={deep}",
         "referrals, converted, search": "/dashboard/referrals/?status=converted&q=ref-99",
         "earnings, page 1": "/dashboard/earnings/",
         "earnings, deep (keyset)": f"/dashboard/earnings/?before={cursor}",
@@ -305,17 +309,22 @@ def pages(alice: Account, n_referrals: int) -> dict[str, str]:
 def measure(client: Client, path: str, runs: int, warmup: int) -> dict:
     for _ in range(warmup):
         assert client.get(path).status_code == 200, path
-    times, queries = [], []
+    times, cpu, db, queries = [], [], [], []
     for _ in range(runs):
         with CaptureQueriesContext(connection) as captured:
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             response = client.get(path)
             times.append((time.perf_counter() - started) * 1000)
+            # CPU time of this process (Django, templates, the driver): unlike the wall time it
+            # does not grow while the process waits for a core on a busy machine.
+            cpu.append((time.process_time() - started_cpu) * 1000)
         assert response.status_code == 200, path
         queries.append(len(captured.captured_queries))
+        db.append(sum(float(q["time"]) for q in captured.captured_queries) * 1000)
     times.sort()
     return {"p50": statistics.median(times), "p95": times[min(len(times) - 1, round(0.95 * (len(times) - 1)))],
-            "queries": max(queries), "body": len(response.content)}
+            "cpu": statistics.median(cpu), "db": statistics.median(db), "queries": max(queries),
+            "body": len(response.content)}
 
 
 def profile(client: Client, path: str, top: int = 5) -> None:
@@ -339,19 +348,58 @@ def profile(client: Client, path: str, top: int = 5) -> None:
                 print("    " + line)
 
 
+ROLLUP_TRIGGERS = [("referrals_accrual", "referrals_earnings_rollup_insert"),
+                   ("referrals_accrual", "referrals_earnings_rollup_update"),
+                   ("referrals_referral", "referrals_referral_rollup_update"),
+                   ("ledger_entry", "referrals_ledger_line_insert")]
+
+
+def write_cost(alice: Account, rounds: int = 5, per_round: int = 20) -> None:
+    """What the rollup and ledger-line triggers add to applying a usage event: the same events
+    through `ingest_event`, alternately with those triggers on and off, in one transaction that
+    is rolled back (so nothing is left half rolled up)."""
+    accounts = list(Referral.objects.filter(referrer=alice, status="converted").order_by("id")
+                    .values_list("referred__external_id", flat=True)[:per_round])
+    now = timezone.now()
+    timings = {"on": [], "off": []}
+    n = 0
+    with transaction.atomic():
+        for _ in range(rounds):
+            for mode in ("on", "off"):
+                # Django's foreign keys are deferred: run their pending checks, or ALTER TABLE refuses.
+                sql("SET CONSTRAINTS ALL IMMEDIATE")
+                for table, trigger in ROLLUP_TRIGGERS:
+                    sql(f"ALTER TABLE {table} {'ENABLE' if mode == 'on' else 'DISABLE'} TRIGGER {trigger}")
+                sql("SET CONSTRAINTS ALL DEFERRED")
+                for account in accounts:
+                    n += 1
+                    raw = {"id": f"bench-write-{n}", "type": "usage.charged", "account": account, "amount": "1.25",
+                           "product": "pods", "occurred_at": (now - timedelta(seconds=n)).isoformat()}
+                    started = time.perf_counter()
+                    assert services.ingest_event(raw, now=now).status == "accepted"
+                    timings[mode].append((time.perf_counter() - started) * 1000)
+        transaction.set_rollback(True)
+    on, off = statistics.median(timings["on"]), statistics.median(timings["off"])
+    print(f"\nwrite path, one usage.charged through ingest_event ({len(timings['on'])} events each, interleaved):"
+          f"\n  rollup and ledger-line triggers on  p50 {on:6.2f} ms\n  triggers off                        "
+          f"p50 {off:6.2f} ms\n  cost of the triggers {on - off:+.2f} ms ({(on - off) / off:+.0%})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=int, default=1, help="divide the 100,000 referrals by this")
     parser.add_argument("--reuse", action="store_true", help="time the data already in the database")
-    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--runs", type=int, default=30, help="timed runs per page (0: time no page)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="print each page's slowest queries and a plan")
     parser.add_argument("--verify", action="store_true", help="run verify_ledger --no-replay on the data")
+    parser.add_argument("--write-cost", action="store_true",
+                        help="also time applying usage events with the rollup triggers on and off")
     args = parser.parse_args()
     if connection.vendor != "postgresql":
         print("bench/dashboard.py needs PostgreSQL: set DATABASE_URL to a throwaway database", file=sys.stderr)
         return 2
-    if args.scale < 1 or args.runs < 1:
+    if args.scale < 1 or args.runs < 0:
         parser.error("--scale and --runs: whole numbers >= 1")
     print(f"PostgreSQL {connection.pg_version}, {os.cpu_count()} CPUs, load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
@@ -374,17 +422,23 @@ def main() -> int:
     client.force_login(alice.user, backend="django.contrib.auth.backends.ModelBackend")
     print(f"\n{n_referrals} referrals; {args.runs} runs per page after {args.warmup} warm-up runs; load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"{'page':<32} {'p50 ms':>8} {'p95 ms':>8} {'/ bare':>7} {'queries':>8} {'KB':>6}")
+    print(f"{'page':<36} {'p50 ms':>8} {'p95 ms':>8} {'/ bare':>7} {'cpu ms':>7} {'db ms':>7} {'queries':>8} "
+          f"{'KB':>6}")
     results = {}
-    for label, path in pages(alice, n_referrals).items():
+    for label, path in pages(alice, n_referrals).items() if args.runs else ():
         results[label] = row = measure(client, path, args.runs, args.warmup)
         ratio = row["p50"] / results["bare logged-in view (baseline)"]["p50"]
-        print(f"{label:<32} {row['p50']:8.1f} {row['p95']:8.1f} {ratio:7.1f} {row['queries']:8d} "
+        print(f"{label:<36} {row['p50']:8.1f} {row['p95']:8.1f} {ratio:7.1f} {row['cpu']:7.1f} {row['db']:7.1f} "
+              f"{row['queries']:8d} "
               f"{row['body'] / 1024:6.0f}", flush=True)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.write_cost:
+        write_cost(alice)
+    if not results:
+        return 0
     missed = [label for label, row in results.items() if row["p50"] >= TARGET_P50_MS]
     print(f"target p50 < {TARGET_P50_MS} ms: {'met' if not missed else 'NOT met by ' + ', '.join(missed)}")
-    if args.profile:
+    if args.profile and args.runs:
         for label, path in pages(alice, n_referrals).items():
             if label != "bare logged-in view (baseline)":
                 profile(client, path)
