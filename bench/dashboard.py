@@ -327,6 +327,18 @@ def measure(client: Client, path: str, runs: int, warmup: int) -> dict:
             "body": len(response.content)}
 
 
+def round_trip_ms(runs: int = 200) -> float:
+    """What one trivial query costs here: the floor under every query of a page."""
+    times = []
+    with connection.cursor() as cursor:
+        for _ in range(runs):
+            started = time.perf_counter()
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+            times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
 def profile(client: Client, path: str, top: int = 5) -> None:
     """The page's slowest queries (database time) and the plan of the slowest."""
     with CaptureQueriesContext(connection) as captured:
@@ -431,6 +443,8 @@ def main() -> int:
         print(f"{label:<36} {row['p50']:8.1f} {row['p95']:8.1f} {ratio:7.1f} {row['cpu']:7.1f} {row['db']:7.1f} "
               f"{row['queries']:8d} "
               f"{row['body'] / 1024:6.0f}", flush=True)
+    if args.runs:
+        print(f"one database round trip (SELECT 1): p50 {round_trip_ms():.2f} ms")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.write_cost:
         write_cost(alice)
