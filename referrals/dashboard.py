@@ -121,8 +121,9 @@ def account_entries(account: Account) -> QuerySet:
     # Newest first by when it happened (the event's time), not when it was posted: a replayed or
     # late event would otherwise sort by its arrival. `LedgerLine` holds that time per account
     # leg, indexed, so this reads in index order instead of sorting a million joined rows.
+    # The event's raw payload is never shown: not loading (and JSON-decoding) it per line.
     return (Entry.objects.filter(line__account_id=account.pk)
-            .select_related("transaction", "transaction__event", "program")
+            .select_related("transaction", "transaction__event", "program").defer("transaction__event__payload")
             .order_by("-line__happened_at", "-line__entry_id"))
 
 
