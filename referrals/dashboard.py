@@ -6,18 +6,18 @@ assert it with 10,000 referrals); amounts stay in ledger units until the view fo
 """
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from django.apps import apps
 from django.core.paginator import Page, Paginator
-from django.db.models import Count, Q, QuerySet, Sum
-from django.db.models.functions import Coalesce, TruncMonth
+from django.db.models import Q, QuerySet, Sum
 
 from ledger.models import Book, Entry
 from ledger.money import UNITS, format_cents, net_sum, to_units
 
 from . import events as ev
+from . import models, rollups
 from .models import Account, Accrual, CreditGrant, Program, Referral
 
 REFERRALS_PER_PAGE = 25
@@ -46,20 +46,53 @@ def referral_list(account: Account, *, query: str = "", status: str = "") -> Que
     return referrals.order_by("-created_at", "-id")
 
 
-def referral_page(account: Account, *, query: str = "", status: str = "", page: str | int = 1) -> Page:
-    """One page of referrals, each with `earned` (what it earned this account, net of refunds)."""
-    paginator = Paginator(referral_list(account, query=query, status=status), REFERRALS_PER_PAGE)
-    current = paginator.get_page(page)
-    rows = list(current.object_list)
+def referral_page(account: Account, *, query: str = "", status: str = "", page: str | int = 1,
+                  before: str = "", after: str = "") -> Page:
+    """One page of referrals, each with `earned` (what it earned this account, net of refunds).
+
+    The "Older" and "Newer" links carry a cursor (the created time and id of the page's last or
+    first row) and the page number, for display: a cursor page is a bounded range scan of the
+    referrer's newest-first index however deep it is. A bare `?page=N` is cut from the ids
+    alone (an index-only scan). Without a search the total comes from the referral rollup, not
+    a COUNT over every referral. BadCursor when a cursor is not one."""
+    ids = referral_list(account, query=query, status=status).values_list("id", flat=True)
+    paginator = Paginator(ids, REFERRALS_PER_PAGE)
+    if not query.strip():
+        by_status = rollups.referral_totals(account.pk)
+        paginator.count = (by_status.get(status, rollups.StatusTotals()).referrals if status in Referral.Status.values
+                           else sum(t.referrals for t in by_status.values()))
+    number = paginator.get_page(page).number if not (before or after) else _page_number(paginator, page)
+    if before:
+        at, pk = parse_cursor(before)
+        page_ids = list(ids.filter(created_at__lte=at).filter(Q(created_at__lt=at) | Q(id__lt=pk))
+                        [:REFERRALS_PER_PAGE])
+    elif after:
+        at, pk = parse_cursor(after)
+        page_ids = list(ids.filter(created_at__gte=at).filter(Q(created_at__gt=at) | Q(id__gt=pk))
+                        .order_by("created_at", "id")[:REFERRALS_PER_PAGE])[::-1]
+    else:
+        page_ids = list(paginator.page(number).object_list)
+    loaded = Referral.objects.select_related("referred", "template").in_bulk(page_ids)
+    rows = [loaded[pk] for pk in page_ids if pk in loaded]
     earned = dict(
-        Accrual.objects.filter(beneficiary=account, referral__in=[r.pk for r in rows])
+        Accrual.objects.filter(beneficiary=account, referral__in=page_ids)
         .exclude(state=Accrual.State.VOID).values("referral_id")
         .annotate(total=net_sum("amount", "reversed")).values_list("referral_id", "total")
     )
     for referral in rows:
         referral.earned = int(earned.get(referral.pk) or 0)
-    current.object_list = rows
+    current = Page(rows, number, paginator)
+    current.newer_cursor = _cursor((rows[0].created_at, rows[0].pk)) if rows else ""
+    current.older_cursor = _cursor((rows[-1].created_at, rows[-1].pk)) if rows else ""
     return current
+
+
+def _page_number(paginator: Paginator, page) -> int:
+    """The page number a cursor link carries, for display only (clamped, never an error)."""
+    try:
+        return min(max(int(page), 1), paginator.num_pages)
+    except (TypeError, ValueError):
+        return 1
 
 
 def referral_accruals(account: Account, referral: Referral) -> list[Accrual]:
@@ -86,11 +119,12 @@ class LedgerLine:
 
 def account_entries(account: Account) -> QuerySet:
     # Newest first by when it happened (the event's time), not when it was posted: a replayed or
-    # late event would otherwise sort by its arrival.
-    happened = Coalesce("transaction__event__occurred_at", "transaction__created_at")
-    return (Entry.objects.filter(account=account)
-            .select_related("transaction", "transaction__event", "program")
-            .annotate(happened_at=happened).order_by("-happened_at", "-id"))
+    # late event would otherwise sort by its arrival. `LedgerLine` holds that time per account
+    # leg, indexed, so this reads in index order instead of sorting a million joined rows.
+    # The event's raw payload is never shown: not loading (and JSON-decoding) it per line.
+    return (Entry.objects.filter(line__account_id=account.pk)
+            .select_related("transaction", "transaction__event", "program").defer("transaction__event__payload")
+            .order_by("-line__happened_at", "-line__entry_id"))
 
 
 def ledger_lines(account: Account, entries) -> list[LedgerLine]:
@@ -123,9 +157,62 @@ def ledger_lines(account: Account, entries) -> list[LedgerLine]:
     return lines
 
 
-def ledger_page(account: Account, *, page: str | int = 1) -> tuple[Page, list[LedgerLine]]:
-    current = Paginator(account_entries(account), ENTRIES_PER_PAGE).get_page(page)
-    return current, ledger_lines(account, current.object_list)
+class BadCursor(ValueError):
+    pass
+
+
+@dataclass
+class LedgerWindow:
+    """One page of a keyset-paginated list: cursors to the newer and older neighbours ("" when
+    there is none). No page numbers: counting a million entries per view is what this avoids."""
+
+    newer: str = ""
+    older: str = ""
+
+
+def _cursor(key: tuple[datetime, int]) -> str:
+    happened_at, entry_id = key
+    return f"{round(happened_at.timestamp() * 1_000_000)}.{entry_id}"
+
+
+def parse_cursor(value: str) -> tuple[datetime, int]:
+    """ "<microseconds since the epoch>.<entry id>" -> (time, id); BadCursor if it is not one."""
+    micros, _, entry_id = value.partition(".")
+    if not (micros.lstrip("-").isdigit() and entry_id.isdigit()):
+        raise BadCursor("not a position in the list")
+    try:
+        at = datetime.fromtimestamp(int(micros) / 1_000_000, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        raise BadCursor("not a position in the list") from None
+    return at.replace(microsecond=int(micros) % 1_000_000), int(entry_id)
+
+
+def ledger_page(account: Account, *, before: str = "", after: str = "") -> tuple[LedgerWindow, list[LedgerLine]]:
+    """A page of the account's ledger lines, newest first: the first page, the one just older than
+    cursor `before`, or the one just newer than `after` (BadCursor when a cursor is not one)."""
+    keys = models.LedgerLine.objects.filter(account_id=account.pk)
+    if before:
+        at, entry_id = parse_cursor(before)
+        # `<=` on the time bounds the index scan; the OR only settles ties at that instant.
+        keys = keys.filter(happened_at__lte=at).filter(Q(happened_at__lt=at) | Q(entry_id__lt=entry_id))
+    elif after:
+        at, entry_id = parse_cursor(after)
+        keys = keys.filter(happened_at__gte=at).filter(Q(happened_at__gt=at) | Q(entry_id__gt=entry_id))
+    order = ("happened_at", "entry_id") if after else ("-happened_at", "-entry_id")
+    found = list(keys.order_by(*order).values_list("happened_at", "entry_id")[:ENTRIES_PER_PAGE + 1])
+    more = len(found) > ENTRIES_PER_PAGE
+    found = found[:ENTRIES_PER_PAGE]
+    if after:
+        found.reverse()
+    loaded = account_entries(account).in_bulk([entry_id for _, entry_id in found])
+    lines = ledger_lines(account, [loaded[entry_id] for _, entry_id in found if entry_id in loaded])
+    window = LedgerWindow()
+    if found:
+        has_newer = (after and more) or bool(before)
+        has_older = (not after and more) or bool(after)
+        window.newer = _cursor(found[0]) if has_newer else ""
+        window.older = _cursor(found[-1]) if has_older else ""
+    return window, lines
 
 
 def _money(units: int) -> str:
@@ -289,20 +376,13 @@ def wallet(account: Account, *, now: datetime) -> Wallet:
 # --------------------------------------------------------------------------- templates
 
 
-def template_rows(account: Account, *, limit: int = 100) -> list[dict]:
+def template_rows(account: Account, *, limit: int = 100, earned: rollups.Earnings | None = None) -> list[dict]:
     """The account's templates with runtime, earnings and whether their gate is met."""
     programs = list(Program.objects.filter(enabled=True, kind=Program.Kind.TEMPLATE_SHARE))
     needed_hours = max((p.template_min_runtime_hours for p in programs), default=Decimal(0))
     templates = list(account.templates.select_related("creator").order_by("-created_at", "-id")[:limit])
-    earned = dict(
-        Accrual.objects.filter(beneficiary=account, template__in=[t.pk for t in templates])
-        .exclude(state=Accrual.State.VOID).values("template_id")
-        .annotate(total=net_sum("amount", "reversed")).values_list("template_id", "total")
-    )
-    held = dict(
-        Accrual.objects.filter(beneficiary=account, template__in=[t.pk for t in templates], state=Accrual.State.HELD)
-        .values("template_id").annotate(total=net_sum("amount", "reversed")).values_list("template_id", "total")
-    )
+    earned = earned or rollups.earnings(account.pk)
+    earned_by_template, held = earned.by_template, earned.held_by_template
     rows = []
     for template in templates:
         hours = Decimal(template.runtime_seconds) / 3600
@@ -311,7 +391,7 @@ def template_rows(account: Account, *, limit: int = 100) -> list[dict]:
             "runtime_hours": hours.quantize(Decimal("0.1")), "needed_hours": needed_hours,
             "runtime_seconds": template.runtime_seconds, "needed_seconds": int(needed_hours * 3600),
             "qualified": template.qualified_at is not None or (needed_hours and hours >= needed_hours),
-            "earned": int(earned.get(template.pk) or 0), "held": int(held.get(template.pk) or 0),
+            "earned": earned_by_template.get(template.pk, 0), "held": held.get(template.pk, 0),
         })
     return rows
 
@@ -319,18 +399,16 @@ def template_rows(account: Account, *, limit: int = 100) -> list[dict]:
 # --------------------------------------------------------------------------- chart and funnel
 
 
-def earnings_by_month(account: Account, *, now: datetime, months: int = 12) -> list[tuple[datetime, int]]:
-    """Referral earnings (net of claw-backs, void excluded) per calendar month, oldest first,
-    with empty months filled in, ending with the month of `now`."""
+def earnings_by_month(account: Account, *, now: datetime, months: int = 12,
+                      earned: rollups.Earnings | None = None) -> list[tuple[datetime, int]]:
+    """Referral earnings (net of claw-backs, void excluded) per calendar month (UTC) of the
+    accrual, oldest first, with empty months filled in, ending with the month of `now`."""
     first = (now.replace(day=1, hour=0, minute=0, second=0, microsecond=0))
     starts = [first]
     for _ in range(months - 1):
         starts.insert(0, (starts[0] - timedelta(days=1)).replace(day=1))
-    rows = (Accrual.objects.filter(beneficiary=account, created_at__gte=starts[0])
-            .exclude(state=Accrual.State.VOID).exclude(referral__referred=account)
-            .annotate(month=TruncMonth("created_at")).values("month")
-            .annotate(total=net_sum("amount", "reversed")).values_list("month", "total"))
-    totals = {(m.year, m.month): int(t or 0) for m, t in rows}
+    earned = earned or rollups.earnings(account.pk)
+    totals = {(m.year, m.month): total for m, total in earned.referral_by_month.items()}
     return [(start, totals.get((start.year, start.month), 0)) for start in starts]
 
 
@@ -371,8 +449,10 @@ def funnel(stats: dict) -> list[dict]:
 
 
 def status_counts(account: Account) -> dict:
-    return Referral.objects.filter(referrer=account).aggregate(
-        all=Count("id"), **{s: Count("id", filter=Q(status=s)) for s in Referral.Status.values})
+    """How many referrals the account has, in all and per status (from the referral rollup)."""
+    by_status = rollups.referral_totals(account.pk)
+    counts = {s: by_status.get(s, rollups.StatusTotals()).referrals for s in Referral.Status.values}
+    return {"all": sum(t.referrals for t in by_status.values()), **counts}
 
 
 # --------------------------------------------------------------------------- payout account (Partner upgrade)

@@ -203,7 +203,11 @@ class Referral(models.Model):
 
     class Meta:
         ordering = ["-id"]
-        indexes = [models.Index(fields=["referrer", "status"])]
+        indexes = [
+            models.Index(fields=["referrer", "status"]),
+            # The dashboard's referral list: newest first, a page of ids straight off the index.
+            models.Index(fields=["referrer", "-created_at", "-id"], name="referral_referrer_newest"),
+        ]
         constraints = [
             models.CheckConstraint(condition=~Q(referrer=models.F("referred")), name="referral_not_self"),
         ]
@@ -483,3 +487,85 @@ class ApiKey(models.Model):
     # DRF treats the key as the request's auth object; these make permission checks read well.
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes
+
+
+class EarningsRollup(models.Model):
+    """Sums of accruals per beneficiary, programme, template, UTC month of the accrual, state and
+    whether the beneficiary is the referred account itself: the dashboard's totals, programme
+    table and chart read these few thousand rows instead of a referrer's million accruals.
+
+    Written only by database triggers on `Accrual` (migration `earnings_rollup`): each insert,
+    update or delete of accruals adds signed delta rows in the same statement, so the rollup
+    moves in the same transaction as the ledger legs, whatever writes the accruals (services,
+    set-based jobs, bulk loads). Rows are only ever inserted, so two writers never wait on one
+    row; the `compact_rollups` job merges each key's deltas. `rollups.earnings_differences`
+    checks it against the accruals and the ledger.
+    """
+
+    beneficiary_id = models.BigIntegerField()
+    program_id = models.BigIntegerField()
+    template_id = models.BigIntegerField(null=True)
+    month = models.DateField(help_text="First day of the UTC month of the accrual.")
+    state = models.CharField(max_length=10)
+    as_referred = models.BooleanField()
+    accruals = models.BigIntegerField()
+    amount = models.BigIntegerField()
+    reversed = models.BigIntegerField()
+
+    class Meta:
+        indexes = [models.Index(fields=["beneficiary_id", "month"], name="earningsrollup_account_month")]
+
+    def __str__(self) -> str:
+        return f"{self.beneficiary_id} {self.program_id} {self.month:%Y-%m} {self.state}"
+
+
+class LedgerLine(models.Model):
+    """When each account leg of the ledger happened (its event's time, else its posting time),
+    indexed per account: the earnings page and CSV list a referrer's million entries newest
+    first from this index instead of sorting them through the transaction and event joins.
+
+    Written only by a database trigger on `ledger.Entry` inserts (migration `ledger_line`), in
+    the statement that posts the entry. Entries are append-only and an event's time never
+    changes, so a line never needs updating.
+    """
+
+    entry = models.OneToOneField("ledger.Entry", primary_key=True, on_delete=models.DO_NOTHING, db_constraint=False,
+                                 related_name="line")
+    account_id = models.BigIntegerField()
+    happened_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["account_id", "-happened_at", "-entry"], name="ledgerline_account_newest")]
+
+    def __str__(self) -> str:
+        return f"entry {self.entry_id} at {self.happened_at:%Y-%m-%d %H:%M}"
+
+
+class ReferralRollup(models.Model):
+    """Per referrer and referral status: how many referrals, and their net spend and purchases
+    (the dashboard's counts, funnel and gate progress). Kept like `EarningsRollup`: delta rows
+    appended by triggers on `Referral` writes (migration `referrer_rollups`), compacted by a job."""
+
+    referrer_id = models.BigIntegerField()
+    status = models.CharField(max_length=12)
+    referrals = models.BigIntegerField()
+    spend = models.BigIntegerField()
+    purchases = models.BigIntegerField()
+
+    class Meta:
+        indexes = [models.Index(fields=["referrer_id", "status"])]
+
+    def __str__(self) -> str:
+        return f"{self.referrer_id} {self.status}: {self.referrals}"
+
+
+class ClickRollup(models.Model):
+    """Per referrer: clicks and unique clicks, appended by triggers on `Click` writes
+    (migration `referrer_rollups`), compacted by a job."""
+
+    referrer_id = models.BigIntegerField(db_index=True)
+    clicks = models.BigIntegerField()
+    unique_clicks = models.BigIntegerField()
+
+    def __str__(self) -> str:
+        return f"{self.referrer_id}: {self.clicks} clicks"

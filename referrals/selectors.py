@@ -2,12 +2,13 @@
 from dataclasses import dataclass
 from decimal import Decimal
 
-from django.db.models import Count, Q, Sum
+from django.db.models import Sum
 
 from ledger.models import Balance, Book, Entry
 from ledger.money import floor_to_cents
 
-from .models import Account, Accrual, Click, Program, Referral
+from . import rollups
+from .models import Account, Program, Referral
 
 
 @dataclass(frozen=True)
@@ -40,60 +41,49 @@ def account_balances(account: Account) -> Balances:
     )
 
 
-def referral_stats(account: Account) -> dict:
-    counts = Referral.objects.filter(referrer=account).aggregate(
-        total=Count("id"),
-        conversions=Count("id", filter=Q(status=Referral.Status.CONVERTED)),
-        pending=Count("id", filter=Q(status=Referral.Status.PENDING)),
-    )
-    clicks = Click.objects.filter(referrer=account).aggregate(
-        total=Count("id"), unique=Count("id", filter=Q(is_unique=True)))
+def referral_stats(account: Account, *, earned: rollups.Earnings | None = None,
+                   by_status: dict[str, rollups.StatusTotals] | None = None) -> dict:
+    """Counts of clicks, sign-ups and conversions, and referral earnings, from the rollups (pass
+    `earned` and `by_status` when the caller has read them already)."""
+    by_status = rollups.referral_totals(account.pk) if by_status is None else by_status
+    total = sum(totals.referrals for totals in by_status.values())
+    conversions = by_status.get(Referral.Status.CONVERTED, rollups.StatusTotals()).referrals
+    clicks, unique_clicks = rollups.click_totals(account.pk)
     # Referral earnings only: what the account received as a referred user is not among them.
-    earned = (Accrual.objects.filter(beneficiary=account).exclude(state=Accrual.State.VOID)
-              .exclude(referral__referred=account)).aggregate(
-        total=Sum("amount"), reversed=Sum("reversed"))
-    total = counts["total"]
-    rate = (Decimal(counts["conversions"]) / Decimal(total)).quantize(Decimal("0.0001")) if total else Decimal("0")
+    earned = earned or rollups.earnings(account.pk)
+    rate = (Decimal(conversions) / Decimal(total)).quantize(Decimal("0.0001")) if total else Decimal("0")
     return {
         "total_referrals": total,
-        "conversions": counts["conversions"],
+        "conversions": conversions,
         "conversion_rate": rate,
-        "total_clicks": clicks["total"],
-        "unique_clicks": clicks["unique"],
-        "pending_referrals": counts["pending"],
-        "total_earnings": int(earned["total"] or 0) - int(earned["reversed"] or 0),
+        "total_clicks": clicks,
+        "unique_clicks": unique_clicks,
+        "pending_referrals": by_status.get(Referral.Status.PENDING, rollups.StatusTotals()).referrals,
+        "total_earnings": earned.referral_total,
     }
 
 
-def earnings_by_program(account: Account) -> list[dict]:
-    rows = (
-        Accrual.objects.filter(beneficiary=account).exclude(state=Accrual.State.VOID)
-        .values("program_id", "program__key", "program__name")
-        .annotate(
-            gross=Sum("amount"), clawed_back=Sum("reversed"),
-            held=Sum("amount", filter=Q(state=Accrual.State.HELD)),
-            held_clawed_back=Sum("reversed", filter=Q(state=Accrual.State.HELD)),
-        )
-        .order_by("program__key")
-    )
+def earnings_by_program(account: Account, *, earned: rollups.Earnings | None = None) -> list[dict]:
+    """Per programme the account earned under: earned, pending, available and paid out."""
+    earned = earned or rollups.earnings(account.pk)
+    programs = {p.pk: p for p in Program.objects.filter(pk__in=earned.by_program)}
     # Paid out: the platform:payouts legs of this account's payout events (settled minus reversed).
     paid = dict(
         Entry.objects.filter(book=Book.PAYOUTS, transaction__event__account=account).values_list("program_id")
         .annotate(total=Sum("amount")).values_list("program_id", "total")
     )
     out = []
-    for row in rows:
-        earned = int(row["gross"]) - int(row["clawed_back"])
-        pending = int(row["held"] or 0) - int(row["held_clawed_back"] or 0)
-        out.append({"program": row["program__key"], "name": row["program__name"], "earned": earned,
-                    "pending": pending, "available": earned - pending,
-                    "paid": int(paid.get(row["program_id"]) or 0)})
+    for program_id, sums in sorted(earned.by_program.items(), key=lambda item: programs[item[0]].key):
+        program = programs[program_id]
+        out.append({"program": program.key, "name": program.name, "earned": sums.earned, "pending": sums.pending,
+                    "available": sums.earned - sums.pending, "paid": int(paid.get(program_id) or 0)})
     return out
 
 
-def gate_progress(account: Account, program: Program) -> dict:
+def gate_progress(account: Account, program: Program, *,
+                  by_status: dict[str, rollups.StatusTotals] | None = None) -> dict:
     """Where a referrer stands against a gated programme's thresholds (for the dashboard)."""
-    eligible = Referral.objects.filter(referrer=account).exclude(status=Referral.Status.INELIGIBLE)
-    agg = eligible.aggregate(n=Count("id"), spend=Sum("spend"))
-    return {"referrals": agg["n"], "referrals_needed": program.gate_min_referrals,
-            "spend": int(agg["spend"] or 0), "spend_needed": int(program.gate_min_spend * 10**10)}
+    by_status = rollups.referral_totals(account.pk) if by_status is None else by_status
+    eligible = [t for status, t in by_status.items() if status != Referral.Status.INELIGIBLE]
+    return {"referrals": sum(t.referrals for t in eligible), "referrals_needed": program.gate_min_referrals,
+            "spend": sum(t.spend for t in eligible), "spend_needed": int(program.gate_min_spend * 10**10)}

@@ -5,6 +5,7 @@ import csv
 import ipaddress
 import logging
 from datetime import timedelta
+from functools import lru_cache
 from itertools import islice
 from urllib.parse import urlencode
 
@@ -22,6 +23,7 @@ from ledger.models import Balance, Book
 from ledger.money import CENT, format_cents, format_exact, to_units
 
 from . import dashboard as dashboard_reads
+from . import rollups
 from .forms import PartnerUpgradeForm, ReferralFilterForm, SignupForm
 from .middleware import existing_visitor_id, read_referral_cookie
 from .models import Account, Program, Referral, Template, Track
@@ -89,22 +91,24 @@ def dashboard(request):
     programs = list(Program.objects.filter(enabled=True))
     applications = {a.program_id: a for a in account.applications.select_related("program")}
     balances = account_balances(account)
-    stats = referral_stats(account)
+    earned = rollups.earnings(account.pk)
+    by_status = rollups.referral_totals(account.pk)
+    stats = referral_stats(account, earned=earned, by_status=by_status)
     earnings = [
         # Displays round to the cent (SPEC "Money"); the exact figure stays in the tooltip.
         {**row, "earned": format_cents(row["earned"]), "earned_exact": format_exact(row["earned"]),
          "pending": format_cents(row["pending"]), "available": format_cents(row["available"])}
-        for row in earnings_by_program(account)
+        for row in earnings_by_program(account, earned=earned)
     ]
     gates = [
-        _gate_display(program, gate_progress(account, program), applications.get(program.pk))
+        _gate_display(program, gate_progress(account, program, by_status=by_status), applications.get(program.pk))
         for program in programs if program.requires_approval
     ]
-    template_gates = [row for row in dashboard_reads.template_rows(account, limit=5)
+    template_gates = [row for row in dashboard_reads.template_rows(account, limit=5, earned=earned)
                       if row["needed_seconds"]] if any(p.kind == Program.Kind.TEMPLATE_SHARE for p in programs) else []
     blocks_cashout = account.purchased_credits > 0 and any(p.own_credits_block_cashout for p in programs)
     link = account.referral_link
-    series = dashboard_reads.earnings_by_month(account, now=timezone.now())
+    series = dashboard_reads.earnings_by_month(account, now=timezone.now(), earned=earned)
     joined_via = Referral.objects.filter(referred=account).select_related("template").first()
     context = {
         "account": account,
@@ -139,8 +143,11 @@ def _share_links(link: str) -> dict:
     }
 
 
+@lru_cache(maxsize=2048)
 def _qr_data_uri(link: str) -> str:
     # An <img> with a data: URI needs no mark_safe and no inline markup (CSP allows img-src data:).
+    # Cached: encoding the QR code took 20-60 ms, most of the overview's own time (bench/dashboard.py),
+    # and a link's code never changes; 2,048 links of ~3 KB each stay within a few MB per process.
     return segno.make(link, error="m").svg_data_uri(scale=4, border=2, dark="#1d2330", light="#ffffff")
 
 
@@ -154,10 +161,16 @@ def referrals_page(request):
     query = status = ""
     if form.is_valid():
         query, status = form.cleaned_data["q"], form.cleaned_data["status"]
-    page = dashboard_reads.referral_page(account, query=query, status=status, page=request.GET.get("page", 1))
+    error = ""
+    try:
+        page = dashboard_reads.referral_page(account, query=query, status=status, page=request.GET.get("page", 1),
+                                             before=request.GET.get("before", ""), after=request.GET.get("after", ""))
+    except dashboard_reads.BadCursor as exc:
+        error = f"{'before' if request.GET.get('before') else 'after'}: {exc}; showing the newest referrals."
+        page = dashboard_reads.referral_page(account, query=query, status=status)
     params = urlencode({k: v for k, v in (("q", query), ("status", status)) if v})
     return render(request, "portal/referrals.html", {
-        "account": account, "nav": "referrals", "currency": _symbol(), "form": form, "page": page,
+        "account": account, "nav": "referrals", "currency": _symbol(), "form": form, "page": page, "error": error,
         "rows": [_referral_row(r) for r in page.object_list], "params": params,
         "counts": dashboard_reads.status_counts(account), "filtered": bool(query or status),
     })
@@ -192,9 +205,16 @@ def earnings_page(request):
     account = _account(request)
     if account is None:
         return _not_linked(request)
-    page, lines = dashboard_reads.ledger_page(account, page=request.GET.get("page", 1))
+    error = ""
+    try:
+        window, lines = dashboard_reads.ledger_page(account, before=request.GET.get("before", ""),
+                                                    after=request.GET.get("after", ""))
+    except dashboard_reads.BadCursor as exc:
+        field = "before" if request.GET.get("before") else "after"
+        error = f"{field}: {exc}; showing the newest entries."
+        window, lines = dashboard_reads.ledger_page(account)
     return render(request, "portal/earnings.html", {
-        "account": account, "nav": "earnings", "currency": _symbol(), "page": page,
+        "account": account, "nav": "earnings", "currency": _symbol(), "window": window, "error": error,
         "lines": [_line_display(line) for line in lines],
     })
 

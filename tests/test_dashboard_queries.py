@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from ledger.models import ACCOUNT_BOOKS, Balance, Book, Entry, Transaction
 from ledger.money import to_units
-from referrals.models import Account, Accrual, Click, CreditGrant, Event, Referral, Template
+from referrals.models import Account, Accrual, Click, CreditGrant, Event, LedgerLine, Referral, Template
 
 User = get_user_model()
 N = 10_000
@@ -77,7 +77,8 @@ BOUNDS = {
     "/dashboard/referrals/?page=300": 12,
     "/dashboard/referrals/{first_referral}/": 12,
     "/dashboard/earnings/": 12,
-    "/dashboard/earnings/?page=150": 12,
+    "/dashboard/earnings/?before={deep_entry}": 12,
+    "/dashboard/earnings/?after={deep_entry}": 12,
     "/dashboard/wallet/": 12,
     "/dashboard/templates/": 12,
     "/dashboard/partner/": 12,
@@ -90,8 +91,11 @@ BOUNDS = {
 def test_it_keeps_every_page_bounded_with_10_000_referrals(client, big_alice, django_assert_max_num_queries):
     client.force_login(big_alice.user, backend="django.contrib.auth.backends.ModelBackend")
     first_referral = Referral.objects.filter(referrer=big_alice).order_by("id").first().pk
+    # A position 150 pages deep in her earnings (keyset cursors: `<µs since epoch>.<entry id>`).
+    deep = LedgerLine.objects.filter(account_id=big_alice.pk).order_by("-happened_at", "-entry_id")[7500]
+    deep_entry = f"{round(deep.happened_at.timestamp() * 1_000_000)}.{deep.entry_id}"
     for path, bound in BOUNDS.items():
-        path = path.format(first_referral=first_referral)
+        path = path.format(first_referral=first_referral, deep_entry=deep_entry)
         with django_assert_max_num_queries(bound):
             response = client.get(path)
         assert response.status_code == 200, path
