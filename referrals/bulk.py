@@ -156,5 +156,34 @@ def post_moves(*, kind: str, rule: str, event, moves_sql: str, params=()) -> int
         return moves.count
 
 
-__all__ = ["Batch", "db_datetime", "execute", "job_lock", "lock_clause", "post_moves", "queryset_sql", "rows",
-           "scalar", "sql", "table"]
+def insert_rows(model, columns: dict[str, list], constants: dict | None = None, *, unique: str = "",
+                returning: tuple[str, ...] = ("id",)) -> list[tuple]:
+    """PostgreSQL: insert rows with one statement whatever their number; returns the
+    `returning` columns of the inserted rows, in the rows' order.
+
+    `columns` holds one list of values per column (as the database stores them: JSON as its
+    text), `constants` a value shared by every row. The lists travel as one array parameter
+    each and are unnested server-side, so the statement's size and parse cost do not grow
+    with the row count, and no model instance is built per row. With `unique` (a column with
+    a unique constraint), rows whose value is already taken are skipped (not returned) instead
+    of failing the statement; a concurrent insert of the same value is waited for.
+    """
+    constants = constants or {}
+    db_types = {field.column: field.db_type(connection) for field in model._meta.concrete_fields}
+    names = list(columns)
+    arrays = ", ".join(f"%s::{db_types[name]}[]" for name in names)
+    shared = "".join(f", %s::{db_types[name]}" for name in constants)
+    conflict = f" ON CONFLICT ({unique}) DO NOTHING" if unique else ""
+    # Ids are drawn in insertion order, so they follow the rows' order.
+    statement = sql(
+        "INSERT INTO {table} ({columns}) SELECT {values}{shared} FROM UNNEST({arrays}) WITH ORDINALITY "
+        "AS u({names}, n) ORDER BY u.n{conflict} RETURNING {returning}",
+        table=table(model), columns=", ".join([*names, *constants]), values=", ".join(f"u.{n}" for n in names),
+        shared=shared, arrays=arrays, names=", ".join(names), conflict=conflict, returning=", ".join(returning))
+    with connection.cursor() as cursor:
+        cursor.execute(statement, [*constants.values(), *columns.values()])
+        return cursor.fetchall()
+
+
+__all__ = ["Batch", "db_datetime", "execute", "insert_rows", "job_lock", "lock_clause", "post_moves", "queryset_sql",
+           "rows", "scalar", "sql", "table"]

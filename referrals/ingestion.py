@@ -21,8 +21,8 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from . import bulk, services
 from . import events as ev
-from . import services
 from .models import Account, Event, Template
 from .services import IngestResult
 
@@ -35,41 +35,36 @@ def ingest_batch(raws: list, *, source: str = Event.Source.API, now=None) -> lis
     """Answer every event of a batch, in input order: accepted, duplicate or rejected."""
     now = now or timezone.now()
     results: list[IngestResult | None] = [None] * len(raws)
-    validated: list[tuple[int, ev.ValidEvent]] = []
-    for index, raw in enumerate(raws):
-        try:
-            validated.append((index, ev.validate_event(raw, now=now)))
-        except ev.EventInvalid as exc:
-            results[index] = IngestResult(_raw_id(raw), "rejected", exc.code, str(exc), exc.fields)
-        except Exception:
-            log.exception("event could not be validated")
-            results[index] = _internal_error(raw)
-
-    # One query for every id of the batch: what the log already holds, by content hash.
-    known = dict(Event.objects.filter(external_id__in={valid.external_id for _, valid in validated})
-                 .values_list("external_id", "content_hash"))
     chunk: list[tuple[int, ev.ValidEvent]] = []
     chunk_ids: set[str] = set()
     stored_ids: list[int] = []
-    for index, valid in validated:
+    for index, raw in enumerate(raws):
+        try:
+            valid = ev.validate_event(raw, now=now)
+        except ev.EventInvalid as exc:
+            results[index] = IngestResult(_raw_id(raw), "rejected", exc.code, str(exc), exc.fields)
+            continue
+        except Exception:
+            log.exception("event could not be validated")
+            results[index] = _internal_error(raw)
+            continue
         if valid.external_id in chunk_ids:
-            # The same id twice in a row of stateless events: store the first, then judge this one.
-            stored_ids += _store(chunk, results, known, source=source)
+            # The same id twice among stateless events: store the first, then judge this one
+            # against it (the INSERT finds it taken).
+            stored_ids += _store(chunk, results, source=source)
             chunk, chunk_ids = [], set()
-        if valid.external_id in known:
-            results[index] = _repeat(valid, known[valid.external_id])
-        elif valid.type in BULK_TYPES:
+        if valid.type in BULK_TYPES:
             chunk.append((index, valid))
             chunk_ids.add(valid.external_id)
         else:
-            stored_ids += _store(chunk, results, known, source=source)
+            # A stateful event sees everything stored before it applied; it is deduplicated
+            # and applied on its own (and may still be rejected).
+            stored_ids += _store(chunk, results, source=source)
             chunk, chunk_ids = [], set()
             apply_pending(event_ids=stored_ids)
             stored_ids = []
             results[index] = _ingest_one(valid, source=source, now=now)
-            if results[index].status == "accepted":
-                known[valid.external_id] = valid.content_hash
-    stored_ids += _store(chunk, results, known, source=source)
+    stored_ids += _store(chunk, results, source=source)
     if stored_ids:
         if len(stored_ids) <= settings.INGEST_INLINE_APPLY_MAX:
             apply_pending(event_ids=stored_ids)
@@ -109,8 +104,9 @@ def _rejected(valid: ev.ValidEvent, field: str, reason: str, code: str) -> Inges
     return IngestResult(valid.external_id, "rejected", code, f"{field}: {reason}", {field: reason})
 
 
-def _store(chunk: list[tuple[int, ev.ValidEvent]], results: list, known: dict, *, source: str) -> list[int]:
-    """Store stateless money events with one INSERT; returns the new events' ids."""
+def _store(chunk: list[tuple[int, ev.ValidEvent]], results: list, *, source: str) -> list[int]:
+    """Store stateless money events with one INSERT that also finds the ids already in the log
+    (answered duplicate or conflict); returns the new events' ids."""
     if not chunk:
         return []
     accounts = dict(Account.objects.filter(external_id__in={valid.account for _, valid in chunk})
@@ -118,45 +114,78 @@ def _store(chunk: list[tuple[int, ev.ValidEvent]], results: list, known: dict, *
     wanted_templates = {valid.template for _, valid in chunk if valid.template}
     templates = set(Template.objects.filter(external_id__in=wanted_templates)
                     .values_list("external_id", flat=True)) if wanted_templates else set()
-    rows: list[tuple[int, ev.ValidEvent, Event]] = []
+    rows: list[tuple[int, ev.ValidEvent, int]] = []
     for index, valid in chunk:
         if valid.account not in accounts:
             results[index] = _rejected(valid, "account", f"unknown account {valid.account!r}", "unknown_account")
         elif valid.template and valid.template not in templates:
             results[index] = _rejected(valid, "template", f"unknown template {valid.template!r}", "unknown_template")
         else:
-            rows.append((index, valid, Event(
-                external_id=valid.external_id, type=valid.type, source=source, account_id=accounts[valid.account],
-                occurred_at=valid.occurred_at, payload=valid.raw, content_hash=valid.content_hash,
-                amount=valid.amount, product=valid.product, runtime_seconds=valid.runtime_seconds,
-                applied_at=None)))
+            rows.append((index, valid, accounts[valid.account]))
     if not rows:
         return []
+    with transaction.atomic():
+        ids = _insert(rows, source=source)
+    taken = [valid.external_id for (_, valid, _), event_id in zip(rows, ids, strict=True) if event_id is None]
+    stored_hashes = dict(Event.objects.filter(external_id__in=taken).values_list("external_id", "content_hash")
+                         ) if taken else {}
+    stored = []
+    for (index, valid, _), event_id in zip(rows, ids, strict=True):
+        if event_id is None:
+            results[index] = _repeat(valid, stored_hashes[valid.external_id])
+        else:
+            results[index] = IngestResult(valid.external_id, "accepted")
+            stored.append(event_id)
+    return stored
+
+
+def _insert(rows: list[tuple[int, ev.ValidEvent, int]], *, source: str) -> list[int | None]:
+    """Insert the rows whose id the log does not hold yet; per row its new id, or None.
+
+    On PostgreSQL this is one INSERT ... ON CONFLICT DO NOTHING with one array per column: no
+    model instance per event (building and converting those was most of a batch's time), and
+    a concurrent request storing the same id first is waited for, then skipped."""
+    if bulk.is_postgres():
+        valids = [valid for _, valid, _ in rows]
+        inserted = dict(bulk.insert_rows(Event, {
+            "external_id": [valid.external_id for valid in valids],
+            "type": [valid.type for valid in valids],
+            "account_id": [account_id for _, _, account_id in rows],
+            "occurred_at": [valid.occurred_at for valid in valids],
+            "payload": [valid.canonical_json or ev.canonical_json(valid.raw) for valid in valids],
+            "content_hash": [valid.content_hash for valid in valids],
+            "amount": [valid.amount for valid in valids],
+            "product": [valid.product for valid in valids],
+            "runtime_seconds": [valid.runtime_seconds for valid in valids],
+        }, constants={"source": source, "received_at": timezone.now(), "refunded": 0, "applied_at": None,
+                      "apply_error": ""}, unique="external_id", returning=("external_id", "id")))
+        return [inserted.get(valid.external_id) for valid in valids]
+    taken = set(Event.objects.filter(external_id__in=[valid.external_id for _, valid, _ in rows])
+                .values_list("external_id", flat=True))
+    events = [None if valid.external_id in taken else _event(valid, account_id, source)
+              for _, valid, account_id in rows]
     try:
         with transaction.atomic():
-            Event.objects.bulk_create([event for _, _, event in rows])
+            Event.objects.bulk_create([event for event in events if event is not None])
     except IntegrityError:
-        # A concurrent request stored one of these ids first: one insert each, so each loser
-        # is answered like a plain duplicate (or conflict) and the others still go in.
-        for _, _, event in rows:
+        # Stored by a concurrent request in between: one insert each, the losers skipped.
+        for position, event in enumerate(events):
+            if event is None:
+                continue
             event.pk = None
-        for index, valid, event in rows:
             try:
                 with transaction.atomic():
                     event.save(force_insert=True)
             except IntegrityError:
-                stored_hash = Event.objects.filter(external_id=valid.external_id).values_list(
-                    "content_hash", flat=True).first()
-                if stored_hash is None:
-                    raise
-                results[index] = _repeat(valid, stored_hash)
-    stored = []
-    for index, valid, event in rows:
-        if results[index] is None:
-            results[index] = IngestResult(valid.external_id, "accepted")
-            known[valid.external_id] = valid.content_hash
-            stored.append(event.pk)
-    return stored
+                events[position] = None
+    return [event.pk if event is not None else None for event in events]
+
+
+def _event(valid: ev.ValidEvent, account_id: int, source: str) -> Event:
+    return Event(external_id=valid.external_id, type=valid.type, source=source, account_id=account_id,
+                 occurred_at=valid.occurred_at, payload=valid.raw, content_hash=valid.content_hash,
+                 amount=valid.amount, product=valid.product, runtime_seconds=valid.runtime_seconds,
+                 applied_at=None)
 
 
 # --------------------------------------------------------------------------- applying
