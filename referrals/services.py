@@ -481,7 +481,7 @@ def _on_money_event(event: Event, replay: bool) -> int:
 def _milestone(program: Program, referral: Referral, event: Event) -> list[rules.Earning]:
     if event.type not in program.event_types or (program.product and program.product != event.product):
         return []
-    after = _net_product_spend(referral.referred_id, program.product)
+    after = _net_product_spend(referral.referred_id, program.product, up_to=event.pk)
     if not rules.milestone_crossed(program, after - event.amount, after):
         return []
     return _award_milestone(program, referral, event)
@@ -499,8 +499,11 @@ def _award_milestone(program: Program, referral: Referral, event: Event) -> list
     )
 
 
-def _net_product_spend(account_id: int, product: str) -> int:
-    charges = Event.objects.filter(account_id=account_id, type=ev.USAGE_CHARGED)
+def _net_product_spend(account_id: int, product: str, *, up_to: int) -> int:
+    """Net spend of the charges applied up to event `up_to` included. A batch stores its charges
+    before applying them, and a replay finds the whole log stored: later charges must not count."""
+    charges = Event.objects.filter(account_id=account_id, type=ev.USAGE_CHARGED, pk__lte=up_to,
+                                   applied_at__isnull=False)
     if product:
         charges = charges.filter(product=product)
     total = charges.aggregate(net=net_sum("amount", "refunded"))["net"]
