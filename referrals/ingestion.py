@@ -21,7 +21,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from . import bulk, services
+from . import batch_apply, bulk, services
 from . import events as ev
 from .models import Account, Event, Template
 from .services import IngestResult
@@ -193,21 +193,47 @@ def _event(valid: ev.ValidEvent, account_id: int, source: str) -> Event:
 
 def apply_pending(*, event_ids: list[int] | None = None, account_id: int | None = None) -> int:
     """Apply stored events not applied yet (all of them, or those of some events' accounts),
-    per account in id order; returns how many were applied."""
+    per account in id order; returns how many were applied.
+
+    Accounts are taken in the order of their oldest pending event, each with its events up to
+    the last one seen; that is the replay's id order wherever it matters, because events of
+    different accounts commute, except those that touch another account's state in an
+    order-dependent way (`_orders_across_accounts`). Those are applied at their place in id
+    order: everything before them first, then they, then the rest.
+    """
     pending = Event.objects.filter(applied_at__isnull=True, apply_error="")
-    up_to = None
     if event_ids is not None:
         if not event_ids:
             return 0
         pending = pending.filter(pk__in=event_ids)
-        # An account's older pending events go first (id order); newer ones are left to
-        # whoever stored them.
-        up_to = max(event_ids)
     if account_id is not None:
         pending = pending.filter(account_id=account_id)
-    # Accounts in the order of their oldest pending event.
-    accounts = dict.fromkeys(pending.order_by("id").values_list("account_id", flat=True))
-    return sum(_apply_account(account, up_to=up_to) for account in accounts)
+    rows = list(pending.order_by("id").values_list("pk", "account_id", "type", "payload"))
+    wanted = {payload.get("template") for *_, payload in rows if isinstance(payload, dict) and payload.get("template")}
+    unqualified = set(Template.objects.filter(external_id__in=wanted, qualified_at__isnull=True)
+                      .values_list("external_id", flat=True)) if wanted else set()
+    applied = 0
+    segment: dict[int, int] = {}  # account -> its last pending event of the segment, by oldest first
+    for pk, account, event_type, payload in rows:
+        if _orders_across_accounts(event_type, payload, unqualified):
+            applied += sum(_apply_account(a, up_to=last) for a, last in segment.items())
+            segment = {}
+            applied += _apply_account(account, up_to=pk)
+        else:
+            segment[account] = pk
+    return applied + sum(_apply_account(a, up_to=last) for a, last in segment.items())
+
+
+def _orders_across_accounts(event_type: str, payload, unqualified_templates: set[str]) -> bool:
+    """A charge on a template not qualified yet adds to runtime that other accounts' charges
+    add to as well, and the charge that reaches the gate qualifies the template and releases
+    its held earnings; a purchase with a payment fingerprint may flag other accounts'
+    referrals. Both must be applied in id order relative to other accounts' events."""
+    if not isinstance(payload, dict):
+        return False
+    if payload.get("template") in unqualified_templates:
+        return True
+    return event_type == ev.CREDITS_PURCHASED and bool(payload.get("payment_fingerprint"))
 
 
 def _apply_account(account_id: int, *, up_to: int | None = None) -> int:
@@ -220,22 +246,34 @@ def _apply_account(account_id: int, *, up_to: int | None = None) -> int:
         # these events applied. Per account, events are applied in id order, as in a replay.
         # (.exists() would not do: Django drops FOR UPDATE from an EXISTS query.)
         list(Account.objects.select_for_update().filter(pk=account_id).values_list("pk", flat=True))
-        for event in events:
-            try:
-                with transaction.atomic():
-                    # Claim before applying: an applier that read this event before the other
-                    # committed finds it taken and skips it, so no event is applied twice.
-                    if not Event.objects.filter(pk=event.pk, applied_at__isnull=True).update(
-                            applied_at=timezone.now()):
-                        continue
-                    services.apply_event(event)
-                applied += 1
-            except Exception as exc:
-                # Accepted but not applicable (a bug, or state that changed under it): kept
-                # out of the ledger and of replays, visible in the admin with its reason.
-                log.exception("stored event %s could not be applied", event.external_id)
-                Event.objects.filter(pk=event.pk).update(apply_error=f"{type(exc).__name__}: {exc}"[:2000])
+        events = list(events)
+        position = 0
+        while position < len(events):
+            # Runs of plain money events set-based; whatever needs more, one by one in between.
+            run = batch_apply.apply_run(account_id, events[position:])
+            if not run.applied:
+                applied += sum(_apply_one(event) for event in run.events)
+            elif run.events:
+                applied += len(run.events)
+            position += len(run.events)
     return applied
+
+
+def _apply_one(event: Event) -> int:
+    try:
+        with transaction.atomic():
+            # Claim before applying: an applier that read this event before the other
+            # committed finds it taken and skips it, so no event is applied twice.
+            if not Event.objects.filter(pk=event.pk, applied_at__isnull=True).update(applied_at=timezone.now()):
+                return 0
+            services.apply_event(event)
+        return 1
+    except Exception as exc:
+        # Accepted but not applicable (a bug, or state that changed under it): kept
+        # out of the ledger and of replays, visible in the admin with its reason.
+        log.exception("stored event %s could not be applied", event.external_id)
+        Event.objects.filter(pk=event.pk).update(apply_error=f"{type(exc).__name__}: {exc}"[:2000])
+        return 0
 
 
 @shared_task(name="referrals.apply_stored_events", ignore_result=True)
