@@ -213,7 +213,7 @@ def insert_rows(model, columns: dict[str, list], constants: dict | None = None, 
     """PostgreSQL: insert rows with one statement whatever their number; returns the
     `returning` columns of the inserted rows, in the rows' order.
 
-    `columns` holds one list of values per column (as the database stores them: JSON as its
+    `columns` holds one list of values per column (as the database stores them; JSON as its
     text), `constants` a value shared by every row. The lists travel as one array parameter
     each and are unnested server-side, so the statement's size and parse cost do not grow
     with the row count, and no model instance is built per row. With `unique` (a column with
@@ -223,7 +223,12 @@ def insert_rows(model, columns: dict[str, list], constants: dict | None = None, 
     constants = constants or {}
     db_types = {field.column: field.db_type(connection) for field in model._meta.concrete_fields}
     names = list(columns)
-    arrays = ", ".join(f"%s::{db_types[name]}[]" for name in names)
+    # A JSON column travels as one JSON array text: as an array of texts, every quote in every
+    # document would be escaped one by one on the way (most of the statement's client time).
+    arrays = ", ".join(
+        "ARRAY(SELECT e FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS x(e, i) ORDER BY i)"
+        if db_types[name] == "jsonb" else f"%s::{db_types[name]}[]" for name in names)
+    values = ["[" + ",".join(columns[name]) + "]" if db_types[name] == "jsonb" else columns[name] for name in names]
     shared = "".join(f", %s::{db_types[name]}" for name in constants)
     conflict = f" ON CONFLICT ({unique}) DO NOTHING" if unique else ""
     # Ids are drawn in insertion order, so they follow the rows' order.
@@ -233,7 +238,7 @@ def insert_rows(model, columns: dict[str, list], constants: dict | None = None, 
         table=table(model), columns=", ".join([*names, *constants]), values=", ".join(f"u.{n}" for n in names),
         shared=shared, arrays=arrays, names=", ".join(names), conflict=conflict, returning=", ".join(returning))
     with connection.cursor() as cursor:
-        cursor.execute(statement, [*constants.values(), *columns.values()])
+        cursor.execute(statement, [*constants.values(), *values])
         return cursor.fetchall()
 
 

@@ -1,17 +1,19 @@
 """Batch ingestion with set-based writes, and applying stored events.
 
-A batch is validated in Python, deduplicated against the log in one query and its accounts
-and templates resolved in one query each. The stateless money events (`BULK_TYPES`: their
-only database checks are that the account and template exist) are then stored with one
-multi-row INSERT, marked not yet applied (`Event.applied_at` null), and answered `accepted`.
-Events whose outcome depends on state at application time (a redemption above the credits, a
-refund above the payment, a sign-up with codes and clicks, ...) keep the synchronous path
-(`services.ingest_event`: store and apply in one transaction), so they can still be answered
-`rejected`; everything stored before them is applied first, so they see its effects.
+A batch is validated in Python and its accounts and templates resolved in one query each. The
+stateless money events (`BULK_TYPES`: their only database checks are that the account and
+template exist) are then stored with one INSERT that also skips the ids the log already holds
+(answered `duplicate`, or rejected when the content differs), marked not yet applied
+(`Event.applied_at` null), and answered `accepted`. Events whose outcome depends on state at
+application time (a redemption above the credits, a refund above the payment, a sign-up with
+codes and clicks, ...) keep the synchronous path (`services.ingest_event`: store and apply in
+one transaction), so they can still be answered `rejected`; everything stored before them is
+applied first, so they see its effects.
 
-Stored events are applied per account, in id order, under a lock on the account row, each
-in its own savepoint: two appliers at once (a request and the task, two tasks) never apply an
-event twice or out of order. Small batches are applied inside the request; larger ones by
+Stored events are applied per account, in id order, under a lock on the account row: runs of
+plain money events set-based (`referrals.batch_apply`), anything else one by one, each in its
+own savepoint. Two appliers at once (a request and the task, two tasks) never apply an event
+twice or out of order. Small batches are applied inside the request; larger ones by
 `apply_stored_events`, a task queued on commit.
 """
 import logging
