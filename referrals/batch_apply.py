@@ -78,20 +78,19 @@ def apply_run(account_id: int, events: list[Event]) -> Run:
     Returns the run with `applied` true; or, when the first event needs the per-event path or
     the set-based attempt failed (rolled back, logged), the events to apply one by one.
     """
+    plan = None
     try:
-        plan = _plan(account_id, events)
+        # One savepoint for reading and writing: a database error in either leaves the caller's
+        # transaction usable for the per-event path.
+        with transaction.atomic():
+            plan = _plan(account_id, events)
+            if plan.events:
+                _write(plan)
     except Exception:
-        log.exception("planning a set-based run for account %s failed; applying one by one", account_id)
-        return Run(events[:1])
+        log.exception("set-based apply for account %s failed; applying them one by one", account_id)
+        return Run(plan.events if plan and plan.events else events[:1])
     if not plan.events:
         return Run(events[:1])
-    try:
-        with transaction.atomic():
-            _write(plan)
-    except Exception:
-        log.exception("set-based apply of %d events of account %s failed; applying them one by one",
-                      len(plan.events), account_id)
-        return Run(plan.events)
     return Run(plan.events, applied=True)
 
 
