@@ -201,7 +201,8 @@ def apply_pending(*, event_ids: list[int] | None = None, account_id: int | None 
     the last one seen; that is the replay's id order wherever it matters, because events of
     different accounts commute, except those that touch another account's state in an
     order-dependent way (`_orders_across_accounts`). Those are applied at their place in id
-    order: everything before them first, then they, then the rest.
+    order: other accounts' events before them first, then they (with their own account's
+    events around them), then the rest.
     """
     pending = Event.objects.filter(applied_at__isnull=True, apply_error="")
     if event_ids is not None:
@@ -216,13 +217,14 @@ def apply_pending(*, event_ids: list[int] | None = None, account_id: int | None 
                       .values_list("external_id", flat=True)) if wanted else set()
     applied = 0
     segment: dict[int, int] = {}  # account -> its last pending event of the segment, by oldest first
+    pinned = False  # the segment holds an order-sensitive event: only its own account may join
     for pk, account, event_type, payload in rows:
-        if _orders_across_accounts(event_type, payload, unqualified):
+        sensitive = _orders_across_accounts(event_type, payload, unqualified)
+        if (sensitive or pinned) and segment.keys() - {account}:
             applied += sum(_apply_account(a, up_to=last) for a, last in segment.items())
-            segment = {}
-            applied += _apply_account(account, up_to=pk)
-        else:
-            segment[account] = pk
+            segment, pinned = {}, False
+        segment[account] = pk
+        pinned = pinned or sensitive
     return applied + sum(_apply_account(a, up_to=last) for a, last in segment.items())
 
 

@@ -246,3 +246,23 @@ def test_it_falls_back_to_one_by_one_when_the_set_based_write_fails(runpod, stor
     assert balances_for(alice.pk)[Book.PENDING] == usd("0.60")
     assert Accrual.objects.count() == 3
     assert check_integrity() == [] and replay_differences() == []
+
+
+def test_it_qualifies_a_shared_template_on_the_charge_that_reaches_the_gate_in_id_order(runpod, stored_only):
+    alice = signup("alice")
+    ingest_batch([event("template.published", "alice", id="t-0", template="tpl")])
+    signup("bob")
+    signup("carol")
+    charge = {"amount": "100.00", "product": "pods", "template": "tpl", "runtime_seconds": 10 * 3600}
+    ingest_batch([event("usage.charged", "carol", id="q-1", when=at(1, hours=1), **charge),
+                  event("usage.charged", "bob", id="q-2", when=at(1, hours=2), **charge),
+                  event("usage.charged", "carol", id="q-3", when=at(1, hours=3), **charge),
+                  event("usage.charged", "bob", id="q-4", when=at(1, hours=4), amount="5.00", product="pods")])
+
+    assert apply_pending() == 4
+
+    # 10 h + 10 h + 10 h: carol's second charge reaches 24 h, as in a replay of the log; taking
+    # carol's charges first would have qualified the template on bob's.
+    assert Template.objects.get(external_id="tpl").qualified_at == at(1, hours=3)
+    assert balances_for(alice.pk)[Book.CREDITS] == usd("3.00")
+    assert check_integrity() == [] and replay_differences() == []
