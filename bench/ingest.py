@@ -12,7 +12,9 @@ one dedupe query, one account query, one multi-row INSERT, JSON rendering). It l
 HTTP server and the network, which are not ours to speed up. Each 1000-event batch is larger
 than INGEST_INLINE_APPLY_MAX, so its application is queued on commit as a Celery task; here
 the broker is Celery's in-memory transport, so queueing is counted but no worker runs during
-the timing. Applying those events (the ledger work) is then timed separately and printed too.
+the timing. Applying those events (the ledger work) is then timed separately: a sample one by
+one through the per-event path, the rest set-based through `apply_pending`, and the ledger is
+checked (balanced, projection equal to the entries) afterwards.
 
 The raw side is one `INSERT INTO referrals_event (...) VALUES (...), (...), ...` per 1000 rows
 with the same column values (pre-serialised JSON, hashes computed outside the timing) through
@@ -43,10 +45,11 @@ from django.utils import timezone  # noqa: E402
 
 from referrals import events as ev  # noqa: E402
 from referrals.api.keys import api_key_create  # noqa: E402
-from referrals.ingestion import apply_pending  # noqa: E402
+from referrals.ingestion import _apply_one, apply_pending  # noqa: E402
 from referrals.models import Account, Event  # noqa: E402
 from referrals.presets import load_preset  # noqa: E402
 from referrals.services import ingest_event  # noqa: E402
+from referrals.verification import check_integrity  # noqa: E402
 
 BATCH = 1000
 
@@ -92,7 +95,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20, help="1000-event batches per side (default 20)")
     parser.add_argument("--accounts", type=int, default=200, help="distinct accounts charged (default 200)")
     parser.add_argument("--apply-sample", type=int, default=500,
-                        help="how many of the stored events to apply afterwards, timed (default 500)")
+                        help="how many of the stored events to apply one by one, timed, before applying the "
+                             "rest set-based (default 500)")
     args = parser.parse_args()
     if connection.vendor != "postgresql":
         sys.exit("bench/ingest.py measures PostgreSQL: set DATABASE_URL=postgres://... (a scratch database)")
@@ -145,21 +149,36 @@ def main() -> None:
     n = args.batches * BATCH
     stored = Event.objects.filter(external_id__startswith=f"bench-{tag}-", applied_at__isnull=True).count()
     assert stored == n, f"{stored} of {n} events stored unapplied"
-    # Applying is the ledger work the queued tasks do; a sample of it is timed (the rest stays
-    # stored, not applied, in this scratch database).
-    sample = list(Event.objects.filter(external_id__startswith=f"bench-{tag}-", applied_at__isnull=True)
-                  .order_by("id").values_list("pk", flat=True)[:args.apply_sample])
+    # Applying is the ledger work the queued tasks do. A sample goes through the per-event path
+    # (`services.apply_event` per event, what applying was before it became set-based), the
+    # rest through `apply_pending` (set-based runs per account), both timed.
+    # The raw side's rows are copies made to time the INSERT, not events to apply.
+    Event.objects.filter(external_id__regex=rf"^raw-(warm-)?{tag}-").update(apply_error="bench: raw INSERT copy")
+    stored_ids = list(Event.objects.filter(external_id__startswith=f"bench-{tag}-", applied_at__isnull=True)
+                      .order_by("id").values_list("pk", flat=True))
+    sample = Event.objects.filter(pk__in=stored_ids[:args.apply_sample]).order_by("id")
     started = time.perf_counter()
-    applied = apply_pending(event_ids=sample)
-    apply_seconds = time.perf_counter() - started
+    one_by_one = sum(_apply_one(event) for event in sample)
+    one_by_one_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    set_based = apply_pending(event_ids=stored_ids[args.apply_sample:])
+    set_based_seconds = time.perf_counter() - started
+    # The set-based side also applies the warm-up batch (same accounts, older ids).
+    assert one_by_one + set_based == n + BATCH, f"{one_by_one + set_based} of {n + BATCH} events applied"
+    assert not Event.objects.filter(external_id__startswith=f"bench-{tag}-", applied_at__isnull=True).exists()
+    problems = check_integrity()
+    assert problems == [], problems[:5]
 
     api_rate, raw_rate = n / api_seconds, n / raw_seconds
     print(f"events: {n} in batches of {BATCH}, {args.accounts} accounts, PostgreSQL {connection.pg_version}")
     print(f"API (POST /api/v1/events, in-process): {api_rate:,.0f} events/s ({api_seconds:.2f} s)")
     print(f"raw multi-row INSERT of the same rows: {raw_rate:,.0f} events/s ({raw_seconds:.2f} s)")
     print(f"ratio API / raw: {api_rate / raw_rate:.2f}")
-    print(f"applying them afterwards (ledger, commissions: the queued tasks' work), a sample: "
-          f"{applied / apply_seconds:,.0f} events/s ({applied} events, {apply_seconds:.2f} s)")
+    if one_by_one:
+        print(f"applying, per event (services.apply_event each), a sample: "
+              f"{one_by_one / one_by_one_seconds:,.0f} events/s ({one_by_one} events, {one_by_one_seconds:.2f} s)")
+    print(f"applying, set-based (apply_pending), the rest: "
+          f"{set_based / set_based_seconds:,.0f} events/s ({set_based} events, {set_based_seconds:.2f} s)")
 
 
 if __name__ == "__main__":

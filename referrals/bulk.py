@@ -7,12 +7,17 @@ row count, the same on SQLite and PostgreSQL.
   table, so every following statement sees exactly the same set.
 - `post_moves` writes balanced ledger transactions for a set of moves selected in SQL and
   moves the balance projection with them, never loading the moves into Python.
+- `post_each` writes many small transactions computed in Python, each exactly as
+  `ledger.services.post` would, with three statements whatever their number.
+- `insert_rows` inserts rows given as one array per column (PostgreSQL).
 """
 import uuid
+from collections import defaultdict
 
 from django.db import connection
 
-from ledger.models import ACCOUNT_BOOKS, Transaction
+from ledger.models import ACCOUNT_BOOKS, Balance, Entry, Transaction
+from ledger.services import UnbalancedTransaction
 
 # Moves per ledger transaction. Every move balances on its own (its two legs, or its account
 # leg against the chunk's platform leg), so any split is balanced. PostgreSQL's deferred
@@ -156,5 +161,86 @@ def post_moves(*, kind: str, rule: str, event, moves_sql: str, params=()) -> int
         return moves.count
 
 
-__all__ = ["Batch", "db_datetime", "execute", "job_lock", "lock_clause", "post_moves", "queryset_sql", "rows",
-           "scalar", "sql", "table"]
+def post_each(*, kind: str, postings: list[tuple]) -> int:
+    """Write one ledger transaction per `(rule, event, legs)`, as `ledger.services.post` would
+    (zero legs dropped, nothing written for none, every one checked balanced), and move the
+    balance projection: one INSERT of the transactions, one of their entries and one UPDATE
+    of the balances, whatever their number. Returns how many transactions were written.
+
+    Unlike `post_moves`, each transaction keeps its own event and rule: the statement pages
+    match accrual legs to their accruals through the transaction's event.
+    """
+    kept = []
+    for rule, event, legs in postings:
+        legs = [leg for leg in legs if leg.amount]
+        if not legs:
+            continue
+        if sum(leg.amount for leg in legs) != 0:
+            raise UnbalancedTransaction(f"{kind}: legs sum to {sum(leg.amount for leg in legs)}, not 0")
+        if any(leg.book.startswith("platform:") != (leg.account_id is None) for leg in legs):
+            raise UnbalancedTransaction(f"{kind}: a book does not match its holder")
+        kept.append((rule, event, legs))
+    if not kept:
+        return 0
+    txns = Transaction.objects.bulk_create([Transaction(kind=kind, rule=rule, event=event) for rule, event, _ in kept])
+    Entry.objects.bulk_create([
+        Entry(transaction=txn, account_id=leg.account_id, book=leg.book, program_id=leg.program_id, amount=leg.amount)
+        for txn, (_, _, legs) in zip(txns, kept, strict=True) for leg in legs])
+    deltas: dict[tuple[int, str], int] = defaultdict(int)
+    for _, _, legs in kept:
+        for leg in legs:
+            if leg.account_id is not None:
+                deltas[(leg.account_id, leg.book)] += leg.amount
+    move_balances(deltas)
+    return len(kept)
+
+
+def move_balances(deltas: dict[tuple[int, str], int]) -> None:
+    """Add `deltas[(account_id, book)]` to the balance projection with one UPDATE."""
+    deltas = {key: delta for key, delta in deltas.items() if delta}
+    if not deltas:
+        return
+    values = ", ".join(["(CAST(%s AS BIGINT), %s, CAST(%s AS BIGINT))"] * len(deltas))
+    execute("WITH d (account_id, book, delta) AS (VALUES {values}) "
+            "UPDATE {balance} SET amount = {balance}.amount + d.delta FROM d "
+            "WHERE {balance}.account_id = d.account_id AND {balance}.book = d.book",
+            [value for (account_id, book), delta in deltas.items() for value in (account_id, book, delta)],
+            values=values, balance=table(Balance))
+
+
+def insert_rows(model, columns: dict[str, list], constants: dict | None = None, *, unique: str = "",
+                returning: tuple[str, ...] = ("id",)) -> list[tuple]:
+    """PostgreSQL: insert rows with one statement whatever their number; returns the
+    `returning` columns of the inserted rows, in the rows' order.
+
+    `columns` holds one list of values per column (as the database stores them; JSON as its
+    text), `constants` a value shared by every row. The lists travel as one array parameter
+    each and are unnested server-side, so the statement's size and parse cost do not grow
+    with the row count, and no model instance is built per row. With `unique` (a column with
+    a unique constraint), rows whose value is already taken are skipped (not returned) instead
+    of failing the statement; a concurrent insert of the same value is waited for.
+    """
+    constants = constants or {}
+    db_types = {field.column: field.db_type(connection) for field in model._meta.concrete_fields}
+    names = list(columns)
+    # A JSON column travels as one JSON array text: as an array of texts, every quote in every
+    # document would be escaped one by one on the way (most of the statement's client time).
+    arrays = ", ".join(
+        "ARRAY(SELECT e FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS x(e, i) ORDER BY i)"
+        if db_types[name] == "jsonb" else f"%s::{db_types[name]}[]" for name in names)
+    values = ["[" + ",".join(columns[name]) + "]" if db_types[name] == "jsonb" else columns[name] for name in names]
+    shared = "".join(f", %s::{db_types[name]}" for name in constants)
+    conflict = f" ON CONFLICT ({unique}) DO NOTHING" if unique else ""
+    # Ids are drawn in insertion order, so they follow the rows' order.
+    statement = sql(
+        "INSERT INTO {table} ({columns}) SELECT {values}{shared} FROM UNNEST({arrays}) WITH ORDINALITY "
+        "AS u({names}, n) ORDER BY u.n{conflict} RETURNING {returning}",
+        table=table(model), columns=", ".join([*names, *constants]), values=", ".join(f"u.{n}" for n in names),
+        shared=shared, arrays=arrays, names=", ".join(names), conflict=conflict, returning=", ".join(returning))
+    with connection.cursor() as cursor:
+        cursor.execute(statement, [*constants.values(), *values])
+        return cursor.fetchall()
+
+
+__all__ = ["Batch", "db_datetime", "execute", "insert_rows", "job_lock", "lock_clause", "move_balances", "post_each",
+           "post_moves", "queryset_sql", "rows", "scalar", "sql", "table"]

@@ -62,6 +62,9 @@ class ValidEvent:
     runtime_seconds: int = 0
     refunds: str = ""
     extra: dict = field(default_factory=dict)
+    # The canonical JSON text the hash is taken of: stored as the payload by batch ingestion
+    # (the database keeps JSON parsed, so key order and spacing do not matter there).
+    canonical_json: str = ""
 
 
 class EventInvalid(Exception):
@@ -71,9 +74,12 @@ class EventInvalid(Exception):
         super().__init__("; ".join(f"{k}: {v}" for k, v in fields.items()))
 
 
-def content_hash(raw: dict) -> str:
-    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+def canonical_json(raw: dict) -> str:
+    return json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def content_hash(raw: dict, *, canonical: str | None = None) -> str:
+    return hashlib.sha256((canonical or canonical_json(raw)).encode()).hexdigest()
 
 
 def _text(raw, name, errors, *, required=True, max_length=200):
@@ -147,8 +153,9 @@ def validate_event(raw, *, now: datetime | None = None) -> ValidEvent:
         if name not in COMMON_FIELDS and name not in spec:
             errors[name] = f"is not a field of {event_type} events"
 
-    event = ValidEvent(external_id=external_id, type=event_type, account=account,
-                       occurred_at=occurred_at, content_hash=content_hash(raw), raw=raw)
+    canonical = canonical_json(raw)
+    event = ValidEvent(external_id=external_id, type=event_type, account=account, occurred_at=occurred_at,
+                       content_hash=content_hash(raw, canonical=canonical), raw=raw, canonical_json=canonical)
     if "amount" in spec:
         if raw.get("amount") in (None, ""):
             errors["amount"] = "this field is required"

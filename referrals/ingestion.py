@@ -1,17 +1,19 @@
 """Batch ingestion with set-based writes, and applying stored events.
 
-A batch is validated in Python, deduplicated against the log in one query and its accounts
-and templates resolved in one query each. The stateless money events (`BULK_TYPES`: their
-only database checks are that the account and template exist) are then stored with one
-multi-row INSERT, marked not yet applied (`Event.applied_at` null), and answered `accepted`.
-Events whose outcome depends on state at application time (a redemption above the credits, a
-refund above the payment, a sign-up with codes and clicks, ...) keep the synchronous path
-(`services.ingest_event`: store and apply in one transaction), so they can still be answered
-`rejected`; everything stored before them is applied first, so they see its effects.
+A batch is validated in Python and its accounts and templates resolved in one query each. The
+stateless money events (`BULK_TYPES`: their only database checks are that the account and
+template exist) are then stored with one INSERT that also skips the ids the log already holds
+(answered `duplicate`, or rejected when the content differs), marked not yet applied
+(`Event.applied_at` null), and answered `accepted`. Events whose outcome depends on state at
+application time (a redemption above the credits, a refund above the payment, a sign-up with
+codes and clicks, ...) keep the synchronous path (`services.ingest_event`: store and apply in
+one transaction), so they can still be answered `rejected`; everything stored before them is
+applied first, so they see its effects.
 
-Stored events are applied per account, in id order, under a lock on the account row, each
-in its own savepoint: two appliers at once (a request and the task, two tasks) never apply an
-event twice or out of order. Small batches are applied inside the request; larger ones by
+Stored events are applied per account, in id order, under a lock on the account row: runs of
+plain money events set-based (`referrals.batch_apply`), anything else one by one, each in its
+own savepoint. Two appliers at once (a request and the task, two tasks) never apply an event
+twice or out of order. Small batches are applied inside the request; larger ones by
 `apply_stored_events`, a task queued on commit.
 """
 import logging
@@ -21,8 +23,8 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from . import batch_apply, bulk, services
 from . import events as ev
-from . import services
 from .models import Account, Event, Template
 from .services import IngestResult
 
@@ -35,41 +37,36 @@ def ingest_batch(raws: list, *, source: str = Event.Source.API, now=None) -> lis
     """Answer every event of a batch, in input order: accepted, duplicate or rejected."""
     now = now or timezone.now()
     results: list[IngestResult | None] = [None] * len(raws)
-    validated: list[tuple[int, ev.ValidEvent]] = []
-    for index, raw in enumerate(raws):
-        try:
-            validated.append((index, ev.validate_event(raw, now=now)))
-        except ev.EventInvalid as exc:
-            results[index] = IngestResult(_raw_id(raw), "rejected", exc.code, str(exc), exc.fields)
-        except Exception:
-            log.exception("event could not be validated")
-            results[index] = _internal_error(raw)
-
-    # One query for every id of the batch: what the log already holds, by content hash.
-    known = dict(Event.objects.filter(external_id__in={valid.external_id for _, valid in validated})
-                 .values_list("external_id", "content_hash"))
     chunk: list[tuple[int, ev.ValidEvent]] = []
     chunk_ids: set[str] = set()
     stored_ids: list[int] = []
-    for index, valid in validated:
+    for index, raw in enumerate(raws):
+        try:
+            valid = ev.validate_event(raw, now=now)
+        except ev.EventInvalid as exc:
+            results[index] = IngestResult(_raw_id(raw), "rejected", exc.code, str(exc), exc.fields)
+            continue
+        except Exception:
+            log.exception("event could not be validated")
+            results[index] = _internal_error(raw)
+            continue
         if valid.external_id in chunk_ids:
-            # The same id twice in a row of stateless events: store the first, then judge this one.
-            stored_ids += _store(chunk, results, known, source=source)
+            # The same id twice among stateless events: store the first, then judge this one
+            # against it (the INSERT finds it taken).
+            stored_ids += _store(chunk, results, source=source)
             chunk, chunk_ids = [], set()
-        if valid.external_id in known:
-            results[index] = _repeat(valid, known[valid.external_id])
-        elif valid.type in BULK_TYPES:
+        if valid.type in BULK_TYPES:
             chunk.append((index, valid))
             chunk_ids.add(valid.external_id)
         else:
-            stored_ids += _store(chunk, results, known, source=source)
+            # A stateful event sees everything stored before it applied; it is deduplicated
+            # and applied on its own (and may still be rejected).
+            stored_ids += _store(chunk, results, source=source)
             chunk, chunk_ids = [], set()
             apply_pending(event_ids=stored_ids)
             stored_ids = []
             results[index] = _ingest_one(valid, source=source, now=now)
-            if results[index].status == "accepted":
-                known[valid.external_id] = valid.content_hash
-    stored_ids += _store(chunk, results, known, source=source)
+    stored_ids += _store(chunk, results, source=source)
     if stored_ids:
         if len(stored_ids) <= settings.INGEST_INLINE_APPLY_MAX:
             apply_pending(event_ids=stored_ids)
@@ -109,8 +106,9 @@ def _rejected(valid: ev.ValidEvent, field: str, reason: str, code: str) -> Inges
     return IngestResult(valid.external_id, "rejected", code, f"{field}: {reason}", {field: reason})
 
 
-def _store(chunk: list[tuple[int, ev.ValidEvent]], results: list, known: dict, *, source: str) -> list[int]:
-    """Store stateless money events with one INSERT; returns the new events' ids."""
+def _store(chunk: list[tuple[int, ev.ValidEvent]], results: list, *, source: str) -> list[int]:
+    """Store stateless money events with one INSERT that also finds the ids already in the log
+    (answered duplicate or conflict); returns the new events' ids."""
     if not chunk:
         return []
     accounts = dict(Account.objects.filter(external_id__in={valid.account for _, valid in chunk})
@@ -118,45 +116,78 @@ def _store(chunk: list[tuple[int, ev.ValidEvent]], results: list, known: dict, *
     wanted_templates = {valid.template for _, valid in chunk if valid.template}
     templates = set(Template.objects.filter(external_id__in=wanted_templates)
                     .values_list("external_id", flat=True)) if wanted_templates else set()
-    rows: list[tuple[int, ev.ValidEvent, Event]] = []
+    rows: list[tuple[int, ev.ValidEvent, int]] = []
     for index, valid in chunk:
         if valid.account not in accounts:
             results[index] = _rejected(valid, "account", f"unknown account {valid.account!r}", "unknown_account")
         elif valid.template and valid.template not in templates:
             results[index] = _rejected(valid, "template", f"unknown template {valid.template!r}", "unknown_template")
         else:
-            rows.append((index, valid, Event(
-                external_id=valid.external_id, type=valid.type, source=source, account_id=accounts[valid.account],
-                occurred_at=valid.occurred_at, payload=valid.raw, content_hash=valid.content_hash,
-                amount=valid.amount, product=valid.product, runtime_seconds=valid.runtime_seconds,
-                applied_at=None)))
+            rows.append((index, valid, accounts[valid.account]))
     if not rows:
         return []
+    with transaction.atomic():
+        ids = _insert(rows, source=source)
+    taken = [valid.external_id for (_, valid, _), event_id in zip(rows, ids, strict=True) if event_id is None]
+    stored_hashes = dict(Event.objects.filter(external_id__in=taken).values_list("external_id", "content_hash")
+                         ) if taken else {}
+    stored = []
+    for (index, valid, _), event_id in zip(rows, ids, strict=True):
+        if event_id is None:
+            results[index] = _repeat(valid, stored_hashes[valid.external_id])
+        else:
+            results[index] = IngestResult(valid.external_id, "accepted")
+            stored.append(event_id)
+    return stored
+
+
+def _insert(rows: list[tuple[int, ev.ValidEvent, int]], *, source: str) -> list[int | None]:
+    """Insert the rows whose id the log does not hold yet; per row its new id, or None.
+
+    On PostgreSQL this is one INSERT ... ON CONFLICT DO NOTHING with one array per column: no
+    model instance per event (building and converting those was most of a batch's time), and
+    a concurrent request storing the same id first is waited for, then skipped."""
+    if bulk.is_postgres():
+        valids = [valid for _, valid, _ in rows]
+        inserted = dict(bulk.insert_rows(Event, {
+            "external_id": [valid.external_id for valid in valids],
+            "type": [valid.type for valid in valids],
+            "account_id": [account_id for _, _, account_id in rows],
+            "occurred_at": [valid.occurred_at for valid in valids],
+            "payload": [valid.canonical_json or ev.canonical_json(valid.raw) for valid in valids],
+            "content_hash": [valid.content_hash for valid in valids],
+            "amount": [valid.amount for valid in valids],
+            "product": [valid.product for valid in valids],
+            "runtime_seconds": [valid.runtime_seconds for valid in valids],
+        }, constants={"source": source, "received_at": timezone.now(), "refunded": 0, "applied_at": None,
+                      "apply_error": ""}, unique="external_id", returning=("external_id", "id")))
+        return [inserted.get(valid.external_id) for valid in valids]
+    taken = set(Event.objects.filter(external_id__in=[valid.external_id for _, valid, _ in rows])
+                .values_list("external_id", flat=True))
+    events = [None if valid.external_id in taken else _event(valid, account_id, source)
+              for _, valid, account_id in rows]
     try:
         with transaction.atomic():
-            Event.objects.bulk_create([event for _, _, event in rows])
+            Event.objects.bulk_create([event for event in events if event is not None])
     except IntegrityError:
-        # A concurrent request stored one of these ids first: one insert each, so each loser
-        # is answered like a plain duplicate (or conflict) and the others still go in.
-        for _, _, event in rows:
+        # Stored by a concurrent request in between: one insert each, the losers skipped.
+        for position, event in enumerate(events):
+            if event is None:
+                continue
             event.pk = None
-        for index, valid, event in rows:
             try:
                 with transaction.atomic():
                     event.save(force_insert=True)
             except IntegrityError:
-                stored_hash = Event.objects.filter(external_id=valid.external_id).values_list(
-                    "content_hash", flat=True).first()
-                if stored_hash is None:
-                    raise
-                results[index] = _repeat(valid, stored_hash)
-    stored = []
-    for index, valid, event in rows:
-        if results[index] is None:
-            results[index] = IngestResult(valid.external_id, "accepted")
-            known[valid.external_id] = valid.content_hash
-            stored.append(event.pk)
-    return stored
+                events[position] = None
+    return [event.pk if event is not None else None for event in events]
+
+
+def _event(valid: ev.ValidEvent, account_id: int, source: str) -> Event:
+    return Event(external_id=valid.external_id, type=valid.type, source=source, account_id=account_id,
+                 occurred_at=valid.occurred_at, payload=valid.raw, content_hash=valid.content_hash,
+                 amount=valid.amount, product=valid.product, runtime_seconds=valid.runtime_seconds,
+                 applied_at=None)
 
 
 # --------------------------------------------------------------------------- applying
@@ -164,21 +195,49 @@ def _store(chunk: list[tuple[int, ev.ValidEvent]], results: list, known: dict, *
 
 def apply_pending(*, event_ids: list[int] | None = None, account_id: int | None = None) -> int:
     """Apply stored events not applied yet (all of them, or those of some events' accounts),
-    per account in id order; returns how many were applied."""
+    per account in id order; returns how many were applied.
+
+    Accounts are taken in the order of their oldest pending event, each with its events up to
+    the last one seen; that is the replay's id order wherever it matters, because events of
+    different accounts commute, except those that touch another account's state in an
+    order-dependent way (`_orders_across_accounts`). Those are applied at their place in id
+    order: other accounts' events before them first, then they (with their own account's
+    events around them), then the rest.
+    """
     pending = Event.objects.filter(applied_at__isnull=True, apply_error="")
-    up_to = None
     if event_ids is not None:
         if not event_ids:
             return 0
         pending = pending.filter(pk__in=event_ids)
-        # An account's older pending events go first (id order); newer ones are left to
-        # whoever stored them.
-        up_to = max(event_ids)
     if account_id is not None:
         pending = pending.filter(account_id=account_id)
-    # Accounts in the order of their oldest pending event.
-    accounts = dict.fromkeys(pending.order_by("id").values_list("account_id", flat=True))
-    return sum(_apply_account(account, up_to=up_to) for account in accounts)
+    rows = list(pending.order_by("id").values_list("pk", "account_id", "type", "payload"))
+    wanted = {payload.get("template") for *_, payload in rows if isinstance(payload, dict) and payload.get("template")}
+    unqualified = set(Template.objects.filter(external_id__in=wanted, qualified_at__isnull=True)
+                      .values_list("external_id", flat=True)) if wanted else set()
+    applied = 0
+    segment: dict[int, int] = {}  # account -> its last pending event of the segment, by oldest first
+    pinned = False  # the segment holds an order-sensitive event: only its own account may join
+    for pk, account, event_type, payload in rows:
+        sensitive = _orders_across_accounts(event_type, payload, unqualified)
+        if (sensitive or pinned) and segment.keys() - {account}:
+            applied += sum(_apply_account(a, up_to=last) for a, last in segment.items())
+            segment, pinned = {}, False
+        segment[account] = pk
+        pinned = pinned or sensitive
+    return applied + sum(_apply_account(a, up_to=last) for a, last in segment.items())
+
+
+def _orders_across_accounts(event_type: str, payload, unqualified_templates: set[str]) -> bool:
+    """A charge on a template not qualified yet adds to runtime that other accounts' charges
+    add to as well, and the charge that reaches the gate qualifies the template and releases
+    its held earnings; a purchase with a payment fingerprint may flag other accounts'
+    referrals. Both must be applied in id order relative to other accounts' events."""
+    if not isinstance(payload, dict):
+        return False
+    if payload.get("template") in unqualified_templates:
+        return True
+    return event_type == ev.CREDITS_PURCHASED and bool(payload.get("payment_fingerprint"))
 
 
 def _apply_account(account_id: int, *, up_to: int | None = None) -> int:
@@ -191,22 +250,34 @@ def _apply_account(account_id: int, *, up_to: int | None = None) -> int:
         # these events applied. Per account, events are applied in id order, as in a replay.
         # (.exists() would not do: Django drops FOR UPDATE from an EXISTS query.)
         list(Account.objects.select_for_update().filter(pk=account_id).values_list("pk", flat=True))
-        for event in events:
-            try:
-                with transaction.atomic():
-                    # Claim before applying: an applier that read this event before the other
-                    # committed finds it taken and skips it, so no event is applied twice.
-                    if not Event.objects.filter(pk=event.pk, applied_at__isnull=True).update(
-                            applied_at=timezone.now()):
-                        continue
-                    services.apply_event(event)
-                applied += 1
-            except Exception as exc:
-                # Accepted but not applicable (a bug, or state that changed under it): kept
-                # out of the ledger and of replays, visible in the admin with its reason.
-                log.exception("stored event %s could not be applied", event.external_id)
-                Event.objects.filter(pk=event.pk).update(apply_error=f"{type(exc).__name__}: {exc}"[:2000])
+        events = list(events)
+        position = 0
+        while position < len(events):
+            # Runs of plain money events set-based; whatever needs more, one by one in between.
+            run = batch_apply.apply_run(account_id, events[position:])
+            if not run.applied:
+                applied += sum(_apply_one(event) for event in run.events)
+            elif run.events:
+                applied += len(run.events)
+            position += len(run.events)
     return applied
+
+
+def _apply_one(event: Event) -> int:
+    try:
+        with transaction.atomic():
+            # Claim before applying: an applier that read this event before the other
+            # committed finds it taken and skips it, so no event is applied twice.
+            if not Event.objects.filter(pk=event.pk, applied_at__isnull=True).update(applied_at=timezone.now()):
+                return 0
+            services.apply_event(event)
+        return 1
+    except Exception as exc:
+        # Accepted but not applicable (a bug, or state that changed under it): kept
+        # out of the ledger and of replays, visible in the admin with its reason.
+        log.exception("stored event %s could not be applied", event.external_id)
+        Event.objects.filter(pk=event.pk).update(apply_error=f"{type(exc).__name__}: {exc}"[:2000])
+        return 0
 
 
 @shared_task(name="referrals.apply_stored_events", ignore_result=True)

@@ -207,26 +207,44 @@ def _enabled_programs(*kinds) -> list[Program]:
 
 def _persist(earnings: list[rules.Earning], event: Event) -> None:
     for earning in earnings:
-        accrual = Accrual.objects.create(
-            program=earning.program, rule=earning.rule, beneficiary_id=earning.beneficiary_id, event=event,
-            referral_id=earning.referral_id, template_id=earning.template_id, amount=earning.amount,
-            destination=earning.destination, track=earning.track,
-            state=Accrual.State.HELD if earning.held else Accrual.State.RELEASED,
-            held_for_gate=earning.held_for_gate, held_for_template=earning.held_for_template,
-            held_for_fraud=earning.held_for_fraud, held_until=earning.held_until,
-            expires_days=earning.expires_days, created_at=event.occurred_at,
-            released_at=None if earning.held else event.occurred_at,
-        )
-        book = Book.PENDING if earning.held else earning.destination
-        post(kind="accrual", rule=earning.rule, event=event, legs=[
-            Leg(book, earning.amount, earning.beneficiary_id, earning.program.pk),
-            Leg(Book.EARNINGS_EXPENSE, -earning.amount, None, earning.program.pk),
-        ])
+        accrual = accrual_of(earning, event)
+        accrual.save(force_insert=True)
+        post(kind="accrual", rule=earning.rule, event=event, legs=accrual_legs(earning))
         if not earning.held and earning.expires_days:
             _grant_credits([accrual])
-        outbox.publish(outbox.COMMISSION_CREATED, account_id=earning.beneficiary_id, data={
-            "accrual": accrual.pk, "program": earning.program.key, "rule": earning.rule,
-            "amount": format_exact(earning.amount), "held": earning.held, "book": book, "event": event.external_id})
+        publish_commission(accrual, earning, event)
+
+
+def accrual_of(earning: rules.Earning, event: Event) -> Accrual:
+    """The (unsaved) accrual of an earning; the set-based apply builds the same rows."""
+    return Accrual(
+        program=earning.program, rule=earning.rule, beneficiary_id=earning.beneficiary_id, event=event,
+        referral_id=earning.referral_id, template_id=earning.template_id, amount=earning.amount,
+        destination=earning.destination, track=earning.track,
+        state=Accrual.State.HELD if earning.held else Accrual.State.RELEASED,
+        held_for_gate=earning.held_for_gate, held_for_template=earning.held_for_template,
+        held_for_fraud=earning.held_for_fraud, held_until=earning.held_until,
+        expires_days=earning.expires_days, created_at=event.occurred_at,
+        released_at=None if earning.held else event.occurred_at,
+    )
+
+
+def accrual_legs(earning: rules.Earning) -> list[Leg]:
+    book = Book.PENDING if earning.held else earning.destination
+    return [Leg(book, earning.amount, earning.beneficiary_id, earning.program.pk),
+            Leg(Book.EARNINGS_EXPENSE, -earning.amount, None, earning.program.pk)]
+
+
+def publish_commission(accrual: Accrual, earning: rules.Earning, event: Event) -> None:
+    outbox.publish(outbox.COMMISSION_CREATED, account_id=earning.beneficiary_id, data={
+        "accrual": accrual.pk, "program": earning.program.key, "rule": earning.rule,
+        "amount": format_exact(earning.amount), "held": earning.held,
+        "book": Book.PENDING if earning.held else earning.destination, "event": event.external_id})
+
+
+def publish_conversion(referral: Referral, account: Account, event: Event) -> None:
+    outbox.publish(outbox.REFERRAL_CONVERTED, account_id=referral.referrer_id, data={
+        "referral": referral.pk, "referred": account.external_id, "occurred_at": event.occurred_at.isoformat()})
 
 
 def _grant_credits(accruals=(), *, batch: str = "") -> None:
@@ -443,9 +461,7 @@ def _on_money_event(event: Event, replay: bool) -> int:
             referral.converted_at = event.occurred_at
             if referral.status == Referral.Status.PENDING:
                 referral.status = Referral.Status.CONVERTED
-                outbox.publish(outbox.REFERRAL_CONVERTED, account_id=referral.referrer_id, data={
-                    "referral": referral.pk, "referred": account.external_id,
-                    "occurred_at": event.occurred_at.isoformat()})
+                publish_conversion(referral, account, event)
         referral.save(update_fields=["spend", "purchases", "converted_at", "status"])
 
     if template is not None and event.runtime_seconds:
@@ -483,7 +499,7 @@ def _on_money_event(event: Event, replay: bool) -> int:
 def _milestone(program: Program, referral: Referral, event: Event) -> list[rules.Earning]:
     if event.type not in program.event_types or (program.product and program.product != event.product):
         return []
-    after = _net_product_spend(referral.referred_id, program.product)
+    after = _net_product_spend(referral.referred_id, program.product, up_to=event.pk)
     if not rules.milestone_crossed(program, after - event.amount, after):
         return []
     return _award_milestone(program, referral, event)
@@ -501,8 +517,11 @@ def _award_milestone(program: Program, referral: Referral, event: Event) -> list
     )
 
 
-def _net_product_spend(account_id: int, product: str) -> int:
-    charges = Event.objects.filter(account_id=account_id, type=ev.USAGE_CHARGED)
+def _net_product_spend(account_id: int, product: str, *, up_to: int) -> int:
+    """Net spend of the charges applied up to event `up_to` included. A batch stores its charges
+    before applying them, and a replay finds the whole log stored: later charges must not count."""
+    charges = Event.objects.filter(account_id=account_id, type=ev.USAGE_CHARGED, pk__lte=up_to,
+                                   applied_at__isnull=False)
     if product:
         charges = charges.filter(product=product)
     total = charges.aggregate(net=net_sum("amount", "refunded"))["net"]
@@ -510,7 +529,11 @@ def _net_product_spend(account_id: int, product: str) -> int:
 
 
 def _template_meets_gate(program: Program, template: Template) -> bool:
-    return template.runtime_seconds >= int(program.template_min_runtime_hours * 3600)
+    return template.runtime_seconds >= template_gate_seconds(program)
+
+
+def template_gate_seconds(program: Program) -> int:
+    return int(program.template_min_runtime_hours * 3600)
 
 
 def _qualify_template(template: Template, program: Program, *, event: Event, at: datetime) -> int:

@@ -17,26 +17,29 @@ from ..models import MethodType, Payout
 
 
 class MethodOutput(serializers.Serializer):
-    account = serializers.CharField(source="account.external_id")
-    type = serializers.CharField()
+    account = serializers.CharField(source="account.external_id", help_text="The operator's account id.")
+    type = serializers.CharField(help_text="The provider: `stripe`, `paypal` or `wise`.")
     masked = serializers.CharField(help_text="Only the last characters of the e-mail, recipient or account id.")
     ready = serializers.BooleanField(help_text="Whether payouts can be sent to it now.")
-    updated_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField(help_text="When the method was last registered or changed.")
 
 
 class PayoutOutput(serializers.Serializer):
-    id = serializers.IntegerField()
-    account = serializers.CharField(source="account.external_id")
-    amount = CentsField()
-    method = serializers.CharField(source="method_type")
-    destination = serializers.CharField(source="method.masked")
-    status = serializers.CharField()
-    attempt = serializers.IntegerField()
-    provider_reference = serializers.CharField()
-    failure_reason = serializers.CharField()
-    requested_at = serializers.DateTimeField()
-    approved_at = serializers.DateTimeField()
-    finished_at = serializers.DateTimeField()
+    id = serializers.IntegerField(help_text="The payout's id, for `GET /api/v1/payouts/{id}` and its actions.")
+    account = serializers.CharField(source="account.external_id", help_text="The operator's account id.")
+    amount = CentsField(help_text="The amount paid out, whole cents.")
+    method = serializers.CharField(source="method_type", help_text="The provider: `stripe`, `paypal` or `wise`.")
+    destination = serializers.CharField(source="method.masked",
+                                        help_text="Where it goes, masked like the method's `masked`.")
+    status = serializers.CharField(
+        help_text="`requested`, `approved`, `processing`, `paid`, `failed`, `rejected` or `cancelled`; the amount "
+                  "stays reserved while `requested`, `approved` or `processing`.")
+    attempt = serializers.IntegerField(help_text="1, plus one per retry after a definitive provider failure.")
+    provider_reference = serializers.CharField(help_text="The provider's id of the transfer, once sent; else empty.")
+    failure_reason = serializers.CharField(help_text="Why the provider failed it; else empty.")
+    requested_at = serializers.DateTimeField(help_text="When it was requested.")
+    approved_at = serializers.DateTimeField(help_text="When staff approved it, or null.")
+    finished_at = serializers.DateTimeField(help_text="When it was paid, failed, rejected or cancelled, or null.")
     awaiting_second_approval = serializers.BooleanField(
         help_text="Above PAYOUT_SECOND_APPROVAL_ABOVE: one approval is recorded, a different approver must give "
                   "the second.")
@@ -56,10 +59,14 @@ class PayoutMethodsView(ApiView):
     permission_classes = [IsStaffKey]
 
     class PayoutMethodInput(StrictInput):
-        type = serializers.ChoiceField(choices=MethodType.values)
-        email = serializers.CharField(required=False, max_length=254, default="")
-        recipient = serializers.CharField(required=False, max_length=40, default="")
-        connected_account = serializers.CharField(required=False, max_length=80, default="")
+        type = serializers.ChoiceField(choices=MethodType.values, help_text="The provider of the method.")
+        email = serializers.CharField(required=False, max_length=254, default="",
+                                      help_text="The PayPal account's e-mail; required for `paypal`.")
+        recipient = serializers.CharField(required=False, max_length=40, default="",
+                                          help_text="The Wise recipient account id; required for `wise`.")
+        connected_account = serializers.CharField(
+            required=False, max_length=80, default="",
+            help_text="The Stripe connected account id (`acct_...`); required for `stripe`.")
 
         def validate(self, data):
             needed = {"paypal": "email", "wise": "recipient", "stripe": "connected_account"}[data["type"]]
@@ -90,10 +97,11 @@ class PayoutsView(ApiView):
     permission_classes = [IsStaffKey]
 
     class PayoutRequestInput(StrictInput):
-        account = serializers.CharField(max_length=120)
+        account = serializers.CharField(max_length=120, help_text="The operator's account id.")
         # Parsed by the service, which names the problem (not a string, too many decimals, ...).
-        amount = serializers.JSONField()
-        method = serializers.CharField(max_length=20)
+        amount = serializers.JSONField(help_text="A decimal string with at most 2 decimals, e.g. \"25.00\".")
+        method = serializers.CharField(max_length=20,
+                                       help_text="The registered method to pay to: `stripe`, `paypal` or `wise`.")
 
     @extend_schema(
         operation_id="payouts_request", tags=["payouts"], summary="Request a payout",
@@ -137,7 +145,8 @@ class PayoutApproveView(ApiView):
     permission_classes = [IsStaffKey]
 
     class PayoutApproveInput(StrictInput):
-        reason = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
+        reason = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="",
+                                       help_text="Why it is approved (optional, kept in the audit trail).")
 
     @extend_schema(operation_id="payouts_approve", tags=["payouts"], summary="Approve a requested payout",
                    description="It is then sent to its provider. 409 unless the payout is `requested`. "
@@ -162,7 +171,8 @@ class PayoutRejectView(ApiView):
     permission_classes = [IsStaffKey]
 
     class PayoutRejectInput(StrictInput):
-        reason = serializers.CharField(max_length=2000)
+        reason = serializers.CharField(max_length=2000,
+                                       help_text="Why it is rejected (required, kept in the audit trail).")
 
     @extend_schema(operation_id="payouts_reject", tags=["payouts"], summary="Reject a payout (reason required)",
                    description="Its amount goes back to the account's cash. 409 unless `requested` or `approved`.",

@@ -1,0 +1,268 @@
+"""Applying stored money events set-based (referrals.batch_apply): exactly the accruals, ledger,
+milestones, referral, account and template figures and outbox messages of applying the same
+events one by one, with a bounded number of queries per account; and explicit fallbacks to the
+per-event path for what it does not cover."""
+import functools
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.db import DatabaseError, connection
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from ledger.models import Balance, Book, Entry
+from ledger.models import Transaction as LedgerTransaction
+from ledger.selectors import balances_for
+from referrals import batch_apply, outbox
+from referrals import events as ev
+from referrals.ingestion import _apply_one, apply_pending, ingest_batch
+from referrals.jobs import run_jobs
+from referrals.models import (
+    Account,
+    Accrual,
+    Application,
+    CreditGrant,
+    Event,
+    FraudFlag,
+    MilestoneAward,
+    Program,
+    Referral,
+    Template,
+)
+from referrals.presets import load_preset
+from referrals.services import application_approve
+from referrals.verification import check_integrity, replay_differences
+from tests.helpers import T0, at, event, signup, usd
+from tests.test_ledger_properties import History, rolled_back
+
+
+@pytest.fixture
+def stored_only(settings):
+    settings.INGEST_INLINE_APPLY_MAX = 0  # store, leave applying to the test
+
+
+def apply_one_by_one() -> int:
+    """The reference: every pending event through the per-event path, in id order (the replay's)."""
+    return sum(_apply_one(e) for e in Event.objects.filter(applied_at__isnull=True, apply_error="").order_by("id"))
+
+
+def snapshot(messages) -> dict:
+    """Everything applying money events writes, ids of new rows left out (sequences differ
+    between two attempts on PostgreSQL). New rows are compared as sorted lists: the set-based
+    path takes account by account what the reference takes in id order."""
+    fields = ("program_id", "rule", "beneficiary_id", "event_id", "referral_id", "template_id", "amount", "reversed",
+              "destination", "track", "state", "held_for_gate", "held_for_template", "held_for_fraud", "held_until",
+              "expires_days", "created_at", "released_at")
+    accrual_rows = {row[0]: row[1:] for row in Accrual.objects.values_list("id", *fields)}
+    txns = []
+    for txn in LedgerTransaction.objects.order_by("id").prefetch_related("entries"):
+        legs = sorted((e.account_id or 0, e.book, e.program_id or 0, e.amount) for e in txn.entries.all())
+        txns.append((txn.kind, txn.rule, txn.event_id or 0, tuple(legs)))
+    published = []
+    for callback in messages:
+        if isinstance(callback, functools.partial) and callback.func is outbox._deliver:
+            kind, account_id, data = callback.args
+            # An accrual's id becomes what it is an accrual of.
+            accrual = accrual_rows.get(data.get("accrual"))
+            published.append((kind, account_id, repr(sorted((k, v) for k, v in data.items() if k != "accrual")),
+                              repr(accrual)))
+    return {
+        "accruals": sorted(accrual_rows.values(), key=repr),
+        "transactions": sorted(txns, key=repr),
+        "balances": set(Balance.objects.values_list("account_id", "book", "amount")),
+        "referrals": set(Referral.objects.values_list("id", "spend", "purchases", "converted_at", "status",
+                                                      "ineligible_reason")),
+        "accounts": set(Account.objects.values_list("id", "purchased_credits", "track")),
+        "templates": set(Template.objects.values_list("id", "runtime_seconds", "qualified_at")),
+        "awards": set(MilestoneAward.objects.values_list("program_id", "referral_id", "event_id")),
+        "events": set(Event.objects.values_list("id", "template_id", "refunded", "apply_error")),
+        "applied": set(Event.objects.filter(applied_at__isnull=False).values_list("id", flat=True)),
+        "flags": sorted((f.referral_id, f.status, str(f.signals)) for f in FraudFlag.objects.all()),
+        "grants": set(CreditGrant.objects.values_list("account_id", "amount", "remaining", "expires_at")),
+        "messages": sorted(published),
+    }
+
+
+def applied_both_ways(capture) -> tuple[dict, dict, int, int]:
+    with rolled_back():
+        with capture(execute=False) as callbacks:
+            set_based = apply_pending()
+        by_set = snapshot(callbacks)
+    with capture(execute=False) as callbacks:
+        one_by_one = apply_one_by_one()
+    return by_set, snapshot(callbacks), set_based, one_by_one
+
+
+amounts = st.decimals(min_value=Decimal("0.000001"), max_value=Decimal("1500"), places=6).map(str)
+
+
+@settings(max_examples=25, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_applying_a_random_batch_set_based_equals_applying_it_one_by_one(
+        db, data, django_capture_on_commit_callbacks, settings):
+    settings.INGEST_INLINE_APPLY_MAX = 0
+    with rolled_back():
+        for preset in ("runpod", "apimarket", "vast"):
+            load_preset(preset)
+        Program.objects.filter(key="runpod-revenue-share").update(gate_min_referrals=2, gate_min_spend=10)
+        if data.draw(st.booleans()):
+            Program.objects.filter(key="runpod-template-share").update(hold_days=data.draw(st.integers(0, 10)))
+        # A random history first (sign-ups, some ineligible; charges, refunds, approvals,
+        # track changes, jobs), applied as it happens.
+        history = History(data)
+        for name in history.accounts:
+            assert history.send(history.raw(ev.ACCOUNT_CREATED, name, email=f"{name}@example.com")).status == "accepted"
+        history.send(history.raw(ev.TEMPLATE_PUBLISHED, "ref-a", template="tpl"))
+        history.send(history.raw(ev.TEMPLATE_PUBLISHED, "ref-b", template="tpl-b"))
+        for _ in range(data.draw(st.integers(min_value=3, max_value=15))):
+            history.step()
+        if data.draw(st.booleans()):
+            run_jobs(at=T0 + timedelta(days=61), names=["revenue_share_gates"])
+            for application in Application.objects.filter(status="open"):
+                application_approve(application=application, actor=None)
+
+        # Then a batch of money events, stored and not applied yet.
+        batch = []
+        for n in range(data.draw(st.integers(min_value=1, max_value=40))):
+            kind = data.draw(st.sampled_from(["usage", "usage", "usage", "credits", "plan"]))
+            fields = {"amount": data.draw(amounts)}
+            if kind == "usage":
+                fields["product"] = data.draw(st.sampled_from(["serverless", "pods"]))
+                if data.draw(st.booleans()):
+                    fields["template"] = data.draw(st.sampled_from(["tpl", "tpl-b"]))
+                    fields["runtime_seconds"] = data.draw(st.sampled_from([0, 60, 3600, 30000]))
+            elif kind == "plan":
+                fields["plan"] = "pro"
+            elif data.draw(st.integers(0, 9)) == 0:
+                fields["payment_fingerprint"] = data.draw(st.sampled_from(["card_a", "card_b"]))
+            type_ = {"usage": ev.USAGE_CHARGED, "credits": ev.CREDITS_PURCHASED, "plan": ev.PLAN_PURCHASED}[kind]
+            batch.append(event(type_, data.draw(st.sampled_from(history.accounts)), id=f"batch-{n}",
+                               when=T0 + timedelta(days=data.draw(st.integers(0, 60)), seconds=n), **fields))
+        results = ingest_batch(batch, now=T0 + timedelta(days=400))
+        assert {r.status for r in results} == {"accepted"}
+
+        by_set, one_by_one, applied_set, applied_one = applied_both_ways(django_capture_on_commit_callbacks)
+
+        assert applied_set == applied_one == len(batch)
+        for part in by_set:
+            assert by_set[part] == one_by_one[part], part
+        assert check_integrity() == []
+        assert replay_differences() == []
+
+
+def test_it_applies_a_thousand_charges_of_one_account_with_a_bounded_number_of_queries(
+        runpod, stored_only, django_assert_max_num_queries):
+    alice = signup("alice")
+    signup("bob", code=alice.referral_code, when=at(1))
+    ingest_batch([event("usage.charged", "bob", id=f"c-{i}", when=at(2), amount="1.50",
+                        product="serverless" if i % 2 else "pods") for i in range(1000)])
+    # Per-event this was about 18 queries per charge; on SQLite the bulk inserts are split by
+    # its limit on query parameters, hence the margin.
+    with django_assert_max_num_queries(40 if connection.vendor == "postgresql" else 80):
+        assert apply_pending() == 1000
+    assert balances_for(alice.pk)[Book.PENDING] == usd("30.00")  # 2% of $1,500, held for the gate
+    assert Referral.objects.get(referred__external_id="bob").spend == usd("1500.00")
+    # $750 of serverless: the milestone at $1,000 is not reached.
+    assert not MilestoneAward.objects.exists()
+    assert Entry.objects.filter(transaction__event__external_id="c-7").count() == 2
+    assert check_integrity() == [] and replay_differences() == []
+
+
+def test_it_pays_a_milestone_on_the_charge_that_crosses_it_in_a_stored_batch(runpod, stored_only):
+    alice = signup("alice")
+    signup("bob", code=alice.referral_code, when=at(1))
+    ingest_batch([event("usage.charged", "bob", id=f"s-{i}", when=at(2), amount="600.00", product="serverless")
+                  for i in range(2)])
+    apply_pending()
+    # $600 then $1,200: the second charge crosses $1,000, not the first (whose later siblings
+    # were already stored when it was applied).
+    assert MilestoneAward.objects.get().event == Event.objects.get(external_id="s-1")
+    assert balances_for(alice.pk)[Book.CREDITS] == usd("500.00")
+    assert check_integrity() == [] and replay_differences() == []
+
+
+def test_it_applies_a_purchase_with_a_payment_fingerprint_on_its_own(vast, stored_only, caplog):
+    alice = signup("alice")
+    ingest_batch([event("credits.purchased", "alice", id="a-1", when=at(1), amount="5.00",
+                        payment_fingerprint="card_abc")])
+    apply_pending()
+    bob = signup("bob", code=alice.referral_code, when=at(2))
+    ingest_batch([
+        event("credits.purchased", "bob", id="b-1", when=at(3), amount="100.00"),
+        event("credits.purchased", "bob", id="b-2", when=at(3), amount="100.00", payment_fingerprint="card_abc"),
+        event("credits.purchased", "bob", id="b-3", when=at(3), amount="100.00"),
+    ])
+
+    assert apply_pending() == 3
+
+    # b-1 set-based, b-2 one by one (the shared card flags the referral and holds b-1's
+    # commission), b-3 set-based again and held for fraud from the start.
+    referral = Referral.objects.get(referred=bob)
+    assert referral.status == Referral.Status.INELIGIBLE
+    assert not Accrual.objects.filter(referral=referral).exclude(state=Accrual.State.HELD).exists()
+    assert balances_for(alice.pk)[Book.PENDING] == usd("9.00")  # 3% of $300
+    assert Account.objects.get(pk=bob.pk).purchased_credits == usd("300.00")
+    assert check_integrity() == [] and replay_differences() == []
+
+
+def test_it_applies_the_charge_that_qualifies_a_template_on_its_own(runpod, stored_only):
+    alice = signup("alice")
+    ingest_batch([event("template.published", "alice", id="t-0", template="tpl")])
+    signup("bob")
+    ingest_batch([event("usage.charged", "bob", id=f"t-{i}", when=at(1, hours=i), amount="100.00", product="pods",
+                        template="tpl", runtime_seconds=10 * 3600) for i in range(1, 5)])
+
+    assert apply_pending() == 4
+
+    # t-1 and t-2 held (20 h), t-3 reaches 30 h: it qualifies the template and releases them;
+    # t-4 is paid released.
+    template = Template.objects.get(external_id="tpl")
+    assert template.runtime_seconds == 40 * 3600
+    assert template.qualified_at == at(1, hours=3)
+    assert balances_for(alice.pk)[Book.CREDITS] == usd("4.00")
+    assert balances_for(alice.pk)[Book.PENDING] == 0
+    assert set(Event.objects.filter(external_id__startswith="t-", type="usage.charged")
+               .values_list("template__external_id", flat=True)) == {"tpl"}
+    assert check_integrity() == [] and replay_differences() == []
+
+
+def test_it_falls_back_to_one_by_one_when_the_set_based_write_fails(runpod, stored_only, monkeypatch, caplog):
+    alice = signup("alice")
+    signup("bob", code=alice.referral_code, when=at(1))
+    ingest_batch([event("usage.charged", "bob", id=f"f-{i}", when=at(2), amount="10.00", product="pods")
+                  for i in range(3)])
+
+    def broken(**kwargs):
+        raise DatabaseError("the ledger refused the batch")
+
+    # Whatever goes wrong in the set-based write is rolled back whole, logged, and the same
+    # events are applied one by one instead.
+    monkeypatch.setattr(batch_apply.bulk, "post_each", broken)
+    assert apply_pending() == 3
+
+    assert "applying them one by one" in caplog.text
+    assert balances_for(alice.pk)[Book.PENDING] == usd("0.60")
+    assert Accrual.objects.count() == 3
+    assert check_integrity() == [] and replay_differences() == []
+
+
+def test_it_qualifies_a_shared_template_on_the_charge_that_reaches_the_gate_in_id_order(runpod, stored_only):
+    alice = signup("alice")
+    ingest_batch([event("template.published", "alice", id="t-0", template="tpl")])
+    signup("bob")
+    signup("carol")
+    charge = {"amount": "100.00", "product": "pods", "template": "tpl", "runtime_seconds": 10 * 3600}
+    ingest_batch([event("usage.charged", "carol", id="q-1", when=at(1, hours=1), **charge),
+                  event("usage.charged", "bob", id="q-2", when=at(1, hours=2), **charge),
+                  event("usage.charged", "carol", id="q-3", when=at(1, hours=3), **charge),
+                  event("usage.charged", "bob", id="q-4", when=at(1, hours=4), amount="5.00", product="pods")])
+
+    assert apply_pending() == 4
+
+    # 10 h + 10 h + 10 h: carol's second charge reaches 24 h, as in a replay of the log; taking
+    # carol's charges first would have qualified the template on bob's.
+    assert Template.objects.get(external_id="tpl").qualified_at == at(1, hours=3)
+    assert balances_for(alice.pk)[Book.CREDITS] == usd("3.00")
+    assert check_integrity() == [] and replay_differences() == []
