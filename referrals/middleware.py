@@ -8,18 +8,17 @@ import logging
 import re
 import secrets
 import time
-from datetime import timedelta
 
 from django.conf import settings
 from django.core.cache import cache
 from django.db import DatabaseError
 from django.http import HttpResponseRedirect
 from django.urls import Resolver404, resolve
-from django.utils import timezone
 from django.utils.encoding import escape_uri_path
 from django.utils.http import url_has_allowed_host_and_scheme
 
-from .models import CODE_ALPHABET, CODE_LENGTH, Account, Click, Template
+from . import clicks
+from .models import CODE_ALPHABET, CODE_LENGTH, Account
 
 log = logging.getLogger(__name__)
 
@@ -54,28 +53,36 @@ class ReferralLinkMiddleware:
 
 
 def follow_referral_link(request) -> HttpResponseRedirect:
-    """Record the click of a valid code; whatever the code, land on the same page without it."""
+    """Record the click of a valid code; whatever the code, land on the same page without it.
+
+    No database round trip in the usual case: the code and the template come from the caches of
+    `referrals.clicks` and the click's row is written after the answer, in a batch.
+    """
     response = HttpResponseRedirect(clean_redirect_url(request))
     code = request.GET.get(REF_PARAM, "").strip().lower()
     if not CODE_RE.fullmatch(code):
         return response
     try:
-        referrer = Account.objects.filter(referral_code=code, code_enabled=True).only("pk", "referral_code").first()
-        if referrer is None:
+        referrer_id = clicks.referrer_for_code(code)
+        if referrer_id is None:
             return response
         if is_bot(request) or over_click_rate(request):
             # Crawlers and link previews are not clicks, and one IP cannot inflate a link's
             # clicks: the visitor still lands on the page, nothing is counted or attributed.
             return response
         keep_earlier = settings.REFERRAL["ATTRIBUTION_MODEL"] == "first" and has_live_attribution(request)
-        click = record_click(request, referrer)
+        template_external_id, template_id = _template_of(request)
+        click = clicks.record_click(
+            referrer_id=referrer_id, visitor_id=visitor_id(request),
+            ip_hash=hash_ip(request.META.get("REMOTE_ADDR", "")), user_agent=request.META.get("HTTP_USER_AGENT", ""),
+            path=request.path, template_id=template_id,
+        )
     except DatabaseError:
         # A click we fail to count must not cost the visitor the page.
         log.exception("could not record a referral click for code %s", code)
         return response
     if not keep_earlier:
-        value = {"code": referrer.referral_code, "click": click.pk,
-                 "template": click.template.external_id if click.template else ""}
+        value = {"code": code, "click": click.public_id.hex, "template": template_external_id}
         response.set_signed_cookie(
             settings.REFERRAL["COOKIE_NAME"], _encode(value), salt=COOKIE_SALT, max_age=_window_seconds(),
             httponly=True, samesite="Lax", secure=request.is_secure(),
@@ -103,18 +110,6 @@ def over_click_rate(request) -> bool:
     except ValueError:  # the key expired between add and incr: this is the first click of a new minute
         cache.set(key, 1, timeout=120)
         return False
-
-
-def record_click(request, referrer: Account) -> Click:
-    now = timezone.now()
-    vid = visitor_id(request)
-    window = timedelta(hours=settings.REFERRAL["UNIQUE_CLICK_HOURS"])
-    seen = Click.objects.filter(referrer=referrer, visitor_id=vid, created_at__gt=now - window).exists()
-    return Click.objects.create(
-        referrer=referrer, visitor_id=vid, ip_hash=hash_ip(request.META.get("REMOTE_ADDR", "")),
-        user_agent=request.META.get("HTTP_USER_AGENT", "")[:300], path=request.path[:300],
-        template=_template_of(request), is_unique=not seen, created_at=now,
-    )
 
 
 def clean_redirect_url(request) -> str:
@@ -169,14 +164,17 @@ def has_live_attribution(request) -> bool:
     return bool(data) and Account.objects.filter(referral_code=data["code"], code_enabled=True).exists()
 
 
-def _template_of(request) -> Template | None:
+def _template_of(request) -> tuple[str, int | None]:
+    """A template page's (external id, template id); ("", None) on any other page."""
     try:
         match = resolve(request.path_info)
     except Resolver404:
-        return None
+        return "", None
     if match.url_name not in TEMPLATE_URL_NAMES:
-        return None
-    return Template.objects.filter(external_id=match.kwargs.get("external_id")).first()
+        return "", None
+    external_id = match.kwargs.get("external_id", "")
+    template_id = clicks.template_for(external_id)
+    return (external_id, template_id) if template_id is not None else ("", None)
 
 
 def _encode(value: dict) -> str:
