@@ -5,6 +5,11 @@ behind the same middleware, on the same gunicorn server in the same run.
 
 Needs `wrk` (Debian package) and gunicorn. Prints requests/s, p50 and p99 latency for both and
 their ratios. Targets (issue 9): click throughput >= 0.9 x bare, click p99 < 30 ms at 16 connections.
+
+Every wrk request is a new visitor (wrk keeps no cookies), so every click is a unique click with a
+row to write. After the run the server is stopped with SIGTERM and the script counts the clicks in
+the database against the click answers wrk received: the buffered writer must lose none.
+Extra gunicorn settings through the environment, e.g. REFERRAL_CLICK_WRITE=direct for the old path.
 """
 import argparse
 import os
@@ -32,13 +37,15 @@ def run_wrk(url: str, seconds: int, connections: int) -> dict:
     out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url],
                          capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
 
     def ms(label):
         value, unit = re.search(rf"{label}%\s+([\d.]+)(us|ms|s)", out).groups()
         return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
 
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p50": ms("50"), "p99": ms("99"), "errors": int(non2xx.group(1)) if non2xx else 0}
+    return {"rps": rps, "p50": ms("50"), "p99": ms("99"), "total": total,
+            "errors": int(non2xx.group(1)) if non2xx else 0}
 
 
 def main() -> None:
@@ -75,20 +82,33 @@ def main() -> None:
                 time.sleep(0.1)
         base = f"http://127.0.0.1:{port}"
         run_wrk(f"{base}/__bare__/", 2, args.connections)  # warm-up
+        warm = run_wrk(f"{base}/?ref={code}", 2, args.connections)
+        load_before = os.getloadavg()
         bare = run_wrk(f"{base}/__bare__/", args.seconds, args.connections)
         click = run_wrk(f"{base}/?ref={code}", args.seconds, args.connections)
+        load_after = os.getloadavg()
     finally:
         os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=10)
+        server.wait(timeout=30)
+    try:
+        rows = int(subprocess.run(
+            [python, "-c", "import django; django.setup(); from referrals.models import Click; "
+             "print(Click.objects.count())"], cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout)
+    finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
     db = "postgresql" if (args.database_url or "").startswith("postgres") else "sqlite"
-    print(f"database: {db}; gunicorn 1 worker; wrk {args.connections} connections, {args.seconds}s each")
+    print(f"database: {db}; gunicorn 1 worker, 1 thread; wrk {args.connections} connections, {args.seconds}s each; "
+          f"click write: {os.environ.get('REFERRAL_CLICK_WRITE', 'buffered')}; {os.cpu_count()} CPUs; "
+          f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
     print(f"{'':8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
     for name, r in (("bare", bare), ("click", click)):
         print(f"{name:8} {r['rps']:9.0f} {r['p50']:8.2f} {r['p99']:8.2f} {r['errors']:7d}")
     print(f"ratio click/bare throughput: {click['rps'] / bare['rps']:.2f} (target >= 0.90); "
           f"click p99 {click['p99']:.1f} ms (target < 30 ms)")
+    answered = warm["total"] + click["total"] - warm["errors"] - click["errors"]
+    print(f"clicks answered {answered}, rows in the database after SIGTERM {rows}: "
+          f"{'none lost' if rows >= answered else f'{answered - rows} LOST'}")
 
 
 if __name__ == "__main__":

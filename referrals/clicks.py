@@ -13,13 +13,14 @@ gunicorn workers exit through it on SIGTERM, SIGINT and SIGQUIT), and a sign-up 
 still waiting writes that click first (`find_click`). A batch the database refuses stays buffered
 and is retried; only SIGKILL or a crash loses what is buffered at that moment (< one interval).
 """
+
 import atexit
 import logging
 import os
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 
 from django.conf import settings
@@ -46,14 +47,18 @@ _local: dict[str, tuple[float, int | None]] = {}
 
 def referrer_for_code(code: str) -> int | None:
     """The id of the account whose enabled referral code this is, or None."""
-    return _cached(CODE_PREFIX + code, lambda: Account.objects.filter(referral_code=code, code_enabled=True)
-                   .values_list("pk", flat=True).first())
+    return _cached(
+        CODE_PREFIX + code,
+        lambda: Account.objects.filter(referral_code=code, code_enabled=True).values_list("pk", flat=True).first(),
+    )
 
 
 def template_for(external_id: str) -> int | None:
     """The id of the template with this external id, or None."""
-    return _cached(TEMPLATE_PREFIX + external_id, lambda: Template.objects.filter(external_id=external_id)
-                   .values_list("pk", flat=True).first())
+    return _cached(
+        TEMPLATE_PREFIX + external_id,
+        lambda: Template.objects.filter(external_id=external_id).values_list("pk", flat=True).first(),
+    )
 
 
 def forget_codes(*codes: str) -> None:
@@ -104,6 +109,20 @@ def _cache_call(method, *args, default, **kwargs):
 # --------------------------------------------------------------------------- the click itself
 
 
+# The row's columns, in the order `write_clicks` lists the values (PendingClick's fields).
+COLUMNS = (
+    "public_id",
+    "referrer_id",
+    "visitor_id",
+    "ip_hash",
+    "user_agent",
+    "path",
+    "template_id",
+    "is_unique",
+    "created_at",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class PendingClick:
     """A click as the request knows it: everything of its row but the row's primary key."""
@@ -122,12 +141,22 @@ class PendingClick:
         return Click(**asdict(self))
 
 
-def record_click(*, referrer_id: int, visitor_id: str, ip_hash: str, user_agent: str, path: str,
-                 template_id: int | None) -> PendingClick:
+assert tuple(f.name for f in fields(PendingClick)) == COLUMNS, "write_clicks lists the values in this order"
+
+
+def record_click(
+    *, referrer_id: int, visitor_id: str, ip_hash: str, user_agent: str, path: str, template_id: int | None
+) -> PendingClick:
     click = PendingClick(
-        public_id=uuid.uuid4(), referrer_id=referrer_id, visitor_id=visitor_id, ip_hash=ip_hash,
-        user_agent=user_agent[:300], path=path[:300], template_id=template_id,
-        is_unique=first_in_window(referrer_id=referrer_id, visitor_id=visitor_id), created_at=timezone.now(),
+        public_id=uuid.uuid4(),
+        referrer_id=referrer_id,
+        visitor_id=visitor_id,
+        ip_hash=ip_hash,
+        user_agent=user_agent[:300],
+        path=path[:300],
+        template_id=template_id,
+        is_unique=first_in_window(referrer_id=referrer_id, visitor_id=visitor_id),
+        created_at=timezone.now(),
     )
     if settings.REFERRAL["CLICK_WRITE"] == "direct":
         write_clicks([click])
@@ -148,9 +177,36 @@ def first_in_window(*, referrer_id: int, visitor_id: str) -> bool:
 
 
 def write_clicks(clicks: list[PendingClick]) -> int:
-    """Insert these clicks in one transaction; a click whose row exists already is skipped."""
-    with transaction.atomic():
-        Click.objects.bulk_create([c.as_model() for c in clicks], batch_size=500, ignore_conflicts=True)
+    """Insert these clicks in one transaction; a click whose row exists already is skipped.
+
+    One prepared INSERT run over all rows: `bulk_create` spent six times as much CPU per click
+    building model instances, and this runs in the web process, beside the requests.
+    """
+    meta = Click._meta
+    quote = connection.ops.quote_name
+    columns = [meta.get_field(name) for name in COLUMNS]
+    # Only quoted table and column names go into the text; the values are parameters.
+    sql = (
+        f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in columns)}) "  # noqa: S608
+        f"VALUES ({', '.join(['%s'] * len(columns))}) ON CONFLICT ({quote('public_id')}) DO NOTHING"
+    )
+    uuid_field, time_field = meta.get_field("public_id"), meta.get_field("created_at")
+    rows = [
+        (
+            uuid_field.get_db_prep_value(c.public_id, connection),
+            c.referrer_id,
+            c.visitor_id,
+            c.ip_hash,
+            c.user_agent,
+            c.path,
+            c.template_id,
+            c.is_unique,
+            time_field.get_db_prep_value(c.created_at, connection),
+        )
+        for c in clicks
+    ]
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.executemany(sql, rows)
     return len(clicks)
 
 
@@ -209,8 +265,9 @@ class ClickBuffer:
                 if len(self._pending) >= settings.REFERRAL["CLICK_BUFFER_MAX"]:
                     # The database has refused writes for a long time; memory is not unlimited.
                     self.dropped += 1
-                    log.error("click buffer full (%d waiting): click %s not recorded", len(self._pending),
-                              click.public_id)
+                    log.error(
+                        "click buffer full (%d waiting): click %s not recorded", len(self._pending), click.public_id
+                    )
                     return
                 self._pending.append(click)
                 if self._thread is None or not self._thread.is_alive():
@@ -322,4 +379,3 @@ class ClickBuffer:
 buffer = ClickBuffer()
 os.register_at_fork(after_in_child=buffer._after_fork_in_child)
 atexit.register(buffer.close)
-

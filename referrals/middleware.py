@@ -1,6 +1,7 @@
 """Referral links: `?ref=CODE` on any page records a click, remembers it in a signed cookie for
 the attribution window, and redirects to the same page without the code (SPEC "Referral links")."""
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -10,10 +11,11 @@ import secrets
 import time
 
 from django.conf import settings
+from django.core import signing
 from django.core.cache import cache
 from django.db import DatabaseError
 from django.http import HttpResponseRedirect
-from django.urls import Resolver404, resolve
+from django.urls import Resolver404, get_urlconf, resolve, reverse
 from django.utils.encoding import escape_uri_path
 from django.utils.http import url_has_allowed_host_and_scheme
 
@@ -83,8 +85,11 @@ def follow_referral_link(request) -> HttpResponseRedirect:
         return response
     if not keep_earlier:
         value = {"code": code, "click": click.public_id.hex, "template": template_external_id}
-        response.set_signed_cookie(
-            settings.REFERRAL["COOKIE_NAME"], _encode(value), salt=COOKIE_SALT, max_age=_window_seconds(),
+        # What `response.set_signed_cookie` writes (and `request.get_signed_cookie` reads), with the
+        # signer built once per process instead of once per click.
+        name = settings.REFERRAL["COOKIE_NAME"]
+        response.set_cookie(
+            name, _cookie_signer(name + COOKIE_SALT).sign(_encode(value)), max_age=_window_seconds(),
             httponly=True, samesite="Lax", secure=request.is_secure(),
         )
     return response
@@ -115,10 +120,10 @@ def over_click_rate(request) -> bool:
 def clean_redirect_url(request) -> str:
     """The current path and query without `ref`, as a same-host relative URL."""
     path = LEADING_SLASHES_RE.sub("/", request.path) or "/"
-    query = request.GET.copy()
-    query.pop(REF_PARAM, None)
     url = escape_uri_path(path)
-    if query:
+    if len(request.GET) > 1:  # copying the query is the costly part; most links carry only `ref`
+        query = request.GET.copy()
+        query.pop(REF_PARAM, None)
         url = f"{url}?{query.urlencode()}"
     if not url_has_allowed_host_and_scheme(url, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
         return "/"
@@ -166,6 +171,8 @@ def has_live_attribution(request) -> bool:
 
 def _template_of(request) -> tuple[str, int | None]:
     """A template page's (external id, template id); ("", None) on any other page."""
+    if not request.path_info.startswith(_template_prefix(get_urlconf() or settings.ROOT_URLCONF)):
+        return "", None  # resolving the URL costs more than the rest of the click: only where it can match
     try:
         match = resolve(request.path_info)
     except Resolver404:
@@ -175,6 +182,22 @@ def _template_of(request) -> tuple[str, int | None]:
     external_id = match.kwargs.get("external_id", "")
     template_id = clicks.template_for(external_id)
     return (external_id, template_id) if template_id is not None else ("", None)
+
+
+@functools.lru_cache(maxsize=8)
+def _template_prefix(urlconf: str) -> str:
+    """The path that every template page starts with ("/t/")."""
+    return reverse("template_page_bare", kwargs={"external_id": "x"}, urlconf=urlconf).removesuffix("x")
+
+
+def _cookie_signer(salt: str):
+    return _signer(settings.SIGNING_BACKEND, settings.SECRET_KEY, tuple(settings.SECRET_KEY_FALLBACKS), salt)
+
+
+@functools.lru_cache(maxsize=8)
+def _signer(backend: str, key: str, fallback_keys: tuple, salt: str):
+    # Keyed by the settings it is made from, so a rotated key makes a new signer.
+    return signing.get_cookie_signer(salt=salt)
 
 
 def _encode(value: dict) -> str:

@@ -290,6 +290,11 @@ REFERRAL |= {
     # Clicks kept in memory while the database refuses writes; past this, new ones are dropped (logged).
     "CLICK_BUFFER_MAX": env.int("REFERRAL_CLICK_BUFFER_MAX", default=100_000),
 }
+# A `?ref=` link is answered by a redirect before the session, CSRF, auth and messages middleware
+# (none of which a redirect needs), still inside the security, static-file and CSP middleware.
+MIDDLEWARE.remove("referrals.middleware.ReferralLinkMiddleware")
+MIDDLEWARE.insert(MIDDLEWARE.index("django.contrib.sessions.middleware.SessionMiddleware"),
+                  "referrals.middleware.ReferralLinkMiddleware")
 # The unique-click keys, per-IP click counters, code lookups and API throttle live in this cache:
 # Redis shared by every process when REDIS_URL is set, else one process's memory (big enough to
 # hold a day of unique-click keys on a small deployment).
