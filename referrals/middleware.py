@@ -109,11 +109,14 @@ def over_click_rate(request) -> bool:
     if not limit:
         return False
     key = f"ref-clicks:{hash_ip(request.META.get('REMOTE_ADDR', ''))}:{int(time.time() // 60)}"
-    cache.add(key, 0, timeout=120)
     try:
+        cache.add(key, 0, timeout=120)
         return cache.incr(key) > limit
     except ValueError:  # the key expired between add and incr: this is the first click of a new minute
         cache.set(key, 1, timeout=120)
+        return False
+    except Exception:  # the cache is down (the Redis client raises its own errors): do not limit
+        log.warning("click rate limit skipped: cache unavailable", exc_info=True)
         return False
 
 
