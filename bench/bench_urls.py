@@ -1,4 +1,5 @@
 """The portal's URLs plus `/__bare__/`: a view that does nothing, behind the same middleware."""
+
 from django.http import HttpResponse
 from django.urls import path
 
