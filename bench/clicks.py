@@ -151,6 +151,12 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="gunicorn threads: 1 is the sync worker (a connection per request), more the gthread worker (keep-alive)",
+    )
+    parser.add_argument(
         "--profile",
         metavar="DIR",
         help="then run both again under py-spy (PyPI) and print where the worker's time goes",
@@ -193,7 +199,7 @@ def main() -> None:
             "--workers",
             "1",
             "--threads",
-            "1",
+            str(args.threads),
             "--log-level",
             "warning",
         ],
@@ -234,9 +240,10 @@ def main() -> None:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
+    worker_kind = "sync worker" if args.threads == 1 else f"gthread worker with {args.threads} threads"
     db = "postgresql" if (args.database_url or "").startswith("postgres") else "sqlite"
     print(
-        f"database: {db}; gunicorn 1 worker, 1 thread; wrk {args.connections} connections, {args.seconds}s each; "
+        f"database: {db}; gunicorn 1 worker, {worker_kind}; wrk {args.connections} connections, {args.seconds}s each; "
         f"click write: {os.environ.get('REFERRAL_CLICK_WRITE', 'buffered')}; referral middleware: "
         f"{'last (its place before issue 9)' if MIDDLEWARE_LAST else 'before sessions'}; "
         f"{os.cpu_count()} CPUs; "
