@@ -1,7 +1,8 @@
 """Throughput and latency of the referral click (`/?ref=CODE` → 302) next to a bare Django view
 behind the same middleware, on the same gunicorn server in the same run.
 
-    .venv/bin/python bench/clicks.py [--seconds 10] [--connections 16] [--database-url URL]
+    .venv/bin/python bench/clicks.py [--seconds 10] [--rounds 3] [--connections 16] [--threads 1]
+                                     [--database-url URL] [--profile DIR]
 
 Needs `wrk` (Debian package) and gunicorn. Prints requests/s, p50 and p99 latency for both and
 their ratios. Targets (issue 9): click throughput >= 0.9 x bare, click p99 < 30 ms at 16 connections.
@@ -18,6 +19,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -149,6 +151,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3, help="bare and click runs, alternating")
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
     parser.add_argument(
         "--threads",
@@ -224,8 +227,12 @@ def main() -> None:
             ).stdout.split()[0]
         )
         load_before = os.getloadavg()
-        bare = run_wrk(f"{base}/__bare__/", args.seconds, args.connections, worker=worker)
-        click = run_wrk(f"{base}/?ref={code}", args.seconds, args.connections, worker=worker)
+        # Bare and click alternate, so a burst of load from elsewhere on the machine hits both.
+        rounds = []
+        for _ in range(args.rounds):
+            bare = run_wrk(f"{base}/__bare__/", args.seconds, args.connections, worker=worker)
+            click = run_wrk(f"{base}/?ref={code}", args.seconds, args.connections, worker=worker)
+            rounds.append((bare, click))
         load_after = os.getloadavg()
         profiles = {}
         if args.profile:
@@ -249,12 +256,22 @@ def main() -> None:
         f"{os.cpu_count()} CPUs; "
         f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after"
     )
-    print(f"{'':8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'worker CPU ms/req':>18}")
-    for name, r in (("bare", bare), ("click", click)):
-        print(f"{name:8} {r['rps']:9.0f} {r['p50']:8.2f} {r['p99']:8.2f} {r['errors']:7d} {r['cpu_ms']:18.2f}")
+    print(f"{'':12} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'worker CPU ms/req':>18}  ratio")
+    for n, (bare, click) in enumerate(rounds, 1):
+        for name, r in ((f"{n}: bare", bare), (f"{n}: click", click)):
+            ratio = f"{click['rps'] / bare['rps']:.2f}" if r is click else ""
+            print(
+                f"{name:12} {r['rps']:9.0f} {r['p50']:8.2f} {r['p99']:8.2f} {r['errors']:7d} "
+                f"{r['cpu_ms']:18.2f}  {ratio}"
+            )
+    ratios = sorted(c["rps"] / b["rps"] for b, c in rounds)
+    p99s = sorted(c["p99"] for _, c in rounds)
+    cpu = sum(c["cpu_ms"] for _, c in rounds) / sum(b["cpu_ms"] for b, _ in rounds)
     print(
-        f"ratio click/bare throughput: {click['rps'] / bare['rps']:.2f} (target >= 0.90); "
-        f"click p99 {click['p99']:.1f} ms (target < 30 ms)"
+        f"median ratio click/bare throughput: {statistics.median(ratios):.2f} (target >= 0.90; rounds "
+        f"{', '.join(f'{r:.2f}' for r in ratios)}); "
+        f"median click p99 {statistics.median(p99s):.1f} ms (target < 30 ms); "
+        f"worker CPU per click / per bare request: {cpu:.2f}"
     )
     for name, prof in profiles.items():
         print(f"py-spy, {name} (worker samples: {prof['samples']}):")
@@ -262,7 +279,7 @@ def main() -> None:
             print(f"  {100 * n / max(prof['samples'], 1):5.1f} %  {category}")
         for child, n in sorted(prof["children"].items(), key=lambda kv: -kv[1])[:8]:
             print(f"           {100 * n / max(prof['samples'], 1):5.1f} %  follow_referral_link -> {child}")
-    answered = warm["total"] + click["total"] - warm["errors"] - click["errors"]
+    answered = warm["total"] - warm["errors"] + sum(c["total"] - c["errors"] for _, c in rounds)
     print(
         f"clicks answered {answered}, rows in the database after SIGTERM {rows}: "
         f"{'none lost' if rows >= answered else f'{answered - rows} LOST'}"
