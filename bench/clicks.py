@@ -63,7 +63,7 @@ def count_clicks(python: str, env: dict) -> int:
 def run_wrk(url: str, seconds: int, connections: int, worker: int | None = None) -> dict:
     cpu_before = cpu_seconds(worker) if worker else 0.0
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s", "--latency", url],
         capture_output=True,
         text=True,
         check=True,
