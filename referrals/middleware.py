@@ -1,5 +1,6 @@
 """Referral links: `?ref=CODE` on any page records a click, remembers it in a signed cookie for
 the attribution window, and redirects to the same page without the code (SPEC "Referral links")."""
+
 import base64
 import functools
 import hashlib
@@ -49,8 +50,14 @@ class ReferralLinkMiddleware:
         else:
             response = self.get_response(request)
         if request.COOKIES.get(VISITOR_COOKIE) != visitor_id(request):
-            response.set_cookie(VISITOR_COOKIE, visitor_id(request), max_age=VISITOR_COOKIE_MAX_AGE,
-                                httponly=True, samesite="Lax", secure=request.is_secure())
+            response.set_cookie(
+                VISITOR_COOKIE,
+                visitor_id(request),
+                max_age=VISITOR_COOKIE_MAX_AGE,
+                httponly=True,
+                samesite="Lax",
+                secure=request.is_secure(),
+            )
         return response
 
 
@@ -75,9 +82,12 @@ def follow_referral_link(request) -> HttpResponseRedirect:
         keep_earlier = settings.REFERRAL["ATTRIBUTION_MODEL"] == "first" and has_live_attribution(request)
         template_external_id, template_id = _template_of(request)
         click = clicks.record_click(
-            referrer_id=referrer_id, visitor_id=visitor_id(request),
-            ip_hash=hash_ip(request.META.get("REMOTE_ADDR", "")), user_agent=request.META.get("HTTP_USER_AGENT", ""),
-            path=request.path, template_id=template_id,
+            referrer_id=referrer_id,
+            visitor_id=visitor_id(request),
+            ip_hash=hash_ip(request.META.get("REMOTE_ADDR", "")),
+            user_agent=request.META.get("HTTP_USER_AGENT", ""),
+            path=request.path,
+            template_id=template_id,
         )
     except DatabaseError:
         # A click we fail to count must not cost the visitor the page.
@@ -89,14 +99,21 @@ def follow_referral_link(request) -> HttpResponseRedirect:
         # signer built once per process instead of once per click.
         name = settings.REFERRAL["COOKIE_NAME"]
         response.set_cookie(
-            name, _cookie_signer(name + COOKIE_SALT).sign(_encode(value)), max_age=_window_seconds(),
-            httponly=True, samesite="Lax", secure=request.is_secure(),
+            name,
+            _cookie_signer(name + COOKIE_SALT).sign(_encode(value)),
+            max_age=_window_seconds(),
+            httponly=True,
+            samesite="Lax",
+            secure=request.is_secure(),
         )
     return response
 
 
-BOT_RE = re.compile(r"bot\b|bot/|crawl|spider|slurp|facebookexternalhit|embedly|preview|python-requests|"
-                    r"curl/|wget/|go-http-client|httpclient|headlesschrome.*lighthouse", re.IGNORECASE)
+BOT_RE = re.compile(
+    r"bot\b|bot/|crawl|spider|slurp|facebookexternalhit|embedly|preview|python-requests|"
+    r"curl/|wget/|go-http-client|httpclient|headlesschrome.*lighthouse",
+    re.IGNORECASE,
+)
 
 
 def is_bot(request) -> bool:
@@ -153,8 +170,9 @@ def hash_ip(ip: str) -> str:
 
 def read_referral_cookie(request) -> dict | None:
     """The remembered click ({"code", "click", "template"}) if the cookie is intact and in the window."""
-    raw = request.get_signed_cookie(settings.REFERRAL["COOKIE_NAME"], default=None, salt=COOKIE_SALT,
-                                    max_age=_window_seconds())
+    raw = request.get_signed_cookie(
+        settings.REFERRAL["COOKIE_NAME"], default=None, salt=COOKIE_SALT, max_age=_window_seconds()
+    )
     if not raw:
         return None
     try:

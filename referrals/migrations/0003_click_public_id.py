@@ -22,7 +22,6 @@ def fill_public_ids(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
         ("referrals", "0002_event_applied_at"),
     ]
