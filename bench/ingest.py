@@ -18,7 +18,6 @@ The raw side is one `INSERT INTO referrals_event (...) VALUES (...), (...), ...`
 with the same column values (pre-serialised JSON, hashes computed outside the timing) through
 the same connection: the floor set by PostgreSQL for storing these rows.
 """
-
 import argparse
 import json
 import os
@@ -59,16 +58,9 @@ def make_batches(tag: str, accounts: list[str], n_batches: int) -> list[list[dic
         batch = []
         for i in range(BATCH):
             n = b * BATCH + i
-            batch.append(
-                {
-                    "id": f"{tag}-{n}",
-                    "type": ev.USAGE_CHARGED,
-                    "account": accounts[n % len(accounts)],
-                    "occurred_at": (start + timedelta(seconds=n)).isoformat(),
-                    "amount": f"{1 + n % 50}.{n % 100:02d}",
-                    "product": "pods" if n % 3 else "serverless",
-                }
-            )
+            batch.append({"id": f"{tag}-{n}", "type": ev.USAGE_CHARGED, "account": accounts[n % len(accounts)],
+                          "occurred_at": (start + timedelta(seconds=n)).isoformat(),
+                          "amount": f"{1 + n % 50}.{n % 100:02d}", "product": "pods" if n % 3 else "serverless"})
         batches.append(batch)
     return batches
 
@@ -78,48 +70,19 @@ def raw_rows(batch: list[dict], tag: str, account_ids: dict[str, int]) -> list[t
     rows = []
     for raw in batch:
         valid = ev.validate_event(raw)
-        rows.append(
-            (
-                f"raw-{tag}-{raw['id']}",
-                valid.type,
-                "api",
-                account_ids[valid.account],
-                valid.occurred_at,
-                now,
-                json.dumps(raw),
-                valid.content_hash,
-                valid.amount,
-                valid.product,
-                0,
-                0,
-                None,
-            )
-        )
+        rows.append((f"raw-{tag}-{raw['id']}", valid.type, "api", account_ids[valid.account], valid.occurred_at, now,
+                     json.dumps(raw), valid.content_hash, valid.amount, valid.product, 0, 0, None))
     return rows
 
 
-RAW_COLUMNS = (
-    "external_id",
-    "type",
-    "source",
-    "account_id",
-    "occurred_at",
-    "received_at",
-    "payload",
-    "content_hash",
-    "amount",
-    "product",
-    "refunded",
-    "runtime_seconds",
-    "applied_at",
-)
+RAW_COLUMNS = ("external_id", "type", "source", "account_id", "occurred_at", "received_at", "payload",
+               "content_hash", "amount", "product", "refunded", "runtime_seconds", "applied_at")
 
 
 def raw_insert(rows: list[tuple]) -> None:
     one = "(" + ", ".join(["%s"] * len(RAW_COLUMNS)) + ")"
-    sql = f"INSERT INTO referrals_event ({', '.join(RAW_COLUMNS)}, apply_error) VALUES " + ", ".join(
-        f"{one[:-1]}, '')" for _ in rows
-    )
+    sql = (f"INSERT INTO referrals_event ({', '.join(RAW_COLUMNS)}, apply_error) VALUES "
+           + ", ".join(f"{one[:-1]}, '')" for _ in rows))
     with connection.cursor() as cursor:
         cursor.execute(sql, [value for row in rows for value in row])
 
@@ -128,12 +91,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, default=20, help="1000-event batches per side (default 20)")
     parser.add_argument("--accounts", type=int, default=200, help="distinct accounts charged (default 200)")
-    parser.add_argument(
-        "--apply-sample",
-        type=int,
-        default=500,
-        help="how many of the stored events to apply afterwards, timed (default 500)",
-    )
+    parser.add_argument("--apply-sample", type=int, default=500,
+                        help="how many of the stored events to apply afterwards, timed (default 500)")
     args = parser.parse_args()
     if connection.vendor != "postgresql":
         sys.exit("bench/ingest.py measures PostgreSQL: set DATABASE_URL=postgres://... (a scratch database)")
@@ -142,28 +101,14 @@ def main() -> None:
     load_preset("runpod")
     tag = uuid.uuid4().hex[:8]
     referrer = f"bench-{tag}-referrer"
-    ingest_event(
-        {
-            "id": f"{referrer}-signup",
-            "type": ev.ACCOUNT_CREATED,
-            "account": referrer,
-            "occurred_at": "2026-01-01T00:00:00Z",
-            "email": f"{referrer}@example.com",
-        }
-    )
+    ingest_event({"id": f"{referrer}-signup", "type": ev.ACCOUNT_CREATED, "account": referrer,
+                  "occurred_at": "2026-01-01T00:00:00Z", "email": f"{referrer}@example.com"})
     code = Account.objects.get(external_id=referrer).referral_code
     accounts = [f"bench-{tag}-{i}" for i in range(args.accounts)]
     for name in accounts:
-        ingest_event(
-            {
-                "id": f"{name}-signup",
-                "type": ev.ACCOUNT_CREATED,
-                "account": name,
-                "occurred_at": "2026-01-01T00:00:00Z",
-                "email": f"{name}@example.com",
-                "referral_code": code,
-            }
-        )
+        ingest_event({"id": f"{name}-signup", "type": ev.ACCOUNT_CREATED, "account": name,
+                      "occurred_at": "2026-01-01T00:00:00Z", "email": f"{name}@example.com",
+                      "referral_code": code})
     account_ids = dict(Account.objects.filter(external_id__in=accounts).values_list("external_id", "pk"))
 
     batches = make_batches(f"bench-{tag}", accounts, args.batches)
@@ -202,11 +147,8 @@ def main() -> None:
     assert stored == n, f"{stored} of {n} events stored unapplied"
     # Applying is the ledger work the queued tasks do; a sample of it is timed (the rest stays
     # stored, not applied, in this scratch database).
-    sample = list(
-        Event.objects.filter(external_id__startswith=f"bench-{tag}-", applied_at__isnull=True)
-        .order_by("id")
-        .values_list("pk", flat=True)[: args.apply_sample]
-    )
+    sample = list(Event.objects.filter(external_id__startswith=f"bench-{tag}-", applied_at__isnull=True)
+                  .order_by("id").values_list("pk", flat=True)[:args.apply_sample])
     started = time.perf_counter()
     applied = apply_pending(event_ids=sample)
     apply_seconds = time.perf_counter() - started
@@ -216,10 +158,8 @@ def main() -> None:
     print(f"API (POST /api/v1/events, in-process): {api_rate:,.0f} events/s ({api_seconds:.2f} s)")
     print(f"raw multi-row INSERT of the same rows: {raw_rate:,.0f} events/s ({raw_seconds:.2f} s)")
     print(f"ratio API / raw: {api_rate / raw_rate:.2f}")
-    print(
-        f"applying them afterwards (ledger, commissions: the queued tasks' work), a sample: "
-        f"{applied / apply_seconds:,.0f} events/s ({applied} events, {apply_seconds:.2f} s)"
-    )
+    print(f"applying them afterwards (ledger, commissions: the queued tasks' work), a sample: "
+          f"{applied / apply_seconds:,.0f} events/s ({applied} events, {apply_seconds:.2f} s)")
 
 
 if __name__ == "__main__":
