@@ -73,8 +73,10 @@ def fill(rows: int) -> None:
         "SELECT 'bench-' || i, CASE WHEN i %% 10 = 0 THEN 'credits.purchased' ELSE 'usage.charged' END, 'api', "
         "(SELECT min(id) FROM referrals_account) + i %% 1000, now(), now(), '{}', '', '', 0, 0, '' "
         "FROM generate_series(1, %s) i", [rows])
-    sql("INSERT INTO referrals_click (referrer_id, visitor_id, ip_hash, user_agent, path, is_unique, created_at) "
-        "SELECT (SELECT min(id) FROM referrals_account) + i %% 1000, 'v' || i, '', '', '/', true, now() "
+    sql("INSERT INTO referrals_click (public_id, referrer_id, visitor_id, ip_hash, user_agent, path, is_unique, "
+        "created_at) "
+        "SELECT gen_random_uuid(), (SELECT min(id) FROM referrals_account) + i %% 1000, 'v' || i, '', '', '/', true, "
+        "now() "
         "FROM generate_series(1, %s) i", [rows])
     sql("ANALYZE")
     print(f"filled in {time.perf_counter() - started:.1f} s", flush=True)

@@ -113,9 +113,9 @@ def generate(n_referrals: int) -> None:
         SELECT 'alice-tpl-' || g, %s, 'Template ' || g, 0, %s, %s + INTERVAL '2 days'
         FROM generate_series(1, 20) g""", [a, start, start])
     timed("clicks (3 per sign-up, 5/6 unique)", """
-        INSERT INTO referrals_click (referrer_id, visitor_id, ip_hash, user_agent, path, template_id, is_unique,
-                                     created_at)
-        SELECT %s, 'v' || (g / 6 * 5 + g %% 6 %% 5), '', 'Mozilla/5.0', '/', NULL, g %% 6 <> 5,
+        INSERT INTO referrals_click (public_id, referrer_id, visitor_id, ip_hash, user_agent, path, template_id,
+                                     is_unique, created_at)
+        SELECT gen_random_uuid(), %s, 'v' || (g / 6 * 5 + g %% 6 %% 5), '', 'Mozilla/5.0', '/', NULL, g %% 6 <> 5,
                %s::timestamptz + g * (INTERVAL '365 days' / %s)
         FROM generate_series(0, 3 * %s - 1) g""", [a, start, 3 * n_referrals, n_referrals])
     # Status: 3 % ineligible (self-referral signals at sign-up), then 60 % of the others converted.

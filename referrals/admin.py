@@ -14,7 +14,7 @@ from backoffice.selectors import account_summary, application_review
 from ledger.admin import BigTableAdmin, ReadOnlyAdmin, ValuesFilter
 from ledger.money import format_cents, format_exact, to_units
 
-from . import services
+from . import clicks, services
 from .api.keys import ApiKeyInvalid, api_key_create, api_key_revoke, validate_api_key_request
 from .models import (
     Account,
@@ -92,6 +92,11 @@ class AccountAdmin(BigTableAdmin):
 
     def has_add_permission(self, request):
         return False  # accounts come from account.created events
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        # Disabling a code must stop its clicks now, not when the click path's cache expires.
+        clicks.forget_codes(obj.referral_code)
 
 
 @admin.register(Application)

@@ -1,6 +1,8 @@
 """Referral links: `?ref=CODE` on any page records a click, remembers it in a signed cookie for
 the attribution window, and redirects to the same page without the code (SPEC "Referral links")."""
+
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -8,18 +10,18 @@ import logging
 import re
 import secrets
 import time
-from datetime import timedelta
 
 from django.conf import settings
+from django.core import signing
 from django.core.cache import cache
 from django.db import DatabaseError
 from django.http import HttpResponseRedirect
-from django.urls import Resolver404, resolve
-from django.utils import timezone
+from django.urls import Resolver404, get_urlconf, resolve, reverse
 from django.utils.encoding import escape_uri_path
 from django.utils.http import url_has_allowed_host_and_scheme
 
-from .models import CODE_ALPHABET, CODE_LENGTH, Account, Click, Template
+from . import clicks
+from .models import CODE_ALPHABET, CODE_LENGTH, Account
 
 log = logging.getLogger(__name__)
 
@@ -48,43 +50,70 @@ class ReferralLinkMiddleware:
         else:
             response = self.get_response(request)
         if request.COOKIES.get(VISITOR_COOKIE) != visitor_id(request):
-            response.set_cookie(VISITOR_COOKIE, visitor_id(request), max_age=VISITOR_COOKIE_MAX_AGE,
-                                httponly=True, samesite="Lax", secure=request.is_secure())
+            response.set_cookie(
+                VISITOR_COOKIE,
+                visitor_id(request),
+                max_age=VISITOR_COOKIE_MAX_AGE,
+                httponly=True,
+                samesite="Lax",
+                secure=request.is_secure(),
+            )
         return response
 
 
 def follow_referral_link(request) -> HttpResponseRedirect:
-    """Record the click of a valid code; whatever the code, land on the same page without it."""
+    """Record the click of a valid code; whatever the code, land on the same page without it.
+
+    No database round trip in the usual case: the code and the template come from the caches of
+    `referrals.clicks` and the click's row is written after the answer, in a batch.
+    """
     response = HttpResponseRedirect(clean_redirect_url(request))
     code = request.GET.get(REF_PARAM, "").strip().lower()
     if not CODE_RE.fullmatch(code):
         return response
     try:
-        referrer = Account.objects.filter(referral_code=code, code_enabled=True).only("pk", "referral_code").first()
-        if referrer is None:
+        referrer_id = clicks.referrer_for_code(code)
+        if referrer_id is None:
             return response
         if is_bot(request) or over_click_rate(request):
             # Crawlers and link previews are not clicks, and one IP cannot inflate a link's
             # clicks: the visitor still lands on the page, nothing is counted or attributed.
             return response
         keep_earlier = settings.REFERRAL["ATTRIBUTION_MODEL"] == "first" and has_live_attribution(request)
-        click = record_click(request, referrer)
+        template_external_id, template_id = _template_of(request)
+        click = clicks.record_click(
+            referrer_id=referrer_id,
+            visitor_id=visitor_id(request),
+            ip_hash=hash_ip(request.META.get("REMOTE_ADDR", "")),
+            user_agent=request.META.get("HTTP_USER_AGENT", ""),
+            path=request.path,
+            template_id=template_id,
+        )
     except DatabaseError:
         # A click we fail to count must not cost the visitor the page.
         log.exception("could not record a referral click for code %s", code)
         return response
     if not keep_earlier:
-        value = {"code": referrer.referral_code, "click": click.pk,
-                 "template": click.template.external_id if click.template else ""}
-        response.set_signed_cookie(
-            settings.REFERRAL["COOKIE_NAME"], _encode(value), salt=COOKIE_SALT, max_age=_window_seconds(),
-            httponly=True, samesite="Lax", secure=request.is_secure(),
+        value = {"code": code, "click": click.public_id.hex, "template": template_external_id}
+        # What `response.set_signed_cookie` writes (and `request.get_signed_cookie` reads), with the
+        # signer built once per process instead of once per click.
+        name = settings.REFERRAL["COOKIE_NAME"]
+        response.set_cookie(
+            name,
+            _cookie_signer(name + COOKIE_SALT).sign(_encode(value)),
+            max_age=_window_seconds(),
+            httponly=True,
+            samesite="Lax",
+            secure=request.is_secure(),
         )
     return response
 
 
-BOT_RE = re.compile(r"bot\b|bot/|crawl|spider|slurp|facebookexternalhit|embedly|preview|python-requests|"
-                    r"curl/|wget/|go-http-client|httpclient|headlesschrome.*lighthouse", re.IGNORECASE)
+BOT_RE = re.compile(
+    r"bot\b|bot/|crawl|spider|slurp|facebookexternalhit|embedly|preview|python-requests|"
+    r"curl/|wget/|go-http-client|httpclient|headlesschrome.*lighthouse",
+    re.IGNORECASE,
+)
 
 
 def is_bot(request) -> bool:
@@ -97,33 +126,24 @@ def over_click_rate(request) -> bool:
     if not limit:
         return False
     key = f"ref-clicks:{hash_ip(request.META.get('REMOTE_ADDR', ''))}:{int(time.time() // 60)}"
-    cache.add(key, 0, timeout=120)
     try:
+        cache.add(key, 0, timeout=120)
         return cache.incr(key) > limit
     except ValueError:  # the key expired between add and incr: this is the first click of a new minute
         cache.set(key, 1, timeout=120)
         return False
-
-
-def record_click(request, referrer: Account) -> Click:
-    now = timezone.now()
-    vid = visitor_id(request)
-    window = timedelta(hours=settings.REFERRAL["UNIQUE_CLICK_HOURS"])
-    seen = Click.objects.filter(referrer=referrer, visitor_id=vid, created_at__gt=now - window).exists()
-    return Click.objects.create(
-        referrer=referrer, visitor_id=vid, ip_hash=hash_ip(request.META.get("REMOTE_ADDR", "")),
-        user_agent=request.META.get("HTTP_USER_AGENT", "")[:300], path=request.path[:300],
-        template=_template_of(request), is_unique=not seen, created_at=now,
-    )
+    except Exception:  # the cache is down (the Redis client raises its own errors): do not limit
+        log.warning("click rate limit skipped: cache unavailable", exc_info=True)
+        return False
 
 
 def clean_redirect_url(request) -> str:
     """The current path and query without `ref`, as a same-host relative URL."""
     path = LEADING_SLASHES_RE.sub("/", request.path) or "/"
-    query = request.GET.copy()
-    query.pop(REF_PARAM, None)
     url = escape_uri_path(path)
-    if query:
+    if len(request.GET) > 1:  # copying the query is the costly part; most links carry only `ref`
+        query = request.GET.copy()
+        query.pop(REF_PARAM, None)
         url = f"{url}?{query.urlencode()}"
     if not url_has_allowed_host_and_scheme(url, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
         return "/"
@@ -150,8 +170,9 @@ def hash_ip(ip: str) -> str:
 
 def read_referral_cookie(request) -> dict | None:
     """The remembered click ({"code", "click", "template"}) if the cookie is intact and in the window."""
-    raw = request.get_signed_cookie(settings.REFERRAL["COOKIE_NAME"], default=None, salt=COOKIE_SALT,
-                                    max_age=_window_seconds())
+    raw = request.get_signed_cookie(
+        settings.REFERRAL["COOKIE_NAME"], default=None, salt=COOKIE_SALT, max_age=_window_seconds()
+    )
     if not raw:
         return None
     try:
@@ -169,14 +190,35 @@ def has_live_attribution(request) -> bool:
     return bool(data) and Account.objects.filter(referral_code=data["code"], code_enabled=True).exists()
 
 
-def _template_of(request) -> Template | None:
+def _template_of(request) -> tuple[str, int | None]:
+    """A template page's (external id, template id); ("", None) on any other page."""
+    if not request.path_info.startswith(_template_prefix(get_urlconf() or settings.ROOT_URLCONF)):
+        return "", None  # resolving the URL costs more than the rest of the click: only where it can match
     try:
         match = resolve(request.path_info)
     except Resolver404:
-        return None
+        return "", None
     if match.url_name not in TEMPLATE_URL_NAMES:
-        return None
-    return Template.objects.filter(external_id=match.kwargs.get("external_id")).first()
+        return "", None
+    external_id = match.kwargs.get("external_id", "")
+    template_id = clicks.template_for(external_id)
+    return (external_id, template_id) if template_id is not None else ("", None)
+
+
+@functools.lru_cache(maxsize=8)
+def _template_prefix(urlconf: str) -> str:
+    """The path that every template page starts with ("/t/")."""
+    return reverse("template_page_bare", kwargs={"external_id": "x"}, urlconf=urlconf).removesuffix("x")
+
+
+def _cookie_signer(salt: str):
+    return _signer(settings.SIGNING_BACKEND, settings.SECRET_KEY, tuple(settings.SECRET_KEY_FALLBACKS), salt)
+
+
+@functools.lru_cache(maxsize=8)
+def _signer(backend: str, key: str, fallback_keys: tuple, salt: str):
+    # Keyed by the settings it is made from, so a rotated key makes a new signer.
+    return signing.get_cookie_signer(salt=salt)
 
 
 def _encode(value: dict) -> str:

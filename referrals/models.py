@@ -1,5 +1,6 @@
 """Accounts, attribution, programmes (as data), the event log and what events earn."""
 import secrets
+import uuid
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -168,6 +169,9 @@ class Template(models.Model):
 
 
 class Click(models.Model):
+    # Made by the web process before the row exists (clicks are written in batches after the
+    # answer, referrals.clicks): the attribution cookie and `click_id` of sign-ups carry it.
+    public_id = models.UUIDField(unique=True, default=uuid.uuid4, editable=False)
     referrer = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="clicks")
     visitor_id = models.CharField(max_length=64)
     ip_hash = models.CharField(max_length=64, blank=True)

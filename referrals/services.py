@@ -22,7 +22,7 @@ from ledger.models import Balance, Book, Entry
 from ledger.money import format_exact, net_sum, share_of
 from ledger.services import Leg, open_books, post
 
-from . import bulk, outbox, rules
+from . import bulk, clicks, outbox, rules
 from . import events as ev
 from .models import (
     Account,
@@ -367,9 +367,7 @@ def _attribution(payload: dict, occurred_at: datetime) -> tuple[Account | None, 
         if not referrer.code_enabled:
             raise EventRejected({"referral_code": "this referral code is disabled"}, "disabled_code")
     if click_id := payload.get("click_id"):
-        click = None
-        if click_id.isascii() and click_id.isdigit() and len(click_id) < 19:
-            click = Click.objects.filter(pk=int(click_id)).select_related("referrer").first()
+        click = clicks.find_click(click_id)  # its row id, or its public id (also while still buffered)
         if click is None:
             raise EventRejected({"click_id": f"unknown click {click_id!r}"}, "unknown_click")
         if referrer is not None and click.referrer_id != referrer.pk:

@@ -106,8 +106,6 @@ REFERRAL = {
     # "last": the latest valid click wins; "first": the first click inside the window wins.
     "ATTRIBUTION_MODEL": env.str("REFERRAL_ATTRIBUTION_MODEL", default="last"),
     "COOKIE_NAME": "ref",
-    # Repeat clicks from one visitor within this many hours count once as a unique click.
-    "UNIQUE_CLICK_HOURS": env.int("REFERRAL_UNIQUE_CLICK_HOURS", default=24),
     # Two sign-ups sharing an IP or device within this many days are treated as associated.
     "SELF_REFERRAL_WINDOW_DAYS": env.int("REFERRAL_SELF_REFERRAL_WINDOW_DAYS", default=30),
     # Events dated further in the future than this are refused (clock skew allowance).
@@ -290,3 +288,33 @@ STAFF_OTP_REQUIRED = env.bool("STAFF_OTP_REQUIRED", default=False)
 OTP_TOTP_ISSUER = env.str("OTP_TOTP_ISSUER", default="Referral portal")
 # The admin's device pages never show a secret key or its QR code to other staff.
 OTP_ADMIN_HIDE_SENSITIVE_DATA = True
+
+# --- The referral click's fast path (issues 8 and 9, referrals/clicks.py) ---
+REFERRAL |= {
+    # Repeat clicks from one visitor on one referrer's links within this many seconds count once
+    # as a unique click (SPEC: a day).
+    "CLICK_UNIQUE_WINDOW": env.int("REFERRAL_CLICK_UNIQUE_WINDOW", default=24 * 3600),
+    # How long a code → account lookup is trusted, in every cache layer, after it was read.
+    "CLICK_CODE_CACHE_SECONDS": env.int("REFERRAL_CLICK_CODE_CACHE_SECONDS", default=30),
+    # "buffered": clicks are written after the answer by a background thread, in batches, every
+    # CLICK_FLUSH_INTERVAL_MS or once CLICK_FLUSH_BATCH are waiting; "direct": in the request.
+    "CLICK_WRITE": env.str("REFERRAL_CLICK_WRITE", default="buffered"),
+    "CLICK_FLUSH_INTERVAL_MS": env.int("REFERRAL_CLICK_FLUSH_INTERVAL_MS", default=500),
+    "CLICK_FLUSH_BATCH": env.int("REFERRAL_CLICK_FLUSH_BATCH", default=500),
+    # Clicks kept in memory while the database refuses writes; past this, new ones are dropped (logged).
+    "CLICK_BUFFER_MAX": env.int("REFERRAL_CLICK_BUFFER_MAX", default=100_000),
+}
+# A `?ref=` link is answered by a redirect before the session, CSRF, auth and messages middleware
+# (none of which a redirect needs), still inside the security, static-file and CSP middleware.
+MIDDLEWARE.remove("referrals.middleware.ReferralLinkMiddleware")
+MIDDLEWARE.insert(MIDDLEWARE.index("django.contrib.sessions.middleware.SessionMiddleware"),
+                  "referrals.middleware.ReferralLinkMiddleware")
+# The unique-click keys, per-IP click counters, code lookups and API throttle live in this cache:
+# Redis shared by every process when REDIS_URL is set, else one process's memory (big enough to
+# hold a day of unique-click keys on a small deployment).
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
+                "OPTIONS": {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}}
+    if REDIS_URL else
+    {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "OPTIONS": {"MAX_ENTRIES": 100_000}}
+}

@@ -49,6 +49,17 @@ def _fresh_cache():
     # Counters kept in the cache (per-IP click limit, API throttle) must not leak between tests.
     from django.core.cache import cache
 
+    from referrals import clicks
+
     cache.clear()
+    clicks.clear_local_cache()
     yield
     cache.clear()
+    clicks.clear_local_cache()
+
+
+@pytest.fixture(autouse=True)
+def _clicks_written_in_the_request(settings):
+    # Tests inside a rolled-back transaction cannot share their rows with the click writer's own
+    # connection; tests/test_click_path.py runs the buffered writer for real (transactional tests).
+    settings.REFERRAL = {**settings.REFERRAL, "CLICK_WRITE": "direct"}

@@ -4,8 +4,10 @@ import hmac
 from datetime import timedelta
 
 import pytest
+import time_machine
 from django.conf import settings
 from django.test import Client, RequestFactory
+from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 
 from referrals.middleware import read_referral_cookie
@@ -57,7 +59,7 @@ def test_it_records_a_click_and_redirects_to_the_same_page_without_the_code(clie
 def test_it_remembers_the_click_in_a_signed_httponly_cookie_for_the_window(client, alice):
     client.get("/signup/", {"ref": alice.referral_code})
     click = Click.objects.get()
-    assert remembered(client) == {"code": alice.referral_code, "click": click.pk, "template": ""}
+    assert remembered(client) == {"code": alice.referral_code, "click": click.public_id.hex, "template": ""}
     cookie = client.cookies[settings.REFERRAL["COOKIE_NAME"]]
     assert cookie["httponly"] and cookie["samesite"] == "Lax"
     assert cookie["max-age"] == settings.REFERRAL["ATTRIBUTION_WINDOW_DAYS"] * 24 * 3600
@@ -88,10 +90,10 @@ def test_it_counts_a_repeat_click_within_the_window_once_as_unique(client, alice
 
 
 def test_it_counts_a_click_after_the_window_as_unique_again(client, alice):
-    client.get("/", {"ref": alice.referral_code})
-    hours = settings.REFERRAL["UNIQUE_CLICK_HOURS"]
-    Click.objects.update(created_at=Click.objects.get().created_at - timedelta(hours=hours, minutes=1))
-    client.get("/", {"ref": alice.referral_code})
+    with time_machine.travel(timezone.now(), tick=False) as clock:
+        client.get("/", {"ref": alice.referral_code})
+        clock.shift(timedelta(seconds=settings.REFERRAL["CLICK_UNIQUE_WINDOW"], minutes=1))
+        client.get("/", {"ref": alice.referral_code})
     assert Click.objects.filter(is_unique=True).count() == 2
 
 
