@@ -330,6 +330,15 @@ def test_it_answers_404_for_an_unknown_application(integration):
     assert response.json()["error"]["code"] == "not_found"
 
 
+@pytest.mark.parametrize("path", ["/api/v1/payouts/%0A/reject", "/api/v1/payouts/%0A", "/api/v1/x%0Ay"])
+def test_a_path_holding_a_newline_gets_the_json_404(integration, path):
+    # Found by schemathesis: "." in the catch-all route does not match a newline, which fell
+    # through to Django's HTML 404.
+    response = integration.post(path)
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
 def test_it_switches_the_track_and_answers_the_account(integration, apimarket, alice):
     response = integration.post("/api/v1/accounts/alice/track", {"track": "partner"}, format="json")
 

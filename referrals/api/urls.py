@@ -19,5 +19,6 @@ urlpatterns = [
     path("applications/<int:application_id>/reject", views.ApplicationRejectView.as_view(),
          name="application-reject"),
     path("jobs/run", views.JobsRunView.as_view(), name="jobs-run"),
-    re_path(r"^.*$", views.NotFoundView.as_view(), name="not-found"),
+    # [\s\S], not ".": an id holding a newline (%0A) must reach the JSON 404 too.
+    re_path(r"^[\s\S]*$", views.NotFoundView.as_view(), name="not-found"),
 ]
