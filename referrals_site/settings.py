@@ -312,9 +312,12 @@ MIDDLEWARE.insert(MIDDLEWARE.index("django.contrib.sessions.middleware.SessionMi
 # The unique-click keys, per-IP click counters, code lookups and API throttle live in this cache:
 # Redis shared by every process when REDIS_URL is set, else one process's memory (big enough to
 # hold a day of unique-click keys on a small deployment).
+# CACHE_REDIS_URL (e.g. the same server, another database number) keeps a cache.clear() away from
+# Celery's queues; it defaults to REDIS_URL.
+CACHE_REDIS_URL = env.str("CACHE_REDIS_URL", default=REDIS_URL)
 CACHES = {
-    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_REDIS_URL,
                 "OPTIONS": {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}}
-    if REDIS_URL else
+    if CACHE_REDIS_URL else
     {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "OPTIONS": {"MAX_ENTRIES": 100_000}}
 }
