@@ -1,7 +1,7 @@
 """Batch ingestion speed: events/s through `POST /api/v1/events` next to a raw multi-row
 INSERT of the same rows into the same table, measured in the same run on PostgreSQL.
 
-    DATABASE_URL=postgres://... .venv/bin/python bench/ingest.py [--batches 20] [--accounts 200]
+    DATABASE_URL=postgres://... .venv/bin/python bench/ingest.py [--batches 20] [--accounts 200] [--clients 1]
 
 The database must be a scratch one: the script migrates it, loads the `runpod` preset, creates
 accounts and writes events (all prefixed with a per-run tag, so runs do not collide).
@@ -19,15 +19,26 @@ checked (balanced, projection equal to the entries) afterwards.
 The raw side is one `INSERT INTO referrals_event (...) VALUES (...), (...), ...` per 1000 rows
 with the same column values (pre-serialised JSON, hashes computed outside the timing) through
 the same connection: the floor set by PostgreSQL for storing these rows.
+
+With `--clients N` both sides run in N sender processes (forked after the setup, each with its
+own Django state and database connection, as N web workers would be): each sender posts its own
+batches (its own event ids and its own share of the accounts) and warms up on its own batch.
+The two sides alternate in rounds: all senders start each round together at a barrier, each
+sends `--round-batches` batches of the side, and the round lasts until the last one is done;
+events/s is all the events over the sum of the rounds' wall times. With one client and one
+batch a round this is the sequential, batch-by-batch interleaving of the two sides.
 """
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
+from threading import BrokenBarrierError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "referrals_site.settings")
@@ -39,7 +50,7 @@ django.setup()
 from celery import current_app  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
-from django.db import connection  # noqa: E402
+from django.db import connection, connections  # noqa: E402
 from django.test import Client  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
@@ -90,6 +101,42 @@ def raw_insert(rows: list[tuple]) -> None:
         cursor.execute(sql, [value for row in rows for value in row])
 
 
+SIDES = ("api", "raw")
+
+
+def post_batch(client: Client, body: str) -> None:
+    response = client.post("/api/v1/events", body, content_type="application/json")
+    assert response.status_code == 200, response.content[:500]
+    results = response.json()["results"]
+    assert all(r["status"] == "accepted" for r in results), [r for r in results if r["status"] != "accepted"][:3]
+
+
+def sender(key: str, warm: tuple[str, list[tuple]], work: dict[str, list], round_batches: int,
+           barrier: Barrier) -> None:
+    """One concurrent client (a forked process with its own connection): warm up, then for each
+    round and side wait for the others at the barrier, send this round's batches, and wait for
+    the others to finish."""
+    try:
+        client = Client(HTTP_AUTHORIZATION=f"Bearer {key}")
+        # Warm-up (imports, connection, query plans) on a batch outside both timings.
+        post_batch(client, warm[0])
+        raw_insert(warm[1])
+        for start in range(0, len(work["api"]), round_batches):
+            for side in SIDES:
+                barrier.wait()
+                for item in work[side][start:start + round_batches]:
+                    if side == "api":
+                        post_batch(client, item)
+                    else:
+                        raw_insert(item)
+                barrier.wait()
+    except BaseException:
+        barrier.abort()  # the parent and the other senders stop waiting
+        raise
+    finally:
+        connection.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, default=20, help="1000-event batches per side (default 20)")
@@ -97,7 +144,13 @@ def main() -> None:
     parser.add_argument("--apply-sample", type=int, default=500,
                         help="how many of the stored events to apply one by one, timed, before applying the "
                              "rest set-based (default 500)")
+    parser.add_argument("--clients", type=int, default=1,
+                        help="concurrent sender processes, each with its own connection (default 1)")
+    parser.add_argument("--round-batches", type=int, default=1,
+                        help="batches each client sends of one side before the other side's round (default 1)")
     args = parser.parse_args()
+    if args.clients < 1 or args.round_batches < 1 or args.batches % (args.clients * args.round_batches):
+        parser.error("--batches must be a multiple of --clients × --round-batches (both at least 1)")
     if connection.vendor != "postgresql":
         sys.exit("bench/ingest.py measures PostgreSQL: set DATABASE_URL=postgres://... (a scratch database)")
 
@@ -115,9 +168,18 @@ def main() -> None:
                       "referral_code": code})
     account_ids = dict(Account.objects.filter(external_id__in=accounts).values_list("external_id", "pk"))
 
-    batches = make_batches(f"bench-{tag}", accounts, args.batches)
-    bodies = [json.dumps({"events": batch}) for batch in batches]
-    raw_batches = [raw_rows(batch, tag, account_ids) for batch in batches]
+    # Each client charges its own share of the accounts, under its own event ids.
+    per_client = args.batches // args.clients
+    shares = [accounts[c::args.clients] for c in range(args.clients)]
+    work = []
+    for c, share in enumerate(shares):
+        batches = make_batches(f"bench-{tag}-c{c}", share, per_client)
+        work.append({"api": [json.dumps({"events": batch}) for batch in batches],
+                     "raw": [raw_rows(batch, tag, account_ids) for batch in batches]})
+    warms = []
+    for c, share in enumerate(shares):
+        warm = make_batches(f"warm-{tag}-c{c}", share, 1)[0]
+        warms.append((json.dumps({"events": warm}), raw_rows(warm, f"warm-{tag}", account_ids)))
 
     # Queue the apply task on the in-memory broker, not eagerly: no worker runs during the timing.
     current_app.conf.CELERY_BROKER_URL = "memory://"
@@ -125,26 +187,32 @@ def main() -> None:
     settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]
     settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"api_key": "1000000/minute"}}
     key = api_key_create(name=f"bench-{tag}", scopes=["events:write"])[1]
-    client = Client(HTTP_AUTHORIZATION=f"Bearer {key}")
 
-    # Warm-up (imports, connection, query plans) on a batch outside both timings.
-    warm = make_batches(f"warm-{tag}", accounts, 1)[0]
-    client.post("/api/v1/events", json.dumps({"events": warm}), content_type="application/json")
-    raw_insert(raw_rows(warm, f"warm-{tag}", account_ids))
-
-    # Interleave the two sides so both see the same table size and the same machine noise.
-    api_seconds = raw_seconds = 0.0
-    for body, rows in zip(bodies, raw_batches, strict=True):
-        started = time.perf_counter()
-        response = client.post("/api/v1/events", body, content_type="application/json")
-        api_seconds += time.perf_counter() - started
-        assert response.status_code == 200, response.content[:500]
-        results = response.json()["results"]
-        assert all(r["status"] == "accepted" for r in results), [r for r in results if r["status"] != "accepted"][:3]
-
-        started = time.perf_counter()
-        raw_insert(rows)
-        raw_seconds += time.perf_counter() - started
+    # Forked senders inherit the setup above; none may share this process's connection.
+    connections.close_all()
+    barrier = multiprocessing.get_context("fork").Barrier(args.clients + 1, timeout=600)
+    processes = [multiprocessing.get_context("fork").Process(
+        target=sender, args=(key, warms[c], work[c], args.round_batches, barrier)) for c in range(args.clients)]
+    for process in processes:
+        process.start()
+    # Interleave the two sides round by round so both see the same table size and the same
+    # machine noise; a round's wall time runs from the common start to the last sender's end.
+    seconds = dict.fromkeys(SIDES, 0.0)
+    try:
+        for _ in range(per_client // args.round_batches):
+            for side in SIDES:
+                barrier.wait()
+                started = time.perf_counter()
+                barrier.wait()
+                seconds[side] += time.perf_counter() - started
+    except BrokenBarrierError:
+        for process in processes:
+            process.join()
+        sys.exit(f"a sender failed (exit codes {[p.exitcode for p in processes]}); see its traceback above")
+    for process in processes:
+        process.join()
+        assert process.exitcode == 0, process.exitcode
+    api_seconds, raw_seconds = seconds["api"], seconds["raw"]
 
     n = args.batches * BATCH
     stored = Event.objects.filter(external_id__startswith=f"bench-{tag}-", applied_at__isnull=True).count()
@@ -163,14 +231,16 @@ def main() -> None:
     started = time.perf_counter()
     set_based = apply_pending(event_ids=stored_ids[args.apply_sample:])
     set_based_seconds = time.perf_counter() - started
-    # The set-based side also applies the warm-up batch (same accounts, older ids).
-    assert one_by_one + set_based == n + BATCH, f"{one_by_one + set_based} of {n + BATCH} events applied"
+    # The set-based side also applies the warm-up batches (same accounts, older ids).
+    expected = n + args.clients * BATCH
+    assert one_by_one + set_based == expected, f"{one_by_one + set_based} of {expected} events applied"
     assert not Event.objects.filter(external_id__startswith=f"bench-{tag}-", applied_at__isnull=True).exists()
     problems = check_integrity()
     assert problems == [], problems[:5]
 
     api_rate, raw_rate = n / api_seconds, n / raw_seconds
-    print(f"events: {n} in batches of {BATCH}, {args.accounts} accounts, PostgreSQL {connection.pg_version}")
+    print(f"events: {n} in batches of {BATCH}, {args.accounts} accounts, {args.clients} concurrent client(s), "
+          f"{args.round_batches} batch(es) per client and round, PostgreSQL {connection.pg_version}")
     print(f"API (POST /api/v1/events, in-process): {api_rate:,.0f} events/s ({api_seconds:.2f} s)")
     print(f"raw multi-row INSERT of the same rows: {raw_rate:,.0f} events/s ({raw_seconds:.2f} s)")
     print(f"ratio API / raw: {api_rate / raw_rate:.2f}")
