@@ -188,7 +188,7 @@ def write_clicks(clicks: list[PendingClick]) -> int:
     columns = [meta.get_field(name) for name in COLUMNS]
     # Only quoted table and column names go into the text; the values are parameters.
     sql = (
-        f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in columns)}) "  # noqa: S608
+        f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in columns)}) "  # noqa: S608  # nosec B608
         f"VALUES ({', '.join(['%s'] * len(columns))}) ON CONFLICT ({quote('public_id')}) DO NOTHING"
     )
     uuid_field, time_field = meta.get_field("public_id"), meta.get_field("created_at")

@@ -1,7 +1,11 @@
 """Rollups for the dashboard (`EarningsRollup`, `ReferralRollup`, `ClickRollup`): the job that
 compacts them, the reads over them, and the checks that they match their source rows and the
 ledger. The database triggers that keep them in step with every accrual, referral and click
-write are installed by migrations `0004_earnings_rollup` and `0006_referrer_rollups`.
+write are installed by migrations `0005_earnings_rollup` and `0007_referrer_rollups`.
+On SQLite, a later migration that alters `referrals_accrual`, `referrals_referral`,
+`referrals_click` or `ledger_entry` rebuilds the table and drops its triggers: such a migration
+must reinstall them (PostgreSQL keeps them through ALTER TABLE). The rollup property tests in
+tests/test_dashboard_rollups.py fail if a trigger is missing.
 
 Why triggers and delta rows: accruals are written by the event services, by the set-based jobs
 (one UPDATE releasing thousands of rows) and by replays; a trigger catches every one of them in

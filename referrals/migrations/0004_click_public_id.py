@@ -23,7 +23,7 @@ def fill_public_ids(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("referrals", "0006_referrer_rollups"),
+        ("referrals", "0003_fraudflag_account"),
     ]
 
     operations = [

@@ -164,7 +164,7 @@ def uninstall(apps, schema_editor) -> None:
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('referrals', '0005_ledger_line'),
+        ('referrals', '0006_ledger_line'),
     ]
 
     operations = [

@@ -78,7 +78,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('ledger', '0002_postgres_ledger_guards'),
-        ('referrals', '0004_earnings_rollup'),
+        ('referrals', '0005_earnings_rollup'),
     ]
 
     operations = [

@@ -114,7 +114,7 @@ def uninstall(apps, schema_editor) -> None:
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('referrals', '0003_fraudflag_account'),
+        ('referrals', '0004_click_public_id'),
     ]
 
     operations = [
