@@ -9,13 +9,13 @@ STAMP := $(VENV)/.requirements-installed
 PRESET ?= runpod
 # The SQLite run is forced explicitly so a DATABASE_URL in .env or the shell cannot redirect it.
 SQLITE_URL := sqlite:///$(CURDIR)/db.sqlite3
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=12
 # The second, PostgreSQL pass runs everything that touches money, locks, jobs, the API and payouts.
 # The pages, the browser, schema fuzzing and headers behave the same on both databases; they run
 # in the SQLite pass only, which keeps CI well under its 20 minutes.
 PG_SKIP ?= --ignore=tests/test_browser.py --ignore=tests/test_admin_browser.py --ignore=tests/test_schema_fuzz.py --ignore=tests/test_dashboard.py \
 	--ignore=tests/test_dashboard_queries.py --ignore=tests/test_portal.py --ignore=tests/test_notifications.py \
-	--ignore=tests/test_security.py --ignore=tests/test_attribution.py
+	--ignore=tests/test_security.py --ignore=tests/test_attribution.py --ignore=tests/test_otp.py
 
 .PHONY: venv migrate run worker beat test test-sqlite test-postgres lint audit clean
 
