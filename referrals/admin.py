@@ -70,7 +70,7 @@ class SignalFilter(admin.SimpleListFilter):
     title = "signal"
     parameter_name = "signal"
     SIGNALS = ("same_email", "same_payment", "same_ip", "same_device", "disposable_email", "shared_click",
-               "click_burst")
+               "click_burst", "payout_destination")
 
     def lookups(self, request, model_admin):
         return [(name, name.replace("_", " ")) for name in self.SIGNALS]

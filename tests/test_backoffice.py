@@ -165,6 +165,8 @@ def test_the_fraud_and_payouts_desks_show_an_account_flag_for_a_shared_payout_de
 
     desk = client.get("/admin/referrals/fraudflag/").content.decode()
     assert "payout_destination" in desk and "alice" in desk and "its payouts" in desk
+    filtered = client.get("/admin/referrals/fraudflag/", {"signal": "payout_destination"})
+    assert {flag.account.external_id for flag in filtered.context["cl"].result_list} == {"alice", "carol"}
     flag_page = client.get(f"/admin/referrals/fraudflag/{flag.pk}/change/").content.decode()
     assert "Fraud flags on this account and its referrals" in flag_page and "account alice" in flag_page
     client.force_login(_staff("fiona", "finance"))
