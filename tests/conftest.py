@@ -1,3 +1,5 @@
+import os
+
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import connection
@@ -63,3 +65,25 @@ def _clicks_written_in_the_request(settings):
     # Tests inside a rolled-back transaction cannot share their rows with the click writer's own
     # connection; tests/test_click_path.py runs the buffered writer for real (transactional tests).
     settings.REFERRAL = {**settings.REFERRAL, "CLICK_WRITE": "direct"}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium for the browser tests (tests/test_browser.py, tests/test_admin_browser.py)."""
+    # Playwright's sync API runs an event loop in this thread; Django then refuses ORM calls from
+    # it unless told that this (test-only) thread is not really async. Only while these tests
+    # run: a leftover variable would fail `check --deploy` in later tests' subprocesses.
+    saved = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    from tests.browser import CHROMIUM, CHROMIUM_ARGS, sync_api  # skips the module without Chromium
+
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            yield browser
+            browser.close()
+    finally:
+        if saved is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = saved

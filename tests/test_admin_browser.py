@@ -7,10 +7,7 @@ by the fake Stripe server of tests/fakes (real HTTP through the Stripe SDK; noth
 
 Skipped with the reason when /usr/bin/chromium or Playwright is missing (`.ci/run` installs both).
 """
-import os
 import re
-import tempfile
-from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -23,42 +20,16 @@ from payouts import services
 from payouts.models import Payout
 from referrals.jobs import run_jobs
 from referrals.models import Application
+from tests.browser import SCREENSHOTS, sync_api
 from tests.fakes import fixtures
 from tests.helpers import at, buy_credits, signup, spend, usd
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-# Screenshots go to a scratch folder, so a test run leaves the checkout clean; to refresh the
-# README's: SCREENSHOTS_DIR=docs/screenshots make test
-SCREENSHOTS = Path(os.environ.get("SCREENSHOTS_DIR") or Path(tempfile.gettempdir()) / "referrals-screenshots")
 PASSWORD = "Finance-pass-4471"
 
-if not Path(CHROMIUM).exists():
-    pytest.skip(reason=f"needs Debian's Chromium at {CHROMIUM} (apt-get install chromium; CI installs it)",
-                allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (requirements-dev.txt)")
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 fake_stripe = fixtures.fake_stripe
 
-
-@pytest.fixture(scope="module")
-def browser():
-    # Playwright's sync API runs an event loop in this thread; Django refuses ORM calls from it
-    # unless told this (test-only) thread is not really async. Only while these tests run.
-    saved = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    try:
-        with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-            yield browser
-            browser.close()
-    finally:
-        if saved is None:
-            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-        else:
-            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = saved
 
 
 def _finance(username: str):

@@ -9,9 +9,7 @@ Debian package). Without it the module is skipped with the reason.
 """
 import contextlib
 import json
-import os
 import re
-import tempfile
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -23,44 +21,17 @@ from django.utils import timezone
 
 from referrals.models import Account, Click, Referral
 from referrals.presets import load_preset
+from tests.browser import SCREENSHOTS, sync_api
 from tests.helpers import event, push, signup, spend
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 AXE = Path(__file__).parent / "vendor" / "axe.min.js"
-# Screenshots go to a scratch folder, so a test run leaves the checkout clean; to refresh the
-# README's: SCREENSHOTS_DIR=docs/screenshots make test
-SCREENSHOTS = Path(os.environ.get("SCREENSHOTS_DIR") or Path(tempfile.gettempdir()) / "referrals-screenshots")
 WIDTHS = {"desktop": {"width": 1280, "height": 900}, "phone": {"width": 390, "height": 844}}
 PASSWORD = "Sturdy-pass-9911"
 
-if not Path(CHROMIUM).exists():
-    pytest.skip(reason=f"needs Debian's Chromium at {CHROMIUM} (apt-get install chromium; CI installs it)",
-                allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (requirements-dev.txt)")
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 User = get_user_model()
 
-
-@pytest.fixture(scope="module")
-def browser():
-    # Playwright's sync API runs an event loop in this thread; Django then refuses ORM calls from
-    # it unless told that this (test-only) thread is not really async. Only while these tests
-    # run: a leftover variable would fail `check --deploy` in later tests' subprocesses.
-    saved = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    try:
-        with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-            yield browser
-            browser.close()
-    finally:
-        if saved is None:
-            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-        else:
-            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = saved
 
 
 @pytest.fixture(params=list(WIDTHS))
