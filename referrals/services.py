@@ -114,6 +114,11 @@ def ingest_valid_event(valid: ev.ValidEvent, *, source: str = Event.Source.API) 
         apply_pending(account_id=account_id)
     try:
         with transaction.atomic():
+            if account_id is not None:
+                # The account's lock before the event's id: per account, ids then follow the order
+                # events are applied in, which is the order a replay (and a milestone's "spend up to
+                # this charge") uses. Without it, two racing charges could each count only itself.
+                list(Account.objects.select_for_update().filter(pk=account_id).values_list("pk", flat=True))
             event = Event.objects.create(
                 external_id=valid.external_id, type=valid.type, source=source, occurred_at=valid.occurred_at,
                 payload=valid.raw, content_hash=valid.content_hash, amount=valid.amount,
