@@ -17,7 +17,7 @@ PG_SKIP ?= --ignore=tests/test_browser.py --ignore=tests/test_admin_browser.py -
 	--ignore=tests/test_dashboard_queries.py --ignore=tests/test_portal.py --ignore=tests/test_notifications.py \
 	--ignore=tests/test_security.py --ignore=tests/test_attribution.py --ignore=tests/test_otp.py
 
-.PHONY: venv migrate run worker beat test test-sqlite test-postgres lint audit clean
+.PHONY: venv migrate run worker beat test test-deep test-sqlite test-postgres lint audit clean
 
 venv: $(STAMP)
 
@@ -58,17 +58,15 @@ beat: migrate
 	$(PY) manage.py setup_schedules
 	$(VENV)/bin/celery -A referrals_site beat --loglevel=INFO
 
-# Both runs always happen, so one database's failures don't hide the other's; the target fails
-# if either did.
+# The whole suite as CI runs it: scripts/test-all.sh provisions redis-server, Chromium and a
+# throwaway PostgreSQL where they are missing (apt-get, as root), runs pytest on SQLite and then
+# on PostgreSQL (both runs always happen), and ends with a summary line per run and a total.
 test: venv
-	@status=0; \
-	$(MAKE) --no-print-directory test-sqlite || status=1; \
-	if [ -n "$$TEST_DATABASE_URL" ]; then \
-		$(MAKE) --no-print-directory test-postgres || status=1; \
-	else \
-		echo "==> TEST_DATABASE_URL is not set: PostgreSQL run skipped (.ci/run sets it)"; \
-	fi; \
-	exit $$status
+	@bash scripts/test-all.sh
+
+# The property tests with the deep Hypothesis profile (>= 1,000 examples each); not part of CI.
+test-deep: venv
+	HYPOTHESIS_PROFILE=deep DATABASE_URL=$(SQLITE_URL) $(PY) -m pytest -q tests/test_ledger_properties.py tests/test_payouts_properties.py $(PYTEST_ARGS)
 
 test-sqlite: venv
 	@echo "==> pytest on SQLite ($(SQLITE_URL); tests use an in-memory copy)"
