@@ -30,7 +30,8 @@ apt_install() {
     if [[ -z $apt_updated ]]; then
         DEBIAN_FRONTEND=noninteractive apt-get update -qq && apt_updated=1
     fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >"$log_dir/apt.log" 2>&1 \
+        || { tail -20 "$log_dir/apt.log"; return 1; }
 }
 
 if ! command -v redis-server >/dev/null; then
@@ -80,7 +81,7 @@ count() { grep -Eo "[0-9]+ $1" <<<"$2" | grep -Eo '^[0-9]+' || echo 0; }
 total_passed=0 total_failed=0 total_skipped=0
 echo "==> summary"
 for run in "${runs[@]}"; do
-    line=$(grep -E '^=+ .*[0-9]+ (passed|failed|skipped|errors?|deselected).* in [0-9.]+s' "$log_dir/$run.log" | tail -1)
+    line=$(grep -E '[0-9]+ (passed|failed|skipped|errors?|deselected).* in [0-9.]+s' "$log_dir/$run.log" | tail -1)
     if [[ -z $line ]]; then
         echo "$run: no pytest summary (the run did not finish)"
         status=1
