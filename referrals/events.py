@@ -159,6 +159,8 @@ def validate_event(raw, *, now: datetime | None = None) -> ValidEvent:
     if "amount" in spec:
         if raw.get("amount") in (None, ""):
             errors["amount"] = "this field is required"
+        elif not isinstance(raw["amount"], str):  # API.md: a decimal string, never a JSON number
+            errors["amount"] = 'must be a decimal string, e.g. "12.34"'
         else:
             try:
                 event.amount = parse_amount(raw["amount"])
