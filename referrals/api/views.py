@@ -43,6 +43,7 @@ MAX_BATCH = 1000
 
 class EventsView(ApiView):
     permission_classes = [CanWriteEvents]
+    text_checked_per_item = True  # a hostile event is rejected on its own (events.validate_event)
 
     @extend_schema(
         operation_id="events_push", tags=["events"], summary="Push one event or a batch of up to 1000",
