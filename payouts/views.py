@@ -3,6 +3,7 @@
 Thin views: parse the form, call one service, render. Errors come back in words on the page."""
 import logging
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, JsonResponse
@@ -162,6 +163,14 @@ def cancel_payout(request, payout_id: int):
 @csrf_exempt
 @require_POST
 def stripe_webhook(request):
-    delivery = webhooks.receive_stripe(body=request.body, headers=request.headers)
+    # Read at most the limit (a chunked body has no Content-Length to check): larger is refused unstored.
+    limit = settings.STRIPE_WEBHOOK_MAX_BYTES
+    declared = request.META.get("CONTENT_LENGTH") or "0"
+    declared = int(declared) if declared.isdigit() else 0
+    body = request.read(limit + 1) if declared <= limit else b""
+    if declared > limit or len(body) > limit:
+        return JsonResponse({"id": "", "status": "too_large", "error": f"the body is larger than {limit} bytes"},
+                            status=413)
+    delivery = webhooks.receive_stripe(body=body, headers=request.headers)
     status = {StripeWebhook.Status.REJECTED: 400, StripeWebhook.Status.FAILED: 500}.get(delivery.status, 200)
     return JsonResponse({"id": delivery.event_id, "status": delivery.status}, status=status)

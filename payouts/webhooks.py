@@ -1,9 +1,11 @@
-"""Stripe webhooks: stored raw first, then verified, then applied once per event id.
+"""Stripe webhooks: verified, stored raw, then applied once per event id (a delivery that fails
+verification is kept as a bounded record only).
 
 Out-of-order delivery is harmless because every handler only moves a payout forward (a paid
 payout is never made processing again; a failed one is never revived) and account status uses
 the event's own `created` time, so an older `account.updated` never overwrites a newer one.
 """
+import hashlib
 import json
 import logging
 from datetime import UTC, datetime
@@ -13,6 +15,8 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from referrals_site.text import json_text_problem, safe_text
+
 from . import services
 from .models import MethodType, Payout, PayoutMethod, StripeWebhook
 from .providers.base import cents
@@ -20,22 +24,36 @@ from .providers.base import cents
 log = logging.getLogger(__name__)
 
 KEPT_HEADERS = ("Stripe-Signature", "Content-Type", "User-Agent", "Content-Length")
+HEADER_KEPT = 500  # characters of each kept header
+REJECTED_BODY_KEPT = 1000  # characters of a refused delivery's body kept for review
 
 
 def receive_stripe(*, body: bytes, headers) -> StripeWebhook:
-    """Store, verify and apply one delivery. Returns the stored delivery with its final status."""
-    delivery = StripeWebhook.objects.create(
-        body=body.decode("utf-8", errors="replace"),
-        headers={name: headers.get(name, "") for name in KEPT_HEADERS if headers.get(name)})
+    """Verify, store and apply one delivery. Returns the stored delivery with its final status.
+
+    Verified first: a delivery that fails verification (a stranger's, a tampered or replayed one,
+    text no column can store) is stored as a bounded record only, its first REJECTED_BODY_KEPT
+    characters with its size and digest, so unsigned posts cannot fill the table (issue 15.8)."""
+    kept_headers = {name: headers.get(name, "")[:HEADER_KEPT] for name in KEPT_HEADERS if headers.get(name)}
     try:
         stripe.Webhook.construct_event(body, headers.get("Stripe-Signature", ""), settings.STRIPE_WEBHOOK_SECRET,
                                        tolerance=settings.STRIPE_WEBHOOK_TOLERANCE)
         event = json.loads(body)
-    except (ValueError, stripe.SignatureVerificationError) as exc:
-        # A tampered body, a wrong secret or a stale (replayed) signature: refused, kept for review.
-        return _finish(delivery, StripeWebhook.Status.REJECTED, error=str(exc) or type(exc).__name__)
-    delivery.event_id, delivery.type = event.get("id", ""), event.get("type", "")
-    StripeWebhook.objects.filter(pk=delivery.pk).update(event_id=delivery.event_id, type=delivery.type)
+        if not (isinstance(event, dict) and isinstance(event.get("id"), str) and isinstance(event.get("type"), str)):
+            raise ValueError("not a Stripe event (no string id and type)")
+        if problem := json_text_problem(event):
+            raise ValueError("event text at {}: {}".format(*problem))
+    except (ValueError, RecursionError, stripe.SignatureVerificationError) as exc:
+        # RecursionError: a signed but absurdly nested body (the SDK parses it too).
+        reason = str(exc) or type(exc).__name__
+        digest = hashlib.sha256(body).hexdigest()
+        delivery = StripeWebhook.objects.create(
+            body=safe_text(body[:REJECTED_BODY_KEPT].decode("utf-8", errors="replace")),
+            headers={name: safe_text(value) for name, value in kept_headers.items()})
+        return _finish(delivery, StripeWebhook.Status.REJECTED,
+                       error=safe_text(f"{reason[:500]} (body of {len(body)} bytes, sha256 {digest})"))
+    delivery = StripeWebhook.objects.create(body=body.decode("utf-8"), headers=kept_headers,
+                                            event_id=event["id"][:120], type=event["type"][:80])
     return process(delivery, event)
 
 

@@ -10,8 +10,10 @@ Writes: the click gets its public id, unique flag and time in the request, then 
 per-process buffer that a background thread writes with one INSERT every CLICK_FLUSH_INTERVAL_MS
 (or as soon as CLICK_FLUSH_BATCH are waiting). The buffer is written at process exit too (atexit:
 gunicorn workers exit through it on SIGTERM, SIGINT and SIGQUIT), and a sign-up that names a click
-still waiting writes that click first (`find_click`). A batch the database refuses stays buffered
-and is retried; only SIGKILL or a crash loses what is buffered at that moment (< one interval).
+still waiting writes that click first (`find_click`). A batch the database cannot take (it is down,
+the table is locked) stays buffered and is retried; a batch it refuses because of one row's content
+is written row by row and only that row is dropped, so one hostile click never holds back the
+others (issue 15.2). Only SIGKILL or a crash loses what is buffered at that moment (< one interval).
 """
 
 import atexit
@@ -25,8 +27,10 @@ from datetime import datetime
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, DataError, IntegrityError, connection, connections, transaction
 from django.utils import timezone
+
+from referrals_site.text import safe_text
 
 from .models import Account, Click, Template
 
@@ -152,8 +156,9 @@ def record_click(
         referrer_id=referrer_id,
         visitor_id=visitor_id,
         ip_hash=ip_hash,
-        user_agent=user_agent[:300],
-        path=path[:300],
+        # Recorded as they came, minus what no database column or page can hold (NUL, surrogates).
+        user_agent=safe_text(user_agent[:300]),
+        path=safe_text(path[:300]),
         template_id=template_id,
         is_unique=first_in_window(referrer_id=referrer_id, visitor_id=visitor_id),
         created_at=timezone.now(),
@@ -237,6 +242,12 @@ def find_click(click_id: str) -> Click | None:
 
 
 # --------------------------------------------------------------------------- the buffer
+
+
+# What the database says about a row's content rather than about itself: a foreign key gone
+# (IntegrityError), a value it cannot store (DataError: a NUL on PostgreSQL), text the driver
+# cannot encode (UnicodeEncodeError, a ValueError: a lone surrogate).
+ROW_REFUSED = (IntegrityError, DataError, ValueError)
 
 
 class ClickBuffer:
@@ -361,14 +372,15 @@ class ClickBuffer:
     def _write(batch: list[PendingClick]) -> int:
         try:
             return write_clicks(batch)
-        except IntegrityError:
-            # One bad row (its referrer deleted since) must not hold back the others: row by row,
-            # and only the rows the database refuses on their own are given up.
+        except ROW_REFUSED:
+            # One bad row (its referrer deleted since, text the database cannot store) must not hold
+            # back the others: row by row, and only the rows refused on their own are given up. Any
+            # other error (the database is down) propagates and the whole batch is retried.
             written = 0
             for click in batch:
                 try:
                     written += write_clicks([click])
-                except IntegrityError:
+                except ROW_REFUSED:
                     log.error("click %s refused by the database, dropped", click.public_id, exc_info=True)
             return written
 

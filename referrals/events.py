@@ -15,6 +15,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from ledger.money import AmountError, parse_amount
+from referrals_site.text import json_text_problem
 
 ACCOUNT_CREATED = "account.created"
 CREDITS_PURCHASED = "credits.purchased"
@@ -115,6 +116,8 @@ def validate_event(raw, *, now: datetime | None = None) -> ValidEvent:
     """Check one event against the contract; raise EventInvalid naming every bad field."""
     if not isinstance(raw, dict):
         raise EventInvalid({"event": "must be a JSON object"})
+    if problem := json_text_problem(raw):  # NUL, lone surrogates, control characters (issue 15)
+        raise EventInvalid(dict([problem]))
     errors: dict[str, str] = {}
     external_id = _text(raw, "id", errors)
     event_type = _text(raw, "type", errors, max_length=40)
@@ -159,6 +162,8 @@ def validate_event(raw, *, now: datetime | None = None) -> ValidEvent:
     if "amount" in spec:
         if raw.get("amount") in (None, ""):
             errors["amount"] = "this field is required"
+        elif not isinstance(raw["amount"], str):  # API.md: a decimal string, never a JSON number
+            errors["amount"] = 'must be a decimal string, e.g. "12.34"'
         else:
             try:
                 event.amount = parse_amount(raw["amount"])

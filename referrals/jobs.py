@@ -8,6 +8,7 @@ log an internal event, so `verify_ledger` replays them in order. Beat runs them 
 """
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -213,6 +214,18 @@ def register_job(name: str, job, *, self_committing: bool = False) -> None:
 
 class UnknownJob(ValueError):
     pass
+
+
+def future_run_problem(at: datetime) -> str | None:
+    """Why jobs may not be run as of `at` from outside (API, command line), or None.
+
+    A run dated in the future would expire live credits and release holds early (issue 15.9);
+    only the clock skew allowed for events is tolerated. Tests and internal callers that need
+    a later date call `run_jobs` directly."""
+    skew = settings.REFERRAL["MAX_CLOCK_SKEW_SECONDS"]
+    if at > timezone.now() + timedelta(seconds=skew):
+        return f"is in the future (more than {skew} seconds ahead of the server's clock)"
+    return None
 
 
 def run_jobs(*, at: datetime | None = None, names: list[str] | None = None) -> dict[str, dict]:

@@ -32,6 +32,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # NUL bytes, lone surrogates and control characters in a path, query or form: refused here (issue 15).
+    "referrals_site.text.BadTextMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -64,6 +66,10 @@ DATABASES = {
 }
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# Form and raw bodies read through Django (portal and admin forms, provider webhooks): a few KB in
+# practice; a larger body is refused (400, or 413 by the webhooks) before it is read. The API's
+# JSON parser has its own limit (referrals.api.base.MAX_BODY_BYTES: a batch of 1000 events).
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=1024 * 1024)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -90,7 +96,7 @@ EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.cons
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["referrals.api.auth.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_RENDERER_CLASSES": ["referrals.api.renderers.JsonRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "referrals.api.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
@@ -165,6 +171,8 @@ STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="whsec_dev_only
 STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="https://api.stripe.com")
 # How old a signed webhook may be (seconds) before it is refused as a replay.
 STRIPE_WEBHOOK_TOLERANCE = env.int("STRIPE_WEBHOOK_TOLERANCE", default=300)
+# Stripe's event bodies are a few KB; a larger delivery is refused (413) unread and unstored.
+STRIPE_WEBHOOK_MAX_BYTES = env.int("STRIPE_WEBHOOK_MAX_BYTES", default=DATA_UPLOAD_MAX_MEMORY_SIZE)
 # PayPal Payouts REST (OAuth2 client credentials) and Wise REST (API token).
 PAYPAL_API_BASE = env.str("PAYPAL_API_BASE", default="https://api-m.sandbox.paypal.com")
 PAYPAL_CLIENT_ID = env.str("PAYPAL_CLIENT_ID", default="dev-client-id")

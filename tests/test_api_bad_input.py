@@ -1,15 +1,19 @@
 """SPEC "Bad input" through the API: every bad input gets an error naming the field, and
 changes nothing (events, ledger entries, balances, accounts, ... are counted before and after).
 
-Decided here (see docs/api.md): `amount` is a plain decimal string. A JSON number with a
-fraction (12.5) is refused, because a float has already lost exactness when it is parsed;
-a JSON integer (12) is tolerated. Exponents ("1e3"), digit separators, a "+" sign and
-non-ASCII digits are malformed.
+Decided here (see docs/api.md): `amount` is a plain decimal string. A JSON number is refused,
+with a fraction (12.5: a float has already lost exactness when it is parsed) or without (12:
+API.md's contract is a decimal string, issue 15.12). Exponents ("1e3"), digit separators, a
+"+" sign and non-ASCII digits are malformed.
 """
+import io
 import json
 from contextlib import contextmanager
+from datetime import timedelta
 
 import pytest
+from django.core.management import CommandError, call_command
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from ledger.models import Balance, Entry
@@ -90,6 +94,8 @@ def charge(**fields):
     ("NaN", "is not a valid decimal number"),
     ("Infinity", "is not a valid decimal number"),
     (12.5, 'must be a decimal string, e.g. "12.34"'),
+    (12, 'must be a decimal string, e.g. "12.34"'),
+    (0, 'must be a decimal string, e.g. "12.34"'),
     (True, 'must be a decimal string, e.g. "12.34"'),
     (["12.50"], 'must be a decimal string, e.g. "12.34"'),
     ("", "this field is required"),
@@ -403,6 +409,7 @@ def test_it_answers_413_for_a_body_too_large(api, alice):
     ({"at": "2026-02-30T00:00:00Z"}, "at"),
     ({"at": "0001-01-01T00:00:00+05:00"}, "at"),
     ({"at": 5}, "at"),
+    ({"at": "2100-01-01T00:00:00Z"}, "at"),
     ({"jobs": ["milestones", "payday"]}, "jobs"),
     ({"jobs": "milestones"}, "jobs"),
     ({"jobs": []}, "jobs"),
@@ -414,6 +421,26 @@ def test_it_refuses_bad_job_run_input(api, alice, body, field):
         response = api.post("/api/v1/jobs/run", body, format="json")
     assert response.status_code == 400
     assert list(response.json()["error"]["fields"]) == [field]
+
+
+def test_it_refuses_a_job_run_in_the_future_beyond_the_clock_skew(api, alice, settings):
+    """Issue 15.9: an `at` in 2100 expired live sign-up credits."""
+    skew = settings.REFERRAL["MAX_CLOCK_SKEW_SECONDS"]
+    later = timezone.now() + timedelta(seconds=skew + 60)
+    with changes_nothing():
+        response = api.post("/api/v1/jobs/run", {"at": later.isoformat()}, format="json")
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {
+        "at": f"is in the future (more than {skew} seconds ahead of the server's clock)"}
+    within = timezone.now() + timedelta(seconds=skew // 2)
+    assert api.post("/api/v1/jobs/run", {"at": within.isoformat(), "jobs": ["milestones"]},
+                    format="json").status_code == 200
+
+
+@pytest.mark.parametrize("at", ["2100-01-01T00:00:00Z", "2026-02-30T00:00:00Z", "tomorrow"])
+def test_it_refuses_a_future_or_malformed_at_on_the_command_line(alice, at):
+    with changes_nothing(), pytest.raises(CommandError, match="--at"):
+        call_command("run_jobs", "--at", at, stdout=io.StringIO())
 
 
 @pytest.mark.parametrize("body", [{"track": "gold"}, {"track": ""}, {}, {"track": None}])

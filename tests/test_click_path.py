@@ -328,6 +328,44 @@ def test_it_refuses_a_click_id_that_is_neither_a_row_id_nor_a_public_id(alice):
     assert result.status == "rejected" and result.fields == {"click_id": "unknown click 'not-a-click'"}
 
 
+def _pending(referrer, path: str = "/", user_agent: str = "Mozilla/5.0") -> clicks.PendingClick:
+    return clicks.PendingClick(public_id=uuid.uuid4(), referrer_id=referrer.pk, visitor_id=uuid.uuid4().hex,
+                               ip_hash="", user_agent=user_agent, path=path, template_id=None, is_unique=True,
+                               created_at=timezone.now())
+
+
+@pytest.mark.parametrize("poison", ["/a\x00b", "/a\ud800b"], ids=["nul", "lone_surrogate"])
+def test_it_writes_the_good_clicks_around_one_whose_text_the_database_refuses(buffered, poison):
+    """Issue 15.2: one click the database could not store (a NUL is a DataError on PostgreSQL, a
+    lone surrogate cannot be encoded at all) failed its whole batch, which was retried forever."""
+    alice = signup("alice")
+    good = [_pending(alice, path=f"/page-{n}") for n in range(4)]
+    # Straight into the buffer, past `record_click`'s cleaning: what the writer itself must survive.
+    for click in [*good[:2], _pending(alice, path=poison), *good[2:]]:
+        clicks.buffer.add(click)
+    clicks.buffer.flush()
+    stored = set(Click.objects.values_list("public_id", flat=True))
+    assert {click.public_id for click in good} <= stored, "every good click is written"
+    assert len(stored) in (4, 5)  # SQLite can store a NUL; PostgreSQL refuses it: then it is dropped
+    assert len(clicks.buffer) == 0, "nothing is left to be retried forever"
+    Client().get("/", {"ref": alice.referral_code})
+    clicks.buffer.flush()
+    assert Click.objects.count() == len(stored) + 1, "the writer goes on writing"
+
+
+def test_it_records_clicks_whose_request_holds_nul_bytes_and_the_ones_around_them(buffered):
+    alice = signup("alice")
+    set_writer(buffered, CLICKS_PER_IP_PER_MINUTE=0)
+    assert Client().get("/", {"ref": alice.referral_code}).status_code == 302
+    hostile = Client().get("/", {"ref": alice.referral_code}, HTTP_USER_AGENT="Mozilla\x00\ud800/5.0")
+    assert hostile.status_code == 302
+    assert Client().get(f"/%00?ref={alice.referral_code}").status_code == 404  # no page has such a path
+    assert Client().get("/", {"ref": alice.referral_code}).status_code == 302
+    clicks.buffer.flush()
+    assert sorted(Click.objects.values_list("user_agent", flat=True)) == ["", "", "Mozilla\ufffd\ufffd/5.0"]
+    assert len(clicks.buffer) == 0
+
+
 def test_it_neither_loses_nor_doubles_clicks_under_concurrent_requests(buffered):
     alice = signup("alice")
     push(event("template.published", "alice", template="sd-webui"))

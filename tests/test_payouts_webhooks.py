@@ -4,11 +4,13 @@ import random
 import time
 
 import pytest
+from django.conf import settings
 
 from ledger.models import Book
 from ledger.selectors import balances_for
 from payouts import services
 from payouts.models import Payout, PayoutMethod, StripeWebhook
+from payouts.webhooks import REJECTED_BODY_KEPT
 from referrals.verification import verify
 from tests.fakes.stripe import event, sign
 from tests.helpers import at, buy_credits, signup, usd
@@ -100,15 +102,45 @@ def test_it_reaches_one_state_whatever_the_order_and_number_of_deliveries(client
     assert verify() == []
 
 
-def test_it_rejects_a_tampered_body_and_keeps_it_raw(client, world):
+def test_it_rejects_a_tampered_body_and_keeps_a_bounded_record_of_it(client, world):
     body = _events(world)[0]
     signature = sign(body, SECRET)
     tampered = body.replace('"amount": 2000', '"amount": 2')
     answer = client.post(URL, data=tampered, content_type="application/json", HTTP_STRIPE_SIGNATURE=signature)
     assert answer.status_code == 400
     stored = StripeWebhook.objects.get()
-    assert (stored.status, stored.body) == ("rejected", tampered)
+    assert (stored.status, stored.body) == ("rejected", tampered[:REJECTED_BODY_KEPT])
+    assert f"{len(tampered)} bytes" in stored.error
     assert stored.headers["Stripe-Signature"] == signature
+    assert Payout.objects.get(pk=world["first"].pk).status == "approved"
+
+
+def test_it_stores_only_a_bounded_record_of_unsigned_deliveries(client, world):
+    """Issue 15.8: five unsigned 2 MB posts were stored whole (10.6 MB) before verification."""
+    padding = "x" * (settings.STRIPE_WEBHOOK_MAX_BYTES - 1000)
+    body = event("evt_big", "transfer.created", {"id": "tr_1", "padding": padding}, created=int(time.time()))
+    for _ in range(5):
+        answer = client.post(URL, data=body, content_type="application/json", HTTP_STRIPE_SIGNATURE="t=1,v1=00")
+        assert answer.status_code == 400
+    stored = list(StripeWebhook.objects.values_list("status", "body", "headers"))
+    assert len(stored) == 5 and {status for status, _, _ in stored} == {"rejected"}
+    assert sum(len(body) + len(str(headers)) for _, body, headers in stored) < 5 * 2 * REJECTED_BODY_KEPT
+
+
+def test_it_refuses_a_delivery_over_the_size_limit_unread_and_unstored(client, world):
+    body = event("evt_big", "transfer.created", {"id": "tr_1", "padding": "x" * settings.STRIPE_WEBHOOK_MAX_BYTES},
+                 created=int(time.time()))
+    answer = client.post(URL, data=body, content_type="application/json", HTTP_STRIPE_SIGNATURE=sign(body, SECRET))
+    assert answer.status_code == 413
+    assert not StripeWebhook.objects.exists()
+
+
+def test_it_rejects_a_signed_event_holding_text_no_column_can_store(client, world):
+    body = event("evt_\u0000", "transfer.created", _transfer(world["first"], "tr_1"), created=int(time.time()))
+    answer = _deliver(client, body)
+    assert answer.status_code == 400
+    stored = StripeWebhook.objects.get()
+    assert stored.status == "rejected" and "NUL" in stored.error
     assert Payout.objects.get(pk=world["first"].pk).status == "approved"
 
 

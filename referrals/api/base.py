@@ -10,6 +10,7 @@ from rest_framework.parsers import BaseParser
 from rest_framework.views import APIView
 
 from ledger.money import format_cents, format_exact
+from referrals_site.text import json_text_problem
 
 from .auth import ApiKeyAuthentication, ApiKeyThrottle, ScopePermission
 from .errors import BodyTooLarge
@@ -20,7 +21,10 @@ MAX_DB_INT = 2**63 - 1
 
 class JsonBodyParser(BaseParser):
     """Parses every body as JSON, whatever its Content-Type: a body that is not JSON is a 400
-    naming `body`, never a 415 or a 500 (deep nesting included)."""
+    naming `body`, never a 415 or a 500 (deep nesting included). Text holding NUL bytes, lone
+    surrogates or control characters is a 400 naming its JSON path (`referrals_site.text`),
+    except where the view checks it per item (`ApiView.text_checked_per_item`: the events of a
+    batch are rejected one by one)."""
 
     media_type = "*/*"
 
@@ -29,13 +33,18 @@ class JsonBodyParser(BaseParser):
         if len(raw) > MAX_BODY_BYTES:
             raise BodyTooLarge(f"the body is larger than {MAX_BODY_BYTES // (1024 * 1024)} MB")
         try:
-            return json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+            data = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
         except UnicodeDecodeError:
             raise exceptions.ParseError("the body is not UTF-8")
         except RecursionError:
             raise exceptions.ParseError("the body is nested too deeply")
         except ValueError as exc:
             raise exceptions.ParseError(str(exc))
+        view = (parser_context or {}).get("view")
+        if not getattr(view, "text_checked_per_item", False) and (problem := json_text_problem(data)):
+            path, reason = problem
+            raise exceptions.ValidationError({path: reason})
+        return data
 
 
 def _refuse_constant(name: str):
@@ -43,6 +52,7 @@ def _refuse_constant(name: str):
 
 
 class ApiView(APIView):
+    text_checked_per_item = False
     authentication_classes = [ApiKeyAuthentication]
     throttle_classes = [ApiKeyThrottle]
     parser_classes = [JsonBodyParser]

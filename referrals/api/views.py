@@ -17,7 +17,7 @@ from rest_framework import exceptions, serializers
 from rest_framework.response import Response
 
 from referrals import ingestion, selectors, services
-from referrals.jobs import JOBS, UnknownJob, run_jobs
+from referrals.jobs import JOBS, UnknownJob, future_run_problem, run_jobs
 from referrals.models import Application, Event, Referral, Track
 
 from . import reads
@@ -43,6 +43,7 @@ MAX_BATCH = 1000
 
 class EventsView(ApiView):
     permission_classes = [CanWriteEvents]
+    text_checked_per_item = True  # a hostile event is rejected on its own (events.validate_event)
 
     @extend_schema(
         operation_id="events_push", tags=["events"], summary="Push one event or a batch of up to 1000",
@@ -325,7 +326,8 @@ class JobsRunView(ApiView):
 
     @extend_schema_serializer(component_name="JobsRunInput")
     class InputSerializer(StrictInput):
-        at = serializers.CharField(required=False, help_text="Run as of this ISO 8601 date-time (default: now).")
+        at = serializers.CharField(required=False, help_text="Run as of this ISO 8601 date-time (default: now); "
+                                   "not later than now plus REFERRAL_MAX_CLOCK_SKEW_SECONDS.")
         jobs = JobNamesField(required=False, help_text="Job names to run (default: all).")
 
         def validate_at(self, value):
@@ -333,6 +335,8 @@ class JobsRunView(ApiView):
                 when = parse_datetime(value.strip())
                 if when is not None and when.tzinfo is not None:
                     when.astimezone(UTC)  # years at the edge of the calendar overflow here, not in the job
+                    if problem := future_run_problem(when):
+                        raise serializers.ValidationError(problem)
                     return when
             except (ValueError, OverflowError):
                 pass

@@ -3,7 +3,7 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.dateparse import parse_datetime
 
-from referrals.jobs import JOBS, UnknownJob, run_jobs
+from referrals.jobs import JOBS, UnknownJob, future_run_problem, run_jobs
 
 
 class Command(BaseCommand):
@@ -16,9 +16,14 @@ class Command(BaseCommand):
     def handle(self, *args, jobs, at, **options):
         when = None
         if at:
-            when = parse_datetime(at)
+            try:
+                when = parse_datetime(at)
+            except ValueError:  # well-formed but impossible, e.g. February 30th
+                when = None
             if when is None or when.tzinfo is None:
                 raise CommandError("--at must be an ISO 8601 date-time with a time zone, e.g. 2026-01-31T00:00:00Z")
+            if problem := future_run_problem(when):
+                raise CommandError(f"--at {problem}; jobs run as of now or an earlier time")
         try:
             results = run_jobs(at=when, names=jobs or None)
         except UnknownJob as exc:
