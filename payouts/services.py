@@ -8,7 +8,8 @@ posts the balanced ledger legs (so `verify_ledger` replays payouts like everythi
 - `payout.reserved`  cash → reserved, at request (and again when a failed payout is retried);
 - `payout.settled`   reserved → platform:payouts, when the provider has paid;
 - `payout.released`  reserved → cash, when it fails, is rejected or cancelled;
-- `payout.reversed`  platform:payouts → cash, when a paid transfer is reversed.
+- `payout.reversed`  platform:payouts → cash, when a paid transfer is reversed (what is left of it);
+- `payout.partly_reversed`  platform:payouts → cash, the increase of a partial reversal.
 
 Provider calls happen outside any database transaction, after the payout is claimed as
 processing; the idempotency key (payout id + attempt) makes a retry after a timeout or a crash
@@ -47,6 +48,7 @@ RESERVED = "payout.reserved"
 SETTLED = "payout.settled"
 RELEASED = "payout.released"
 REVERSED = "payout.reversed"
+PARTLY_REVERSED = "payout.partly_reversed"
 
 MAX_PAYOUT = Decimal("1000000")
 
@@ -230,14 +232,15 @@ def _audit_account(*, actor, action: str, account: Account, data: dict) -> None:
 # --------------------------------------------------------------------------- the ledger side
 
 
-def _event(kind: str, payout: Payout, *, source: str, actor, at: datetime, legs_from: list) -> Event:
+def _event(kind: str, payout: Payout, *, source: str, actor, at: datetime, legs_from: list, suffix: str = "") -> Event:
     """Log an internal event for one money movement of a payout and apply it (posts the legs).
 
-    Its external id is unique per payout, movement and attempt, so the database itself refuses
-    to reserve, settle or release the same attempt twice."""
+    Its external id is unique per payout, movement and attempt (plus `suffix` for movements that
+    may happen several times per attempt), so the database itself refuses to reserve, settle or
+    release the same attempt twice."""
     payload = {"payout": payout.pk, "attempt": payout.attempt, "allocation": legs_from}
     event = Event.objects.create(
-        external_id=f"payout:{payout.pk}:{kind.removeprefix('payout.')}:{payout.attempt}", type=kind,
+        external_id=f"payout:{payout.pk}:{kind.removeprefix('payout.')}:{payout.attempt}{suffix}", type=kind,
         source=_EVENT_SOURCE[source], account_id=payout.account_id, occurred_at=at, payload=payload,
         content_hash=ev.content_hash(payload), actor=actor if getattr(actor, "pk", None) else None)
     apply_event(event)
@@ -249,7 +252,21 @@ _MOVES = {
     SETTLED: (Book.RESERVED, Book.PAYOUTS),
     RELEASED: (Book.RESERVED, Book.CASH),
     REVERSED: (Book.PAYOUTS, Book.CASH),
+    PARTLY_REVERSED: (Book.PAYOUTS, Book.CASH),
 }
+
+
+def _slice(allocation: list, start: int, stop: int) -> list[list[int]]:
+    """The units [start, stop) of an allocation laid end to end in its order, per programme: a
+    partial reversal gives back the first programmes' part first, and what is left later is
+    exactly the rest, so the programmes' books add up whatever the steps."""
+    part, offset = [], 0
+    for program_id, units in allocation:
+        low, high = max(start, offset), min(stop, offset + units)
+        if high > low:
+            part.append([program_id, high - low])
+        offset += units
+    return part
 
 
 def _apply_payout_event(event: Event, replay: bool) -> int:
@@ -521,10 +538,12 @@ def payout_mark_failed(*, payout: Payout, reason: str, actor=None, source: str =
     if payout.status in (S.APPROVED, S.PROCESSING):
         payout = _release(payout, S.FAILED, actor=actor, source=source, reason=reason, at=at)
     elif payout.status == S.PAID:
-        _event(REVERSED, payout, source=source, actor=actor, at=at, legs_from=payout.allocation)
-        payout.finished_at, payout.failure_reason = at, reason
+        # What a partial reversal already gave back is not given back twice.
+        rest = _slice(payout.allocation, payout.reversed_amount, payout.amount)
+        _event(REVERSED, payout, source=source, actor=actor, at=at, legs_from=rest)
+        payout.finished_at, payout.failure_reason, payout.reversed_amount = at, reason, payout.amount
         _transition(payout, S.FAILED, actor=actor, source=source, reason=reason)
-        payout.save(update_fields=["status", "finished_at", "failure_reason"])
+        payout.save(update_fields=["status", "finished_at", "failure_reason", "reversed_amount"])
     else:
         return payout  # already failed, rejected or cancelled: nothing left to undo
     outbox.publish(PAYOUT_FAILED, account_id=payout.account_id, data=_message(payout))
@@ -554,6 +573,35 @@ def payout_mark_paid(*, payout: Payout, reference: str = "", actor=None, source:
 
 
 @transaction.atomic
+def payout_reversed_in_part(*, payout: Payout, reversed_total: int, reference: str = "", actor=None,
+                            source: str = WEBHOOK, at: datetime | None = None) -> Payout:
+    """The provider reversed part of the transfer: `reversed_total` units of it so far (Stripe's
+    `amount_reversed` is cumulative). Only the increase since the last news moves
+    (platform:payouts → cash) and the payout stays paid; the same figure again moves nothing.
+    News of a reversal before the transfer's own news means the transfer happened: the payout is
+    settled first. A failed, rejected or cancelled payout has nothing left to give back."""
+    payout = _locked(payout)
+    at = at or timezone.now()
+    if payout.status in (S.APPROVED, S.PROCESSING):
+        payout = payout_mark_paid(payout=payout, reference=reference, actor=actor, source=source, at=at)
+    if payout.status != S.PAID:
+        return payout
+    total = min(max(int(reversed_total), 0), payout.amount)
+    increase = total - payout.reversed_amount
+    if increase <= 0:
+        return payout
+    _event(PARTLY_REVERSED, payout, source=source, actor=actor, at=at,
+           legs_from=_slice(payout.allocation, payout.reversed_amount, total), suffix=f":{total}")
+    payout.reversed_amount = total
+    _transition(payout, S.PAID, actor=actor, source=source,
+                reason=f"the provider reversed {format_cents(increase)} of the transfer "
+                       f"({format_cents(total)} of {format_cents(payout.amount)} in all)",
+                data={"reversed": format_cents(total)})
+    payout.save(update_fields=["reversed_amount"])
+    return payout
+
+
+@transaction.atomic
 def payout_retry(*, payout: Payout, actor, reason: str = "", source: str = STAFF, at: datetime | None = None) -> Payout:
     """Send a failed payout again: a new attempt (so a new idempotency key), its amount reserved
     again from the cash available now."""
@@ -572,6 +620,7 @@ def payout_retry(*, payout: Payout, actor, reason: str = "", source: str = STAFF
     payout.attempt += 1
     payout.allocation = allocate(allowed, payout.amount)
     payout.provider_reference, payout.failure_reason, payout.last_error = "", "", ""
+    payout.reversed_amount, payout.held_reason = 0, ""
     payout.approved_at, payout.finished_at, payout.processing_at = at, None, None
     _event(RESERVED, payout, source=source, actor=actor, at=at, legs_from=payout.allocation)
     _transition(payout, S.APPROVED, actor=actor, source=source, reason=reason or "retry",
