@@ -25,7 +25,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from ledger.models import Book
+from ledger.models import Balance, Book
 from ledger.money import AmountError, floor_to_cents, format_cents, parse_amount, to_units
 from ledger.services import Leg, post
 from referrals import bulk, outbox
@@ -296,6 +296,30 @@ def _locked(payout: Payout | int) -> Payout:
     return Payout.objects.select_for_update().select_related("method").get(pk=pk)
 
 
+def _locked_cash(account_id: int) -> int:
+    """The account's whole cash book, its balance row locked until the transaction ends.
+
+    Every posting to the book (a refund's clawback included, whoever's event it is) updates this
+    row, so a coverage check made under this lock and the clawback are serialised: either the
+    check sees the clawback, or the clawback waits until the payout has been claimed."""
+    row = Balance.objects.select_for_update().filter(account_id=account_id, book=Book.CASH).first()
+    return row.amount if row is not None else 0
+
+
+def _uncovered(payout: Payout, cash: int) -> str:
+    """Why a payout that has not left yet may no longer go out, or "" when it may.
+
+    A payout's amount was moved from cash to reserved at its request. When the account's cash is
+    negative afterwards (a refund clawed back commission the payout had already reserved), part
+    of that reservation is money the account no longer has: the payout is not covered."""
+    if cash >= 0:
+        return ""
+    return (f"held: the account's cash is {format_cents(cash)} after a clawback (a refund of a payment "
+            f"that earned this commission), so the {format_cents(payout.amount)} reserved for this payout is "
+            f"no longer covered. Reject it (its reservation goes back to cash and covers the clawback) or "
+            f"approve it again once new earnings bring the cash back to 0.00 or more.")
+
+
 # --------------------------------------------------------------------------- request
 
 
@@ -423,6 +447,8 @@ def payout_approve(*, payout: Payout, actor, reason: str = "", source: str = STA
     if flag := payouts_held(payout.account_id):
         raise PayoutRefused(f"payout #{payout.pk} is held: its account has an open fraud flag (#{flag.pk}); "
                             "clear or confirm the flag first")
+    if reason_held := _uncovered(payout, _locked_cash(payout.account_id)):
+        raise PayoutRefused(f"payout #{payout.pk} cannot be approved: {reason_held.removeprefix('held: ')}")
     user = actor if getattr(actor, "pk", None) else None
     if user is not None and not user.is_staff:
         raise PayoutRefused("only staff members can approve payouts")
@@ -440,9 +466,9 @@ def payout_approve(*, payout: Payout, actor, reason: str = "", source: str = STA
             raise PayoutRefused(f"the second approval must come from a different staff member: "
                                 f"{_approver_name(user, api_key)} already gave the first one")
         data = {"approval": "2 of 2", "first_approved_by": _first_approver_name(payout)}
-    payout.approved_at, payout.approved_by = at, user
+    payout.approved_at, payout.approved_by, payout.held_reason = at, user, ""
     _transition(payout, S.APPROVED, actor=user, source=source, reason=reason, data=data)
-    payout.save(update_fields=["status", "approved_at", "approved_by"])
+    payout.save(update_fields=["status", "approved_at", "approved_by", "held_reason"])
     if source == STAFF:
         _audit_payout(actor=user, action="payout.approve", payout=payout, reason=reason, data=data)
     _queue_processing(payout)
@@ -647,8 +673,12 @@ def _claim(payout_id: int, at: datetime) -> Payout | None:
         if payouts_held(payout.account_id):
             return None  # an open account flag holds it; clearing the flag queues it again
         if payout.status == S.APPROVED:
+            cash = _locked_cash(payout.account_id)
+            if reason := _uncovered(payout, cash):
+                _hold(payout, reason)
+                return None
             payout.processing_at = at
-            _transition(payout, S.PROCESSING, actor=None, source=JOB, data={"attempt": payout.attempt})
+            _transition(payout, S.PROCESSING, actor=None, source=JOB, data={"attempt": payout.attempt, "cash": cash})
             payout.save(update_fields=["status", "processing_at"])
             return payout
         if payout.status == S.PROCESSING and (payout.processing_at is None or payout.processing_at <= stuck_before):
@@ -659,6 +689,19 @@ def _claim(payout_id: int, at: datetime) -> Payout | None:
             payout.processing_at = at
             return payout
     return None
+
+
+def _hold(payout: Payout, reason: str) -> None:
+    """Stop an approved payout before it goes out: back to requested, its approvals withdrawn
+    (they were given for a covered payout), the reason kept for staff. Its money stays reserved."""
+    log.warning("payout #%s held before sending: %s", payout.pk, reason)
+    _transition(payout, S.REQUESTED, actor=None, source=JOB, reason=reason)
+    payout.held_reason = reason
+    payout.approved_at = payout.approved_by = None
+    payout.first_approved_at = payout.first_approved_by = payout.first_approved_by_key = None
+    payout.save(update_fields=["status", "held_reason", "approved_at", "approved_by", "first_approved_at",
+                               "first_approved_by", "first_approved_by_key"])
+    _audit_payout(actor=None, action="payout.held", payout=payout, reason=reason)
 
 
 def payout_process(*, payout_id: int, at: datetime | None = None) -> Payout:
