@@ -7,6 +7,9 @@ class BackofficeConfig(AppConfig):
 
     def ready(self) -> None:
         from referrals.services import register_handler
+        from referrals_site import checks
+
+        checks.register()  # the deploy check of development secrets
 
         from .services import ADJUSTMENT_POSTED, apply_adjustment
 
