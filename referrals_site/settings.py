@@ -95,7 +95,9 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "referrals.api.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
     # Per API key. The local-memory cache counts per process; production points the cache at Redis.
-    "DEFAULT_THROTTLE_RATES": {"api_key": env.str("API_RATE_LIMIT", default="6000/minute")},
+    "DEFAULT_THROTTLE_RATES": {"api_key": env.str("API_RATE_LIMIT", default="6000/minute"),
+                               # Wrong, malformed, revoked or expired keys per client IP (then 429).
+                               "api_auth_failures": env.str("API_AUTH_FAILURE_LIMIT", default="20/minute")},
 }
 
 # Referral programme settings that are deployment-wide rather than per programme.
