@@ -11,6 +11,10 @@ class BackofficeConfig(AppConfig):
 
         checks.register()  # the deploy check of development secrets
 
+        from . import admin_actions
+
+        admin_actions.install()  # permission checks on third-party admin actions
+
         from .services import ADJUSTMENT_POSTED, apply_adjustment
 
         register_handler(ADJUSTMENT_POSTED, apply_adjustment)
