@@ -20,7 +20,7 @@ class _Echo:
         return value
 
 
-@admin.action(description="Export selected rows as CSV")
+@admin.action(description="Export selected rows as CSV", permissions=["view"])  # reads only
 def export_csv(modeladmin, request, queryset):
     """The changelist's columns for the selected rows, streamed (works on huge tables)."""
     columns = [c for c in modeladmin.get_list_display(request) if c != "action_checkbox"]

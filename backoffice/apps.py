@@ -7,6 +7,13 @@ class BackofficeConfig(AppConfig):
 
     def ready(self) -> None:
         from referrals.services import register_handler
+        from referrals_site import checks
+
+        checks.register()  # the deploy check of development secrets
+
+        from . import admin_actions
+
+        admin_actions.install()  # permission checks on third-party admin actions
 
         from .services import ADJUSTMENT_POSTED, apply_adjustment
 

@@ -1,5 +1,10 @@
 """Staff roles as Django groups. Support reads everything and works the fraud desk;
-finance works payouts and adjustments. Admin actions check these permissions server-side."""
+finance works payouts and adjustments. Admin actions check these permissions server-side: every
+action declares the permission it needs (third-party admins are re-registered with them in
+backoffice/admin_actions.py), and only read-only actions (the CSV export) make do with "view", so
+reading everything never lets support revoke a key, stop or run a periodic job, re-enable a
+webhook endpoint or redeliver one. Secrets are never shown back after creation (API keys, the
+webhook signing secret: masked in the admin)."""
 from django.contrib.auth.models import Group, Permission
 from django.db.models import Q
 

@@ -33,14 +33,25 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
     list_filter = ("is_active",)
     search_fields = ("url", "description")
     raw_id_fields = ("account",)
-    readonly_fields = ("secret", "consecutive_failures", "disabled_at", "disabled_reason", "created_at")
+    # The signing secret is shown once, in the message after the endpoint is created; afterwards
+    # only its last characters (enough to tell two apart), to everyone, superusers included.
+    readonly_fields = ("signing_secret", "consecutive_failures", "disabled_at", "disabled_reason", "created_at")
     actions = ["enable"]
 
     def get_fields(self, request, obj=None):
         fields = ["url", "description", "kinds", "account", "is_active"]
         return fields + list(self.readonly_fields) if obj else fields
 
-    @admin.action(description="Enable again (reset the failure count)")
+    @admin.display(description="signing secret")
+    def signing_secret(self, obj) -> str:
+        return f"whsec_••••{obj.secret[-4:]}" if obj.secret else "—"
+
+    def response_add(self, request, obj, post_url_continue=None):
+        self.message_user(request, f"Signing secret of this endpoint — give it to the receiver now, it will not be "
+                                   f"shown again: {obj.secret}", messages.WARNING)
+        return super().response_add(request, obj, post_url_continue)
+
+    @admin.action(description="Enable again (reset the failure count)", permissions=["change"])
     def enable(self, request, queryset):
         for endpoint in queryset:
             services.webhook_endpoint_enable(endpoint=endpoint, actor=request.user)
@@ -76,7 +87,12 @@ class WebhookDeliveryAdmin(BigTableAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
-    @admin.action(description="Redeliver (send the message again)", permissions=["view"])
+    def has_redeliver_permission(self, request) -> bool:
+        # Deliveries are read-only here, but sending one again is a write: it needs the
+        # change permission (superusers, or a group granted integrations.change_webhookdelivery).
+        return request.user.has_perm("integrations.change_webhookdelivery")
+
+    @admin.action(description="Redeliver (send the message again)", permissions=["redeliver"])
     def redeliver(self, request, queryset):
         copies = [services.webhook_redeliver(delivery=d, actor=request.user)
                   for d in queryset.select_related("endpoint")]

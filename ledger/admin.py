@@ -101,7 +101,8 @@ class TransactionKindFilter(ValuesFilter):
     title = "kind"
     parameter_name = "kind"
     values = ("accrual", "adjustment", "fraud-hold", "redemption", "reversal", "void", "payout.reserved",
-              "payout.settled", "payout.released", "payout.reversed", "earnings.released", "credits.expired")
+              "payout.settled", "payout.released", "payout.reversed", "payout.partly_reversed", "earnings.released",
+              "credits.expired")
 
 
 @admin.register(Transaction)

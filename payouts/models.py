@@ -96,6 +96,12 @@ class Payout(models.Model):
     failure_reason = models.TextField(blank=True)
     # The last retryable provider error (timeout, 5xx); the payout stays processing and is retried.
     last_error = models.TextField(blank=True)
+    # How much of this attempt's transfer the provider has reversed so far (Stripe's cumulative
+    # `amount_reversed`, in ledger units); each partial reversal moves only the increase.
+    reversed_amount = models.BigIntegerField(default=0)
+    # Why the payout was stopped before it went out (its account's cash went negative, e.g. a
+    # refund clawback after the request): it waits, requested, for staff. Empty when not held.
+    held_reason = models.TextField(blank=True)
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
                                      related_name="+")
     requested_at = models.DateTimeField()
@@ -124,6 +130,8 @@ class Payout(models.Model):
                                                            "rejected", "cancelled"]),
                                    name="payout_status_known"),
             models.CheckConstraint(condition=Q(attempt__gte=1), name="payout_attempt_positive"),
+            models.CheckConstraint(condition=Q(reversed_amount__gte=0) & Q(reversed_amount__lte=models.F("amount")),
+                                   name="payout_reversed_within_amount"),
             # One approver can never be both maker and checker.
             models.CheckConstraint(condition=Q(first_approved_by__isnull=True) | Q(approved_by__isnull=True)
                                    | ~Q(first_approved_by=models.F("approved_by")),

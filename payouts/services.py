@@ -8,7 +8,8 @@ posts the balanced ledger legs (so `verify_ledger` replays payouts like everythi
 - `payout.reserved`  cash → reserved, at request (and again when a failed payout is retried);
 - `payout.settled`   reserved → platform:payouts, when the provider has paid;
 - `payout.released`  reserved → cash, when it fails, is rejected or cancelled;
-- `payout.reversed`  platform:payouts → cash, when a paid transfer is reversed.
+- `payout.reversed`  platform:payouts → cash, when a paid transfer is reversed (what is left of it);
+- `payout.partly_reversed`  platform:payouts → cash, the increase of a partial reversal.
 
 Provider calls happen outside any database transaction, after the payout is claimed as
 processing; the idempotency key (payout id + attempt) makes a retry after a timeout or a crash
@@ -24,7 +25,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from ledger.models import Book
+from ledger.models import Balance, Book
 from ledger.money import AmountError, floor_to_cents, format_cents, parse_amount, to_units
 from ledger.services import Leg, post
 from referrals import bulk, outbox
@@ -47,6 +48,7 @@ RESERVED = "payout.reserved"
 SETTLED = "payout.settled"
 RELEASED = "payout.released"
 REVERSED = "payout.reversed"
+PARTLY_REVERSED = "payout.partly_reversed"
 
 MAX_PAYOUT = Decimal("1000000")
 
@@ -230,14 +232,15 @@ def _audit_account(*, actor, action: str, account: Account, data: dict) -> None:
 # --------------------------------------------------------------------------- the ledger side
 
 
-def _event(kind: str, payout: Payout, *, source: str, actor, at: datetime, legs_from: list) -> Event:
+def _event(kind: str, payout: Payout, *, source: str, actor, at: datetime, legs_from: list, suffix: str = "") -> Event:
     """Log an internal event for one money movement of a payout and apply it (posts the legs).
 
-    Its external id is unique per payout, movement and attempt, so the database itself refuses
-    to reserve, settle or release the same attempt twice."""
+    Its external id is unique per payout, movement and attempt (plus `suffix` for movements that
+    may happen several times per attempt), so the database itself refuses to reserve, settle or
+    release the same attempt twice."""
     payload = {"payout": payout.pk, "attempt": payout.attempt, "allocation": legs_from}
     event = Event.objects.create(
-        external_id=f"payout:{payout.pk}:{kind.removeprefix('payout.')}:{payout.attempt}", type=kind,
+        external_id=f"payout:{payout.pk}:{kind.removeprefix('payout.')}:{payout.attempt}{suffix}", type=kind,
         source=_EVENT_SOURCE[source], account_id=payout.account_id, occurred_at=at, payload=payload,
         content_hash=ev.content_hash(payload), actor=actor if getattr(actor, "pk", None) else None)
     apply_event(event)
@@ -249,7 +252,21 @@ _MOVES = {
     SETTLED: (Book.RESERVED, Book.PAYOUTS),
     RELEASED: (Book.RESERVED, Book.CASH),
     REVERSED: (Book.PAYOUTS, Book.CASH),
+    PARTLY_REVERSED: (Book.PAYOUTS, Book.CASH),
 }
+
+
+def _slice(allocation: list, start: int, stop: int) -> list[list[int]]:
+    """The units [start, stop) of an allocation laid end to end in its order, per programme: a
+    partial reversal gives back the first programmes' part first, and what is left later is
+    exactly the rest, so the programmes' books add up whatever the steps."""
+    part, offset = [], 0
+    for program_id, units in allocation:
+        low, high = max(start, offset), min(stop, offset + units)
+        if high > low:
+            part.append([program_id, high - low])
+        offset += units
+    return part
 
 
 def _apply_payout_event(event: Event, replay: bool) -> int:
@@ -277,6 +294,30 @@ def _transition(payout: Payout, to_status: str, *, actor, source: str, reason: s
 def _locked(payout: Payout | int) -> Payout:
     pk = payout if isinstance(payout, int) else payout.pk
     return Payout.objects.select_for_update().select_related("method").get(pk=pk)
+
+
+def _locked_cash(account_id: int) -> int:
+    """The account's whole cash book, its balance row locked until the transaction ends.
+
+    Every posting to the book (a refund's clawback included, whoever's event it is) updates this
+    row, so a coverage check made under this lock and the clawback are serialised: either the
+    check sees the clawback, or the clawback waits until the payout has been claimed."""
+    row = Balance.objects.select_for_update().filter(account_id=account_id, book=Book.CASH).first()
+    return row.amount if row is not None else 0
+
+
+def _uncovered(payout: Payout, cash: int) -> str:
+    """Why a payout that has not left yet may no longer go out, or "" when it may.
+
+    A payout's amount was moved from cash to reserved at its request. When the account's cash is
+    negative afterwards (a refund clawed back commission the payout had already reserved), part
+    of that reservation is money the account no longer has: the payout is not covered."""
+    if cash >= 0:
+        return ""
+    return (f"held: the account's cash is {format_cents(cash)} after a clawback (a refund of a payment "
+            f"that earned this commission), so the {format_cents(payout.amount)} reserved for this payout is "
+            f"no longer covered. Reject it (its reservation goes back to cash and covers the clawback) or "
+            f"approve it again once new earnings bring the cash back to 0.00 or more.")
 
 
 # --------------------------------------------------------------------------- request
@@ -406,6 +447,8 @@ def payout_approve(*, payout: Payout, actor, reason: str = "", source: str = STA
     if flag := payouts_held(payout.account_id):
         raise PayoutRefused(f"payout #{payout.pk} is held: its account has an open fraud flag (#{flag.pk}); "
                             "clear or confirm the flag first")
+    if reason_held := _uncovered(payout, _locked_cash(payout.account_id)):
+        raise PayoutRefused(f"payout #{payout.pk} cannot be approved: {reason_held.removeprefix('held: ')}")
     user = actor if getattr(actor, "pk", None) else None
     if user is not None and not user.is_staff:
         raise PayoutRefused("only staff members can approve payouts")
@@ -423,9 +466,9 @@ def payout_approve(*, payout: Payout, actor, reason: str = "", source: str = STA
             raise PayoutRefused(f"the second approval must come from a different staff member: "
                                 f"{_approver_name(user, api_key)} already gave the first one")
         data = {"approval": "2 of 2", "first_approved_by": _first_approver_name(payout)}
-    payout.approved_at, payout.approved_by = at, user
+    payout.approved_at, payout.approved_by, payout.held_reason = at, user, ""
     _transition(payout, S.APPROVED, actor=user, source=source, reason=reason, data=data)
-    payout.save(update_fields=["status", "approved_at", "approved_by"])
+    payout.save(update_fields=["status", "approved_at", "approved_by", "held_reason"])
     if source == STAFF:
         _audit_payout(actor=user, action="payout.approve", payout=payout, reason=reason, data=data)
     _queue_processing(payout)
@@ -521,10 +564,12 @@ def payout_mark_failed(*, payout: Payout, reason: str, actor=None, source: str =
     if payout.status in (S.APPROVED, S.PROCESSING):
         payout = _release(payout, S.FAILED, actor=actor, source=source, reason=reason, at=at)
     elif payout.status == S.PAID:
-        _event(REVERSED, payout, source=source, actor=actor, at=at, legs_from=payout.allocation)
-        payout.finished_at, payout.failure_reason = at, reason
+        # What a partial reversal already gave back is not given back twice.
+        rest = _slice(payout.allocation, payout.reversed_amount, payout.amount)
+        _event(REVERSED, payout, source=source, actor=actor, at=at, legs_from=rest)
+        payout.finished_at, payout.failure_reason, payout.reversed_amount = at, reason, payout.amount
         _transition(payout, S.FAILED, actor=actor, source=source, reason=reason)
-        payout.save(update_fields=["status", "finished_at", "failure_reason"])
+        payout.save(update_fields=["status", "finished_at", "failure_reason", "reversed_amount"])
     else:
         return payout  # already failed, rejected or cancelled: nothing left to undo
     outbox.publish(PAYOUT_FAILED, account_id=payout.account_id, data=_message(payout))
@@ -554,6 +599,35 @@ def payout_mark_paid(*, payout: Payout, reference: str = "", actor=None, source:
 
 
 @transaction.atomic
+def payout_reversed_in_part(*, payout: Payout, reversed_total: int, reference: str = "", actor=None,
+                            source: str = WEBHOOK, at: datetime | None = None) -> Payout:
+    """The provider reversed part of the transfer: `reversed_total` units of it so far (Stripe's
+    `amount_reversed` is cumulative). Only the increase since the last news moves
+    (platform:payouts → cash) and the payout stays paid; the same figure again moves nothing.
+    News of a reversal before the transfer's own news means the transfer happened: the payout is
+    settled first. A failed, rejected or cancelled payout has nothing left to give back."""
+    payout = _locked(payout)
+    at = at or timezone.now()
+    if payout.status in (S.APPROVED, S.PROCESSING):
+        payout = payout_mark_paid(payout=payout, reference=reference, actor=actor, source=source, at=at)
+    if payout.status != S.PAID:
+        return payout
+    total = min(max(int(reversed_total), 0), payout.amount)
+    increase = total - payout.reversed_amount
+    if increase <= 0:
+        return payout
+    _event(PARTLY_REVERSED, payout, source=source, actor=actor, at=at,
+           legs_from=_slice(payout.allocation, payout.reversed_amount, total), suffix=f":{total}")
+    payout.reversed_amount = total
+    _transition(payout, S.PAID, actor=actor, source=source,
+                reason=f"the provider reversed {format_cents(increase)} of the transfer "
+                       f"({format_cents(total)} of {format_cents(payout.amount)} in all)",
+                data={"reversed": format_cents(total)})
+    payout.save(update_fields=["reversed_amount"])
+    return payout
+
+
+@transaction.atomic
 def payout_retry(*, payout: Payout, actor, reason: str = "", source: str = STAFF, at: datetime | None = None) -> Payout:
     """Send a failed payout again: a new attempt (so a new idempotency key), its amount reserved
     again from the cash available now."""
@@ -572,6 +646,7 @@ def payout_retry(*, payout: Payout, actor, reason: str = "", source: str = STAFF
     payout.attempt += 1
     payout.allocation = allocate(allowed, payout.amount)
     payout.provider_reference, payout.failure_reason, payout.last_error = "", "", ""
+    payout.reversed_amount, payout.held_reason = 0, ""
     payout.approved_at, payout.finished_at, payout.processing_at = at, None, None
     _event(RESERVED, payout, source=source, actor=actor, at=at, legs_from=payout.allocation)
     _transition(payout, S.APPROVED, actor=actor, source=source, reason=reason or "retry",
@@ -598,8 +673,12 @@ def _claim(payout_id: int, at: datetime) -> Payout | None:
         if payouts_held(payout.account_id):
             return None  # an open account flag holds it; clearing the flag queues it again
         if payout.status == S.APPROVED:
+            cash = _locked_cash(payout.account_id)
+            if reason := _uncovered(payout, cash):
+                _hold(payout, reason)
+                return None
             payout.processing_at = at
-            _transition(payout, S.PROCESSING, actor=None, source=JOB, data={"attempt": payout.attempt})
+            _transition(payout, S.PROCESSING, actor=None, source=JOB, data={"attempt": payout.attempt, "cash": cash})
             payout.save(update_fields=["status", "processing_at"])
             return payout
         if payout.status == S.PROCESSING and (payout.processing_at is None or payout.processing_at <= stuck_before):
@@ -610,6 +689,19 @@ def _claim(payout_id: int, at: datetime) -> Payout | None:
             payout.processing_at = at
             return payout
     return None
+
+
+def _hold(payout: Payout, reason: str) -> None:
+    """Stop an approved payout before it goes out: back to requested, its approvals withdrawn
+    (they were given for a covered payout), the reason kept for staff. Its money stays reserved."""
+    log.warning("payout #%s held before sending: %s", payout.pk, reason)
+    _transition(payout, S.REQUESTED, actor=None, source=JOB, reason=reason)
+    payout.held_reason = reason
+    payout.approved_at = payout.approved_by = None
+    payout.first_approved_at = payout.first_approved_by = payout.first_approved_by_key = None
+    payout.save(update_fields=["status", "held_reason", "approved_at", "approved_by", "first_approved_at",
+                               "first_approved_by", "first_approved_by_key"])
+    _audit_payout(actor=None, action="payout.held", payout=payout, reason=reason)
 
 
 def payout_process(*, payout_id: int, at: datetime | None = None) -> Payout:

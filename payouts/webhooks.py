@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from ledger.money import CENT
 from referrals_site.text import json_text_problem, safe_text
 
 from . import services
@@ -102,14 +103,27 @@ def _on_transfer(event: dict) -> str:
     attempt = (transfer.get("metadata") or {}).get("attempt")
     if attempt and attempt != str(payout.attempt):
         return f"transfer of attempt {attempt}; payout #{payout.pk} is on attempt {payout.attempt}"
-    if event["type"] == "transfer.reversed" or transfer.get("reversed"):
+    amount, reversed_cents = transfer.get("amount"), transfer.get("amount_reversed")
+    if not _is_cents(reversed_cents):
+        # Stripe always sends amount_reversed; without it a transfer.reversed is taken as whole.
+        reversed_cents = amount if event["type"] == "transfer.reversed" else 0
+    # `reversed` is true only once the whole transfer is reversed; a part leaves it false.
+    if transfer.get("reversed") is True or (_is_cents(amount) and amount > 0 and reversed_cents >= amount):
         services.payout_mark_failed(payout=payout, reason="the Stripe transfer was reversed",
                                     source=services.WEBHOOK)
         return "reversed"
-    if transfer.get("amount") != cents(payout.amount):
-        return f"amount {transfer.get('amount')} does not match payout #{payout.pk}; left for reconciliation"
+    if amount != cents(payout.amount):
+        return f"amount {amount} does not match payout #{payout.pk}; left for reconciliation"
+    if reversed_cents > 0:
+        services.payout_reversed_in_part(payout=payout, reversed_total=reversed_cents * CENT,
+                                         reference=transfer.get("id", ""), source=services.WEBHOOK)
+        return f"{reversed_cents} of {amount} cents reversed so far"
     services.payout_mark_paid(payout=payout, reference=transfer["id"], source=services.WEBHOOK)
     return "paid"
+
+
+def _is_cents(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _event_time(event: dict) -> datetime:

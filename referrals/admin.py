@@ -431,7 +431,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         form.clean = clean
         return form
 
-    @admin.action(description="Revoke selected keys")
+    @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke(self, request, queryset):
         for key in queryset.filter(revoked_at__isnull=True):
             api_key_revoke(key=key, actor=request.user, reason="revoked in the admin")

@@ -20,6 +20,8 @@ from django.urls import Resolver404, get_urlconf, resolve, reverse
 from django.utils.encoding import escape_uri_path
 from django.utils.http import url_has_allowed_host_and_scheme
 
+from referrals_site.client_ip import client_ip
+
 from . import clicks
 from .models import CODE_ALPHABET, CODE_LENGTH, Account
 
@@ -84,7 +86,7 @@ def follow_referral_link(request) -> HttpResponseRedirect:
         click = clicks.record_click(
             referrer_id=referrer_id,
             visitor_id=visitor_id(request),
-            ip_hash=hash_ip(request.META.get("REMOTE_ADDR", "")),
+            ip_hash=hash_ip(client_ip(request)),
             user_agent=request.META.get("HTTP_USER_AGENT", ""),
             path=request.path,
             template_id=template_id,
@@ -125,7 +127,7 @@ def over_click_rate(request) -> bool:
     limit = settings.REFERRAL["CLICKS_PER_IP_PER_MINUTE"]
     if not limit:
         return False
-    key = f"ref-clicks:{hash_ip(request.META.get('REMOTE_ADDR', ''))}:{int(time.time() // 60)}"
+    key = f"ref-clicks:{hash_ip(client_ip(request))}:{int(time.time() // 60)}"
     try:
         cache.add(key, 0, timeout=120)
         return cache.incr(key) > limit

@@ -2,7 +2,6 @@
 earnings, wallet, templates, partner track) and template pages. Reads come from `selectors` and
 `dashboard`; the one write (the Partner upgrade) goes through `services.account_change_track`."""
 import csv
-import ipaddress
 import logging
 from datetime import timedelta
 from functools import lru_cache
@@ -21,6 +20,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from ledger.models import Balance, Book
 from ledger.money import CENT, format_cents, format_exact, to_units
+from referrals_site.client_ip import client_ip
 
 from . import dashboard as dashboard_reads
 from . import rollups
@@ -68,10 +68,8 @@ def signup(request):
 
 
 def _client_ip(request) -> str:
-    try:
-        return str(ipaddress.ip_address(request.META.get("REMOTE_ADDR", "").strip()))
-    except ValueError:
-        return ""
+    # Behind a proxy: the visitor's address, not the proxy's (referrals_site/client_ip.py).
+    return client_ip(request)
 
 
 def _account(request) -> Account | None:

@@ -101,7 +101,9 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "referrals.api.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
     # Per API key. The local-memory cache counts per process; production points the cache at Redis.
-    "DEFAULT_THROTTLE_RATES": {"api_key": env.str("API_RATE_LIMIT", default="6000/minute")},
+    "DEFAULT_THROTTLE_RATES": {"api_key": env.str("API_RATE_LIMIT", default="6000/minute"),
+                               # Wrong, malformed, revoked or expired keys per client IP (then 429).
+                               "api_auth_failures": env.str("API_AUTH_FAILURE_LIMIT", default="20/minute")},
 }
 
 # Referral programme settings that are deployment-wide rather than per programme.
@@ -121,6 +123,11 @@ REFERRAL = {
     "CLICK_BURST_MINUTES": env.int("REFERRAL_CLICK_BURST_MINUTES", default=10),
     # Clicks counted per visitor IP and minute (0: no limit); more are not counted.
     "CLICKS_PER_IP_PER_MINUTE": env.int("REFERRAL_CLICKS_PER_IP_PER_MINUTE", default=30),
+    # The client IP behind a proxy (referrals_site/client_ip.py): X-Forwarded-For is read only
+    # when the peer is one of these networks (CIDRs), or else through exactly this many proxies.
+    # Neither set: REMOTE_ADDR, the header is ignored.
+    "TRUSTED_PROXIES": env.list("REFERRAL_TRUSTED_PROXIES", default=[]),
+    "PROXY_COUNT": env.int("REFERRAL_PROXY_COUNT", default=0),
 }
 
 LOGGING = {
@@ -249,6 +256,8 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_HTTP_RESPONSE_CODE = 429
 AXES_VERBOSE = False
+# The lock-out is per visitor, not per proxy: the same client IP as every other per-IP rule.
+AXES_CLIENT_IP_CALLABLE = "referrals_site.client_ip.client_ip"
 
 # Static files are served by the WSGI app itself (whitenoise), so gunicorn alone serves the
 # portal's CSS and JS in production (after collectstatic) and `make run` needs no DEBUG for them.

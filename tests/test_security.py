@@ -45,11 +45,13 @@ def test_no_template_has_inline_script_style_or_event_handlers():
 
 
 def test_production_settings_pass_check_deploy_at_warning_level():
+    from tests.test_deploy_checks import AUDIT_ENV  # what `make audit` sets: no development secrets
+
     # The browser tests allow async-unsafe calls in this process; production never does.
     inherited = {k: v for k, v in os.environ.items() if k != "DJANGO_ALLOW_ASYNC_UNSAFE"}
     env = {**inherited, "DJANGO_SECURE": "true", "DJANGO_DEBUG": "false",
            "DJANGO_SECRET_KEY": secrets.token_urlsafe(64), "DJANGO_ALLOWED_HOSTS": "referrals.example.com",
-           "DATABASE_URL": "sqlite:////tmp/check-deploy.sqlite3"}
+           "DATABASE_URL": "sqlite:////tmp/check-deploy.sqlite3", **AUDIT_ENV}
     result = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -17,6 +17,8 @@ from .keys import api_key_find, api_key_touch
 log = logging.getLogger(__name__)
 
 DEFAULT_RATE = "6000/minute"
+# Failed authentications (wrong, malformed, revoked or expired keys) per client IP and window.
+DEFAULT_FAILURE_RATE = "20/minute"
 
 
 class ApiClient:
@@ -41,6 +43,17 @@ class ApiKeyAuthentication:
         header = request.META.get("HTTP_AUTHORIZATION", "")
         if not header:
             return None  # DRF answers 401 not_authenticated
+        failures = FailedAuthentications(request)
+        # Over the limit, the IP is refused before its key is even looked at: a guess that happens
+        # to be right cannot be told from a wrong one until the window has passed.
+        failures.refuse_if_over()
+        try:
+            return self._authenticate(header)
+        except exceptions.AuthenticationFailed:
+            failures.count()
+            raise
+
+    def _authenticate(self, header: str):
         scheme, _, plaintext = header.strip().partition(" ")
         plaintext = plaintext.strip()
         if scheme.lower() != self.keyword.lower() or not plaintext or " " in plaintext:
@@ -130,6 +143,34 @@ class ApiKeyThrottle(BaseThrottle):
         return self.wait_seconds
 
 
+class FailedAuthentications:
+    """Failed authentications per client IP (referrals_site/client_ip.py) and fixed window, in
+    the same atomic counters as the per-key throttle; the rate is
+    REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]["api_auth_failures"]. Past it, 429 with Retry-After
+    until the window ends. Correct keys are never counted, so a partner's own IP is only ever
+    limited by its own wrong keys."""
+
+    scope = "api_auth_failures"
+
+    def __init__(self, request):
+        from referrals_site.client_ip import client_ip
+
+        rates = getattr(settings, "REST_FRAMEWORK", {}).get("DEFAULT_THROTTLE_RATES") or {}
+        self.limit, self.period = parse_rate(rates.get(self.scope, DEFAULT_FAILURE_RATE))
+        self.now = time.time()
+        self.key = f"throttle:{self.scope}:{client_ip(request) or '-'}:{int(self.now // self.period)}"
+
+    def refuse_if_over(self) -> None:
+        count = counters.get(self.key)
+        if count is not None and count >= self.limit:
+            wait = max(int(self.period - (self.now % self.period)), 1)
+            raise exceptions.Throttled(
+                wait=wait, detail=f"too many failed authentications from this address; retry in {wait} s")
+
+    def count(self) -> None:
+        counters.incr(self.key, ttl=self.period)
+
+
 def parse_rate(rate: str) -> tuple[int, int]:
     """"6000/minute" -> (6000, 60)."""
     number, _, period = rate.partition("/")
@@ -154,12 +195,26 @@ class Counters:
             cache.add(key, 1, timeout=ttl + 1)
             return 1
 
-    def _incr_redis(self, url: str, key: str, ttl: int) -> int | None:
+    def get(self, key: str) -> int | None:
+        """The counter's value now (0 when absent); None when Redis cannot be reached."""
+        url = getattr(settings, "API_THROTTLE_REDIS_URL", "")
+        if not url:
+            return int(cache.get(key) or 0)
+        try:
+            return int(self._client(url).get(key) or 0)
+        except redis.RedisError:
+            log.warning("throttle counters: Redis unreachable, counter not read", exc_info=True)
+            return None
+
+    def _client(self, url: str) -> redis.Redis:
         if self._redis is None or self._redis_url != url:
             self._redis = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
             self._redis_url = url
+        return self._redis
+
+    def _incr_redis(self, url: str, key: str, ttl: int) -> int | None:
         try:
-            pipe = self._redis.pipeline()
+            pipe = self._client(url).pipeline()
             pipe.incr(key)
             pipe.expire(key, ttl + 1, nx=True)
             count, _ = pipe.execute()
