@@ -96,19 +96,24 @@ def follow_referral_link(request) -> HttpResponseRedirect:
         log.exception("could not record a referral click for code %s", code)
         return response
     if not keep_earlier:
-        value = {"code": code, "click": click.public_id.hex, "template": template_external_id}
-        # What `response.set_signed_cookie` writes (and `request.get_signed_cookie` reads), with the
-        # signer built once per process instead of once per click.
-        name = settings.REFERRAL["COOKIE_NAME"]
-        response.set_cookie(
-            name,
-            _cookie_signer(name + COOKIE_SALT).sign(_encode(value)),
-            max_age=_window_seconds(),
-            httponly=True,
-            samesite="Lax",
-            secure=request.is_secure(),
-        )
+        remember_click(request, response, code=code, click=click, template=template_external_id)
     return response
+
+
+def remember_click(request, response, *, code: str, click: clicks.PendingClick, template: str) -> None:
+    """Put the click in the signed attribution cookie (also used by the redirect links, /r/)."""
+    value = {"code": code, "click": click.public_id.hex, "template": template}
+    # What `response.set_signed_cookie` writes (and `request.get_signed_cookie` reads), with the
+    # signer built once per process instead of once per click.
+    name = settings.REFERRAL["COOKIE_NAME"]
+    response.set_cookie(
+        name,
+        _cookie_signer(name + COOKIE_SALT).sign(_encode(value)),
+        max_age=_window_seconds(),
+        httponly=True,
+        samesite="Lax",
+        secure=request.is_secure(),
+    )
 
 
 BOT_RE = re.compile(
@@ -119,15 +124,23 @@ BOT_RE = re.compile(
 
 
 def is_bot(request) -> bool:
-    return bool(BOT_RE.search(request.META.get("HTTP_USER_AGENT", "")))
+    return is_crawler(request.META.get("HTTP_USER_AGENT", ""))
+
+
+def is_crawler(user_agent: str) -> bool:
+    return bool(BOT_RE.search(user_agent))
 
 
 def over_click_rate(request) -> bool:
+    return over_ip_click_rate(client_ip(request))
+
+
+def over_ip_click_rate(ip: str) -> bool:
     """At most N counted clicks per IP per minute, counted atomically in the cache (Redis or local)."""
     limit = settings.REFERRAL["CLICKS_PER_IP_PER_MINUTE"]
     if not limit:
         return False
-    key = f"ref-clicks:{hash_ip(client_ip(request))}:{int(time.time() // 60)}"
+    key = f"ref-clicks:{hash_ip(ip)}:{int(time.time() // 60)}"
     try:
         cache.add(key, 0, timeout=120)
         return cache.incr(key) > limit

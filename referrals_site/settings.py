@@ -338,3 +338,21 @@ CACHES = {
     if CACHE_REDIS_URL else
     {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "OPTIONS": {"MAX_ENTRIES": 100_000}}
 }
+
+# --- Clicks on the operator's own site (issue 14, referrals/tracking.py, docs/integration.md) ---
+REFERRAL |= {
+    # Origins (scheme://host[:port]) whose pages may call POST /api/v1/track/click: the operator's site.
+    # Calls from any other origin are refused (403) and record nothing.
+    "TRACKING_ORIGINS": env.list("REFERRAL_TRACKING_ORIGINS", default=[]),
+    # Where the portal's redirect links (/r/CODE) send the visitor, with `ref` and `click_id` added;
+    # a template link (/r/CODE/t/TEMPLATE) goes to TEMPLATE_URL with {template} filled in. Only the
+    # hosts of these two URLs (and SITE_URL's) are ever redirected to. Empty: SITE_URL + "/" and
+    # SITE_URL + "/t/{template}" (the portal's own pages).
+    "LANDING_URL": env.str("REFERRAL_LANDING_URL", default=""),
+    "TEMPLATE_URL": env.str("REFERRAL_TEMPLATE_URL", default=""),
+    # The portal's own public address, for the redirect links shown on the dashboard. Empty: SITE_URL.
+    "PORTAL_URL": env.str("REFERRAL_PORTAL_URL", default="").rstrip("/"),
+    # Calls of the public tracking endpoint per client IP and minute, whatever the code (0: no limit);
+    # counted clicks are limited further by CLICKS_PER_IP_PER_MINUTE, shared with `?ref=` links.
+    "TRACK_REQUESTS_PER_IP_PER_MINUTE": env.int("REFERRAL_TRACK_REQUESTS_PER_IP_PER_MINUTE", default=120),
+}

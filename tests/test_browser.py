@@ -166,7 +166,7 @@ def test_it_copies_the_link_with_a_visible_confirmation(context, alice, width):
     context.grant_permissions(["clipboard-read", "clipboard-write"])
     page = context.new_page()
     _log_in(page, "alice@example.com")
-    page.get_by_role("button", name="Copy").click()
+    page.get_by_role("button", name="Copy", exact=True).click()  # not "Copy redirect link"
     status = page.locator("#copy-status")
     sync_api.expect(status).to_have_text("Copied")
     sync_api.expect(page.get_by_role("button", name="Copied")).to_be_visible()

@@ -27,11 +27,14 @@ class JsonBodyParser(BaseParser):
     batch are rejected one by one)."""
 
     media_type = "*/*"
+    max_bytes = MAX_BODY_BYTES
 
     def parse(self, stream, media_type=None, parser_context=None):
-        raw = stream.read(MAX_BODY_BYTES + 1)
-        if len(raw) > MAX_BODY_BYTES:
-            raise BodyTooLarge(f"the body is larger than {MAX_BODY_BYTES // (1024 * 1024)} MB")
+        raw = stream.read(self.max_bytes + 1)
+        if len(raw) > self.max_bytes:
+            mb = self.max_bytes // (1024 * 1024)
+            size = f"{mb} MB" if mb else f"{self.max_bytes // 1024} KB"
+            raise BodyTooLarge(f"the body is larger than {size}")
         try:
             data = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
         except UnicodeDecodeError:

@@ -1,7 +1,7 @@
 """Routes of the integration API (shared/API.md), mounted under /api/v1/."""
 from django.urls import path, re_path
 
-from . import views
+from . import tracking, views
 
 app_name = "api"
 
@@ -19,6 +19,8 @@ urlpatterns = [
     path("applications/<int:application_id>/reject", views.ApplicationRejectView.as_view(),
          name="application-reject"),
     path("jobs/run", views.JobsRunView.as_view(), name="jobs-run"),
+    path("track/click", tracking.TrackClickView.as_view(), name="track-click"),
+    path("clicks", tracking.ClicksView.as_view(), name="clicks"),
     # [\s\S], not ".": an id holding a newline (%0A) must reach the JSON 404 too.
     re_path(r"^[\s\S]*$", views.NotFoundView.as_view(), name="not-found"),
 ]
