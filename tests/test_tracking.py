@@ -254,6 +254,10 @@ def test_it_never_redirects_to_another_host(alice, template):
     # leaves the visitor on the configured host.
     Template.objects.create(external_id=unquote(template), creator=alice)
     response = Client(HTTP_USER_AGENT=BROWSER_UA).get(f"/r/{alice.referral_code}/t/{template}?next=https://evil.example")
+    if "%0D" in template:
+        # A path holding control characters is no page's address: the text check answers 404.
+        assert response.status_code == 404
+        return
     assert response.status_code == 302
     location = response["Location"]
     assert urlsplit(location).netloc == "operator.example", location
