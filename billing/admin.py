@@ -19,7 +19,7 @@ class StripeConnectionForm(forms.ModelForm):
         required=False, max_length=200, strip=True, widget=forms.PasswordInput(render_value=False),
         help_text="The endpoint's signing secret from Stripe (whsec_…). Leave blank to keep the saved one.")
     api_key = forms.CharField(
-        required=False, max_length=200, strip=True, widget=forms.PasswordInput(render_value=False),
+        label="API key", required=False, max_length=200, strip=True, widget=forms.PasswordInput(render_value=False),
         help_text="A restricted key (rk_…) with Read on Customers, Invoices, Charges, Refunds and Disputes, "
                   "for import_stripe. Leave blank to keep the saved one.")
 
@@ -179,6 +179,8 @@ class StripeCustomerAdmin(admin.ModelAdmin):
         return False
 
     def save_model(self, request, obj, form, change):
+        if obj.linked_at:
+            return  # linked by Stripe's own metadata or earlier by staff: never moved to another account
         done = services.customer_map(customer=obj, account=form.cleaned_data["account"], actor=request.user)
         self.message_user(request, f"{done} Stripe object(s) of this customer applied.", messages.SUCCESS)
 

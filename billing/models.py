@@ -41,7 +41,7 @@ class StripeConnection(models.Model):
         verbose_name = "Stripe connection"
 
     def __str__(self) -> str:
-        return f"Stripe connection (secret {mask(self.signing_secret)})"
+        return "Stripe connection" + ("" if self.is_active else " (inactive)")
 
 
 class PriceMapping(models.Model):
