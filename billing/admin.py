@@ -20,8 +20,9 @@ class StripeConnectionForm(forms.ModelForm):
         help_text="The endpoint's signing secret from Stripe (whsec_…). Leave blank to keep the saved one.")
     api_key = forms.CharField(
         label="API key", required=False, max_length=200, strip=True, widget=forms.PasswordInput(render_value=False),
-        help_text="A restricted key (rk_…) with Read on Customers, Invoices, Charges, Refunds and Disputes, "
-                  "for import_stripe. Leave blank to keep the saved one.")
+        help_text="A restricted key (rk_…) with Read on Customers, Invoices, Charges and PaymentIntents, "
+                  "for import_stripe (and webhooks of API versions from 2025-03-31.basil on). Leave blank "
+                  "to keep the saved one.")
 
     class Meta:
         model = StripeConnection
@@ -80,7 +81,9 @@ class StripeConnectionAdmin(admin.ModelAdmin):
 
     @admin.display(description="Events to enable")
     def events_to_enable(self, obj):
-        return format_html("{} <br>API version of the endpoint: <code>{}</code>",
+        return format_html("{} <br>API version of the endpoint: <code>{}</code> is best (any newer one also works "
+                           "once the restricted key is saved: the connector then asks the API which invoice a "
+                           "charge paid)",
                            format_html_join(" ", "<code>{}</code>", ((t,) for t in services.WEBHOOK_EVENTS)),
                            services.API_VERSION)
 

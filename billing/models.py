@@ -23,7 +23,7 @@ class StripeConnection(models.Model):
     signing_secret = models.CharField(max_length=200, help_text="The webhook endpoint's signing secret (whsec_…).")
     api_key = models.CharField(max_length=200, blank=True,
                                help_text="A restricted key (rk_…) with read access to customers, invoices, "
-                                         "charges, refunds and disputes; used by import_stripe only.")
+                                         "charges and payment intents (import_stripe, newer API versions).")
     account_metadata_key = models.CharField(
         max_length=40, default="account_id",
         help_text="The customer metadata key that holds your account id (the `account` of our events).")

@@ -47,7 +47,8 @@ ZERO_DECIMAL = {"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "
                 "xaf", "xof", "xpf"}
 THREE_DECIMAL = {"bhd", "jod", "kwd", "omr", "tnd"}
 # The API version import_stripe reads with: the last one whose invoices carry `charge` and whose
-# charges carry `invoice` (2025-03-31.basil removed both). Webhook endpoints should use it too.
+# charges carry `invoice` (2025-03-31.basil removed both), so the backfill needs no extra calls.
+# Webhooks of newer versions work too: their links are asked of the API (see `_invoice_charge`).
 API_VERSION = "2025-02-24.acacia"
 CHARGE_MAPPING = "charge"
 Status = Inbound.Status
@@ -406,11 +407,65 @@ def _record_payment(*, key: str, charge_id: str, customer_id: str, account: str,
                    charge_id=charge_id, retry=[("charge_id", charge_id)] if charge_id else [])
 
 
+class NeedsKey(Exception):
+    """A newer API version's object that only the API can tie to its invoice or charge."""
+
+
+def _api(conn: StripeConnection) -> stripe.StripeClient:
+    if not conn.api_key:
+        raise NeedsKey("this object (API version 2025-03-31.basil or newer) can only be tied to its "
+                       "invoice or charge through the API: save a restricted key on the Stripe connection")
+    return import_client(conn)
+
+
+def _invoice_charge(obj: dict, conn: StripeConnection) -> str:
+    """The charge that paid an invoice: `charge` up to 2025-02-24.acacia; from basil on, through the
+    invoice's payments (included in the object, or asked of the API)."""
+    if "charge" in obj:
+        return _id(obj.get("charge"))
+    payments = obj.get("payments") if isinstance(obj.get("payments"), dict) else None
+    client = None
+    if payments is None or payments.get("has_more"):
+        client = _api(conn)
+        data = plain(client.v1.invoice_payments.list(params={"invoice": obj["id"], "limit": 100}).data)
+    else:
+        data = payments.get("data") or []
+    for invoice_payment in data:
+        if not isinstance(invoice_payment, dict) or invoice_payment.get("status") != "paid":
+            continue
+        payment = invoice_payment.get("payment") if isinstance(invoice_payment.get("payment"), dict) else {}
+        if _id(payment.get("charge")):
+            return _id(payment.get("charge"))
+        intent = payment.get("payment_intent")
+        if isinstance(intent, dict) and _id(intent.get("latest_charge")):
+            return _id(intent.get("latest_charge"))
+        if _id(intent):
+            client = client or _api(conn)
+            return _id(plain(client.v1.payment_intents.retrieve(_id(intent))).get("latest_charge"))
+    return ""
+
+
+def _charge_invoice(obj: dict, conn: StripeConnection) -> str:
+    """The invoice a charge paid ("" for a one-off): `invoice` up to acacia; from basil on, the
+    invoice payment of its payment intent, asked of the API."""
+    if "invoice" in obj:
+        return _id(obj.get("invoice"))
+    intent = _id(obj.get("payment_intent"))
+    if not intent:
+        return ""
+    found = _api(conn).v1.invoice_payments.list(
+        params={"payment": {"type": "payment_intent", "payment_intent": intent}, "limit": 1})
+    return _id(plain(found.data)[0].get("invoice")) if found.data else ""
+
+
 def on_invoice(obj: dict, conn: StripeConnection, created: int) -> Outcome:
     invoice_id, customer_id = obj["id"], _id(obj.get("customer"))
-    charge_id = _id(obj.get("charge"))
     if obj.get("status") != "paid":
         return Outcome(Status.IGNORED, f"invoice is {obj.get('status')!r}, not paid", customer_id=customer_id)
+    try:
+        charge_id = _invoice_charge(obj, conn)
+    except NeedsKey as exc:
+        return Outcome(Status.NEEDS_ATTENTION, str(exc), customer_id=customer_id)
     existing = Payment.objects.filter(key=invoice_id).first()
     if existing is not None:
         if charge_id and not existing.charge_id:
@@ -465,7 +520,10 @@ def on_charge(obj: dict, conn: StripeConnection, created: int) -> Outcome:
         if isinstance(refund, dict) and isinstance(refund.get("id"), str):
             _observe_refund(refund, charge_id)
     payment = Payment.objects.filter(charge_id=charge_id).first()
-    invoice_id = _id(obj.get("invoice"))
+    try:
+        invoice_id = "" if payment is not None else _charge_invoice(obj, conn)
+    except NeedsKey as exc:
+        return Outcome(Status.NEEDS_ATTENTION, str(exc), customer_id=customer_id, charge_id=charge_id)
     if payment is None and invoice_id:
         # An invoice's charge: the invoice is the purchase. Link them (the invoice may come later).
         payment = Payment.objects.filter(key=invoice_id).first()
@@ -478,9 +536,6 @@ def on_charge(obj: dict, conn: StripeConnection, created: int) -> Outcome:
         note = settle(payment)
         return Outcome(Status.PROCESSED, f"charge of {payment.key}{'; ' + note if note else ''}",
                        customer_id=customer_id, charge_id=charge_id)
-    if "invoice" not in obj:
-        return Outcome(Status.NEEDS_ATTENTION, "the charge has no `invoice` field (API version 2025-03-31 or "
-                       f"newer): set the webhook endpoint's API version to {API_VERSION}", charge_id=charge_id)
     if obj.get("status") != "succeeded" or not obj.get("paid", True) or not obj.get("captured", True):
         return Outcome(Status.IGNORED, f"charge is {obj.get('status')!r}", charge_id=charge_id)
     if problem := _currency_problem(obj.get("currency")):
@@ -607,9 +662,9 @@ IMPORT_ORDER = (("customers", "customer", {}), ("invoices", "invoice", {"status"
                 ("charges", "charge", {}), ("refunds", "refund", {}), ("disputes", "dispute", {}))
 
 
-def import_client(conn: StripeConnection) -> stripe.StripeClient:
+def import_client(conn: StripeConnection, *, version: str | None = API_VERSION) -> stripe.StripeClient:
     base = settings.STRIPE_API_BASE
-    return stripe.StripeClient(conn.api_key, stripe_version=API_VERSION, max_network_retries=2,
+    return stripe.StripeClient(conn.api_key, stripe_version=version, max_network_retries=2,
                                base_addresses={"api": base, "connect": base, "files": base},
                                http_client=stripe.RequestsClient(timeout=settings.PAYOUT_PROVIDER_TIMEOUT))
 

@@ -19,7 +19,10 @@ def stripe_webhook(request):
                                            signature=request.headers.get("Stripe-Signature", ""))
     except services.Rejected as exc:
         return _refused(exc)
-    return JsonResponse({"id": inbound.key, "status": inbound.status, "note": inbound.note[:500]})
+    # A failure of ours (or of a Stripe API call it needed) answers 503, so Stripe delivers again;
+    # the stored delivery is then processed again.
+    status = 503 if inbound.status == inbound.Status.FAILED else 200
+    return JsonResponse({"id": inbound.key, "status": inbound.status, "note": inbound.note[:500]}, status=status)
 
 
 def _refused(exc: services.Rejected) -> JsonResponse:

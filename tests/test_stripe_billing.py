@@ -321,3 +321,39 @@ def test_import_stripe_resumes_after_a_failure_and_agrees_with_the_webhooks(clie
     call_command("import_stripe", "--since", iso(T0 - 86400)[:10], "--restart", stdout=StringIO())
     assert Event.objects.count() == events
     assert_verified()
+
+
+def test_it_ties_charges_to_invoices_through_the_api_on_newer_api_versions(client, connection, fake):
+    """From 2025-03-31.basil invoices carry no `charge` and charges no `invoice`: the connector asks
+    Stripe's invoice payments (with the restricted key) which invoice a charge paid."""
+    send(client, "evt_v0", "customer.created", fs.customer("cus_v", created=T0, email="v@example.test",
+                                                           account_id="v"))
+    fake.pay_invoice("in_v", payment_intent="pi_v", charge="ch_v", amount=3000)
+    inv = fs.basil(fs.invoice("in_v", customer="cus_v", created=T0 + 100, lines=[("price_pro", "prod_pro", 3000)],
+                              charge="ch_v"))
+    ch = fs.basil(fs.charge("ch_v", customer="cus_v", amount=3000, created=T0 + 100, invoice="in_v"),
+                  payment_intent="pi_v")
+    one_off = fs.basil(fs.charge("ch_v2", customer="cus_v", amount=700, created=T0 + 300), payment_intent="pi_v2")
+    # The refund and the charge first, then the invoice: each waits for what it needs.
+    assert send(client, "evt_v3", "charge.refunded", {**ch, "amount_refunded": 1000})["status"] == "waiting"
+    assert send(client, "evt_v1", "charge.succeeded", ch)["status"] == "waiting"
+    assert send(client, "evt_v2", "invoice.paid", inv)["status"] == "processed"
+    assert send(client, "evt_v4", "charge.succeeded", one_off)["status"] == "processed"
+
+    assert not Inbound.objects.exclude(status="processed").exists()
+    plan = Event.objects.get(external_id="stripe:in_v")
+    assert (plan.payload["amount"], plan.refunded) == ("30.00", 10 * 10**10)
+    assert Event.objects.get(external_id="stripe:ch_v2").payload == {
+        "id": "stripe:ch_v2", "type": "credits.purchased", "account": "v", "amount": "7.00",
+        "occurred_at": iso(T0 + 300)}
+    assert not Event.objects.filter(external_id="stripe:ch_v").exists()  # the invoice's charge: not a purchase
+
+
+def test_it_asks_for_the_restricted_key_when_a_newer_api_version_needs_it(client, connection):
+    StripeConnection.objects.filter(pk=connection.pk).update(api_key="")
+    send(client, "evt_k0", "customer.created", fs.customer("cus_k", created=T0, email="k@example.test",
+                                                           account_id="k"))
+    ch = fs.basil(fs.charge("ch_k", customer="cus_k", amount=500, created=T0 + 10), payment_intent="pi_k")
+    result = send(client, "evt_k1", "charge.succeeded", ch)
+    assert result["status"] == "needs_attention" and "restricted key" in result["note"]
+    assert not Event.objects.filter(external_id="stripe:ch_k").exists()

@@ -17,12 +17,26 @@ class FakeStripeBilling(FakeStripe):
         self.objects: dict[str, dict[str, dict]] = {resource: {} for resource in RESOURCES}
         self.fail_requests: dict[str, list[int]] = {}  # path -> [requests to let through, failures to answer]
         self.lists: list[tuple[str, dict]] = []  # (resource, parameters) of every list request
+        # From API version 2025-03-31.basil the link between invoice and charge lives here only.
+        self.invoice_payments: list[dict] = []
+        self.payment_intents: dict[str, dict] = {}
 
     def add(self, obj: dict) -> dict:
         resource = next(r for r, kind in RESOURCES.items() if kind == obj["object"])
         with self.lock:
             self.objects[resource][obj["id"]] = obj
         return obj
+
+    def pay_invoice(self, invoice_id: str, *, payment_intent: str, charge: str, amount: int):
+        """Record a basil-style payment of an invoice: an invoice payment and its payment intent."""
+        with self.lock:
+            self.payment_intents[payment_intent] = {"id": payment_intent, "object": "payment_intent",
+                                                    "amount": amount, "latest_charge": charge,
+                                                    "status": "succeeded"}
+            self.invoice_payments.append({
+                "id": f"inpay_{invoice_id}", "object": "invoice_payment", "invoice": invoice_id,
+                "amount_paid": amount, "status": "paid", "is_default": True,
+                "payment": {"type": "payment_intent", "payment_intent": payment_intent}})
 
     def fail_request(self, path: str, nth: int, *, times: int = 1):
         """Answer the nth GET of `path` (from now, 1-based) and the `times - 1` after it with a 500,
@@ -43,6 +57,18 @@ class FakeStripeBilling(FakeStripe):
                     del self.fail_requests[path]
                 return _error(500, "An unknown error occurred", type_="api_error")
             return self._list(parts[1], params)
+        if method == "GET" and parts == ["v1", "invoice_payments"]:
+            self.lists.append(("invoice_payments", params))
+            wanted = params.get("payment") or {}
+            found = [p for p in self.invoice_payments
+                     if params.get("invoice") in (None, p["invoice"])
+                     and wanted.get("payment_intent") in (None, p["payment"]["payment_intent"])]
+            return 200, {"object": "list", "url": "/v1/invoice_payments", "has_more": False,
+                         "data": found[:int(params.get("limit", 10))]}
+        if method == "GET" and len(parts) == 3 and parts[:2] == ["v1", "payment_intents"]:
+            found = self.payment_intents.get(parts[2])
+            return (200, found) if found else _error(404, f"No such payment_intent: '{parts[2]}'",
+                                                     code="resource_missing")
         return super()._route(method, path, params)
 
     def _list(self, resource: str, params: dict):
@@ -102,6 +128,12 @@ def refund(refund_id: str, *, charge: str, amount: int, created: int, status: st
 def dispute(dispute_id: str, *, charge: str, amount: int, created: int, status: str = "lost") -> dict:
     return {"id": dispute_id, "object": "dispute", "created": created, "charge": charge, "amount": amount,
             "currency": "usd", "status": status, "reason": "fraudulent"}
+
+
+def basil(obj: dict, **extra) -> dict:
+    """The same object as API version 2025-03-31.basil or newer shapes it: no `charge` on an
+    invoice, no `invoice` on a charge."""
+    return {**{k: v for k, v in obj.items() if k not in ("charge", "invoice", "paid")}, **extra}
 
 
 def webhook(event_id: str, type_: str, obj: dict, *, secret: str, timestamp: int | None = None) -> tuple[bytes, str]:
