@@ -113,15 +113,28 @@ def fill(total: int, amounts: list[int]) -> list[int]:
     return out
 
 
+MAX_INT = 2**53  # amounts and Unix times beyond this are not Stripe's; refused rather than overflowing a column
+
+
+def _int(value, default: int = 0) -> int:
+    """A whole number as Stripe writes one (never a bool, a string or out of range), else `default`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_INT:
+        return default
+    return value
+
+
 def _iso(unix) -> str:
-    return datetime.fromtimestamp(int(unix or 0), tz=UTC).isoformat().replace("+00:00", "Z")
+    unix = _int(unix)
+    if unix > 253402300799:  # after 9999-12-31: not a time at all
+        unix = 0
+    return datetime.fromtimestamp(unix, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 def _id(value) -> str:
-    """A Stripe reference: an id string, or an expanded object's id."""
+    """A Stripe reference: an id string, or an expanded object's id ("" when absent or absurd)."""
     if isinstance(value, dict):
         value = value.get("id")
-    return value if isinstance(value, str) else ""
+    return value if isinstance(value, str) and 0 < len(value) <= 120 else ""
 
 
 # --------------------------------------------------------------------------- receiving
@@ -181,15 +194,15 @@ def receive_webhook(*, body: bytes, signature: str) -> Inbound:
     except (ValueError, AttributeError, TypeError):
         # Not UTF-8, not JSON, or JSON but not an object (the SDK trips over a list): though signed.
         raise _reject(conn, "body: not a JSON object") from None
-    obj = event.get("data", {}).get("object") if isinstance(event, dict) and isinstance(event.get("data"), dict) \
-        else None
-    if not (isinstance(event.get("id"), str) and isinstance(event.get("type"), str) and isinstance(obj, dict)
+    data = event.get("data") if isinstance(event, dict) else None
+    obj = data.get("object") if isinstance(data, dict) else None
+    if not (isinstance(obj, dict) and isinstance(event.get("id"), str) and isinstance(event.get("type"), str)
             and isinstance(obj.get("id"), str) and 0 < len(event["id"]) <= 200 and len(event["type"]) <= 80
-            and len(obj["id"]) <= 120):
+            and 0 < len(obj["id"]) <= 120):
         raise _reject(conn, "body: not a Stripe event (id, type, data.object)")
     if _bad_text(event):
         raise _reject(conn, "body: holds a NUL character or a lone surrogate")
-    created = event.get("created") if isinstance(event.get("created"), int) else 0
+    created = _int(event.get("created"))
     try:
         with transaction.atomic():
             inbound, new = Inbound.objects.get_or_create(key=event["id"], defaults={
@@ -207,7 +220,7 @@ def import_object(kind: str, obj: dict, *, conn: StripeConnection) -> Inbound:
     body = json.dumps(obj, sort_keys=True, separators=(",", ":"))
     inbound, new = Inbound.objects.get_or_create(key=f"import:{obj['id']}", defaults={
         "source": Inbound.Source.IMPORT, "type": kind, "object_id": obj["id"],
-        "stripe_created": int(obj.get("created") or 0), "body": body})
+        "stripe_created": _int(obj.get("created")), "body": body})
     if not new:
         if inbound.body == body and inbound.status not in Inbound.RETRYABLE:
             return inbound
@@ -307,7 +320,7 @@ def on_customer(obj: dict, conn: StripeConnection, created: int) -> Outcome:
     if obj.get("deleted"):
         return Outcome(Status.IGNORED, "a deleted customer", customer_id=customer_id)
     customer, _ = StripeCustomer.objects.get_or_create(customer_id=customer_id,
-                                                       defaults={"stripe_created": int(obj.get("created") or 0)})
+                                                       defaults={"stripe_created": _int(obj.get("created"))})
     customer = StripeCustomer.objects.select_for_update().get(pk=customer.pk)
     if customer.linked_at:
         return Outcome(Status.PROCESSED, f"linked to account {customer.account}", customer_id=customer_id)
@@ -316,7 +329,7 @@ def on_customer(obj: dict, conn: StripeConnection, created: int) -> Outcome:
         return Outcome(Status.NEEDS_MAPPING, f"customer {customer_id} has no {conn.account_metadata_key!r} in its "
                        "metadata: add it in Stripe, or set the account on the Stripe customer here",
                        customer_id=customer_id)
-    email = obj.get("email") if isinstance(obj.get("email"), str) else ""
+    email = obj.get("email")[:254] if isinstance(obj.get("email"), str) else ""
     if not Account.objects.filter(external_id=account).exists():
         if not email:
             return Outcome(Status.NEEDS_ATTENTION, f"account {account!r} is new and the customer has no e-mail, "
@@ -474,8 +487,8 @@ def on_invoice(obj: dict, conn: StripeConnection, created: int) -> Outcome:
         note = settle(existing)
         return Outcome(Status.PROCESSED, f"already recorded{'; ' + note if note else ''}", customer_id=customer_id,
                        charge_id=existing.charge_id)
-    paid = obj.get("amount_paid")
-    if not isinstance(paid, int) or paid <= 0:
+    paid = _int(obj.get("amount_paid"))
+    if paid <= 0:
         return Outcome(Status.IGNORED, "nothing was paid", customer_id=customer_id)
     if problem := _currency_problem(obj.get("currency")):
         return Outcome(Status.NEEDS_ATTENTION, problem, customer_id=customer_id)
@@ -500,11 +513,13 @@ def on_invoice(obj: dict, conn: StripeConnection, created: int) -> Outcome:
     groups: dict[tuple[str, str], list] = {}
     for line, ids in zip(lines, line_ids, strict=True):
         mapping = _mapping_for(ids, mappings)
-        discounts = sum(d.get("amount") or 0 for d in line.get("discount_amounts") or [] if isinstance(d, dict))
+        discounts = line.get("discount_amounts") if isinstance(line.get("discount_amounts"), list) else []
+        discount = sum(_int(d.get("amount")) for d in discounts if isinstance(d, dict))
         group = groups.setdefault((mapping.event_type, mapping.product_line), [mapping, 0])
-        group[1] += int(line.get("amount") or 0) - int(discounts)
+        group[1] += _int(line.get("amount")) - discount
     shares = allocate(paid, [weight for _, weight in groups.values()])
-    paid_at = (obj.get("status_transitions") or {}).get("paid_at") or obj.get("created") or created
+    transitions = obj.get("status_transitions") if isinstance(obj.get("status_transitions"), dict) else {}
+    paid_at = _int(transitions.get("paid_at")) or _int(obj.get("created")) or created
     return _record_payment(key=invoice_id, charge_id=charge_id, customer_id=customer_id, account=account,
                            currency=obj["currency"], occurred_at=_iso(paid_at),
                            groups=[(mapping, share) for (mapping, _), share in zip(groups.values(), shares,
@@ -513,8 +528,8 @@ def on_invoice(obj: dict, conn: StripeConnection, created: int) -> Outcome:
 
 def on_charge(obj: dict, conn: StripeConnection, created: int) -> Outcome:
     charge_id, customer_id = obj["id"], _id(obj.get("customer"))
-    refunded = obj.get("amount_refunded")
-    if isinstance(refunded, int) and refunded > 0:
+    refunded = _int(obj.get("amount_refunded"))
+    if refunded > 0:
         _observe_charge(charge_id, refunded, created)
     for refund in ((obj.get("refunds") or {}).get("data") or []) if isinstance(obj.get("refunds"), dict) else []:
         if isinstance(refund, dict) and isinstance(refund.get("id"), str):
@@ -548,8 +563,8 @@ def on_charge(obj: dict, conn: StripeConnection, created: int) -> Outcome:
     if mapping is None:
         return Outcome(Status.NEEDS_MAPPING, f"no mapping for one-off charges ({CHARGE_MAPPING!r})",
                        customer_id=customer_id, charge_id=charge_id, unmapped=[CHARGE_MAPPING])
-    amount = obj.get("amount_captured") if isinstance(obj.get("amount_captured"), int) else obj.get("amount")
-    if not isinstance(amount, int) or amount <= 0:
+    amount = _int(obj.get("amount_captured"), default=_int(obj.get("amount")))
+    if amount <= 0:
         return Outcome(Status.IGNORED, "nothing was charged", charge_id=charge_id)
     return _record_payment(key=charge_id, charge_id=charge_id, customer_id=customer_id, account=account,
                            currency=obj["currency"], occurred_at=_iso(obj.get("created") or created),
@@ -567,7 +582,7 @@ def _observe_charge(charge_id: str, amount_refunded: int, created: int) -> None:
 
 def _observe_refund(refund: dict, charge_id: str) -> None:
     counts = refund.get("status") in ("succeeded", "pending")
-    amount = refund.get("amount") if isinstance(refund.get("amount"), int) else 0
+    amount = _int(refund.get("amount"))
     RefundSeen.objects.update_or_create(object_id=refund["id"], defaults={
         "charge_id": charge_id, "kind": "refund", "amount": max(amount, 0), "counts": counts})
 
@@ -585,7 +600,7 @@ def on_dispute(obj: dict, conn: StripeConnection, created: int) -> Outcome:
     if not charge_id:
         return Outcome(Status.IGNORED, "a dispute without a charge")
     lost = obj.get("status") == "lost"
-    amount = obj.get("amount") if isinstance(obj.get("amount"), int) else 0
+    amount = _int(obj.get("amount"))
     RefundSeen.objects.update_or_create(object_id=obj["id"], defaults={
         "charge_id": charge_id, "kind": "dispute", "amount": max(amount, 0), "counts": lost})
     if not lost:
@@ -622,7 +637,7 @@ def settle(payment: Payment) -> str:
             suffix = f":{index + 1}" if len(payment.events) > 1 else ""
             raws.append({"id": f"stripe:{payment.key}:refunded:{target}{suffix}", "type": ev.PAYMENT_REFUNDED,
                          "account": payment.account, "amount": minor_to_decimal(new - old, payment.currency),
-                         "refunds": event_id, "occurred_at": _iso(timezone.now().timestamp())})
+                         "refunds": event_id, "occurred_at": _iso(int(timezone.now().timestamp()))})
     ok, _, message = _ingest(raws)
     if not ok:
         return f"!{message}"
