@@ -471,8 +471,16 @@ def _charge_invoice(obj: dict, conn: StripeConnection) -> str:
     return _id(plain(found.data)[0].get("invoice")) if found.data else ""
 
 
+def _lock_customer(customer_id: str) -> None:
+    """Payments of one customer are recorded one at a time: the second of two racing deliveries
+    (invoice.paid and invoice.payment_succeeded arrive together) then finds the payment recorded."""
+    if customer_id:
+        list(StripeCustomer.objects.select_for_update().filter(customer_id=customer_id).values_list("pk", flat=True))
+
+
 def on_invoice(obj: dict, conn: StripeConnection, created: int) -> Outcome:
     invoice_id, customer_id = obj["id"], _id(obj.get("customer"))
+    _lock_customer(customer_id)
     if obj.get("status") != "paid":
         return Outcome(Status.IGNORED, f"invoice is {obj.get('status')!r}, not paid", customer_id=customer_id)
     try:
@@ -528,6 +536,7 @@ def on_invoice(obj: dict, conn: StripeConnection, created: int) -> Outcome:
 
 def on_charge(obj: dict, conn: StripeConnection, created: int) -> Outcome:
     charge_id, customer_id = obj["id"], _id(obj.get("customer"))
+    _lock_customer(customer_id)
     refunded = _int(obj.get("amount_refunded"))
     if refunded > 0:
         _observe_charge(charge_id, refunded, created)

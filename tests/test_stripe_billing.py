@@ -377,3 +377,52 @@ def test_it_asks_for_the_restricted_key_when_a_newer_api_version_needs_it(client
     result = send(client, "evt_k1", "charge.succeeded", ch)
     assert result["status"] == "needs_attention" and "restricted key" in result["note"]
     assert not Event.objects.filter(external_id="stripe:ch_k").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_counts_concurrent_deliveries_once(postgres_only, apimarket):
+    """Both invoice events of one payment and three sources of its refunds, each delivered by two
+    threads at once; whatever answered 503 (a lost race) is delivered again, as Stripe does."""
+    import threading
+
+    from django.db import connection as db
+    from django.test import Client
+
+    conn = StripeConnection.objects.create(signing_secret=SECRET, api_key=KEY)
+    PriceMapping.objects.create(connection=conn, stripe_id="price_pro", event_type="plan.purchased",
+                                product_line="pro")
+    send(Client(), "evt_c0", "customer.created", fs.customer("cus_cc", created=T0, email="cc@example.test",
+                                                             account_id="cc"))
+    inv = fs.invoice("in_cc", customer="cus_cc", created=T0 + 10, lines=[("price_pro", "prod_pro", 9000)],
+                     charge="ch_cc")
+    ch = fs.charge("ch_cc", customer="cus_cc", amount=9000, created=T0 + 10, invoice="in_cc")
+    deliveries = [("evt_c1", "invoice.paid", inv), ("evt_c2", "invoice.payment_succeeded", inv),
+                  ("evt_c3", "refund.created", fs.refund("re_c1", charge="ch_cc", amount=500, created=T0 + 20)),
+                  ("evt_c4", "refund.created", fs.refund("re_c2", charge="ch_cc", amount=700, created=T0 + 21)),
+                  ("evt_c5", "charge.refunded", {**ch, "amount_refunded": 1200})]
+    retry_later, barrier = [], threading.Barrier(len(deliveries) * 2)
+
+    def deliver_one(delivery):
+        try:
+            body, signature = fs.webhook(*delivery, secret=SECRET)
+            barrier.wait()
+            response = deliver(Client(), body, signature)
+            if response.status_code != 200:
+                retry_later.append((delivery, response.status_code))
+        finally:
+            db.close()
+
+    threads = [threading.Thread(target=deliver_one, args=(d,)) for d in deliveries * 2]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(code == 503 for _, code in retry_later), retry_later
+    for delivery, _ in retry_later:
+        send(Client(), *delivery)
+    purchase = Event.objects.get(external_id="stripe:in_cc")
+    assert purchase.refunded == 12 * 10**10
+    assert Event.objects.filter(type="plan.purchased", account__external_id="cc").count() == 1
+    assert not Inbound.objects.exclude(status="processed").exists(), list(Inbound.objects.values_list(
+        "key", "status", "note"))
+    assert_verified()
