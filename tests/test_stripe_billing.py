@@ -426,3 +426,15 @@ def test_it_counts_concurrent_deliveries_once(postgres_only, apimarket):
     assert not Inbound.objects.exclude(status="processed").exists(), list(Inbound.objects.values_list(
         "key", "status", "note"))
     assert_verified()
+
+
+def test_the_admin_lists_stay_within_a_few_queries_whatever_their_size(admin_client, connection,
+                                                                        django_assert_max_num_queries):
+    Inbound.objects.bulk_create([Inbound(source="webhook", key=f"evt_q{n}", type="invoice.paid", object_id=f"in_q{n}",
+                                         body="{}", status="needs_mapping", note="no mapping for price_x")
+                                 for n in range(60)])
+    StripeCustomer.objects.bulk_create([StripeCustomer(customer_id=f"cus_q{n}") for n in range(60)])
+    for url in ("/admin/billing/inbound/?status=needs_mapping", "/admin/billing/stripecustomer/?mapped=no",
+                f"/admin/billing/stripeconnection/{connection.pk}/change/", "/admin/billing/importcursor/"):
+        with django_assert_max_num_queries(12):
+            assert admin_client.get(url).status_code == 200, url
