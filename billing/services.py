@@ -506,8 +506,14 @@ def on_invoice(obj: dict, conn: StripeConnection, created: int) -> Outcome:
     lines_list = obj.get("lines") if isinstance(obj.get("lines"), dict) else {}
     lines = [line for line in lines_list.get("data") or [] if isinstance(line, dict)]
     if lines_list.get("has_more"):
-        return Outcome(Status.NEEDS_ATTENTION, "the invoice has more lines than Stripe sent; run import_stripe",
-                       customer_id=customer_id)
+        # Stripe embeds only the first lines of a long invoice; the rest are asked of the API.
+        try:
+            client = _api(conn)
+        except NeedsKey:
+            return Outcome(Status.NEEDS_ATTENTION, "the invoice has more lines than Stripe sent: save a restricted "
+                           "key on the Stripe connection so they can be read", customer_id=customer_id)
+        pages = client.v1.invoices.line_items.list(invoice_id, params={"limit": 100})
+        lines = [plain(line) for line in pages.auto_paging_iter()]
     line_ids = [_line_ids(line) for line in lines]
     mappings = {m.stripe_id: m for m in PriceMapping.objects.filter(stripe_id__in={i for ids in line_ids
                                                                                      for i in ids})}

@@ -438,3 +438,16 @@ def test_the_admin_lists_stay_within_a_few_queries_whatever_their_size(admin_cli
                 f"/admin/billing/stripeconnection/{connection.pk}/change/", "/admin/billing/importcursor/"):
         with django_assert_max_num_queries(12):
             assert admin_client.get(url).status_code == 200, url
+
+
+def test_it_reads_the_lines_stripe_left_out_of_a_long_invoice(client, connection, fake):
+    send(client, "evt_l0", "customer.created", fs.customer("cus_l", created=T0, email="l@example.test",
+                                                           account_id="l"))
+    full = fake.add(fs.invoice("in_l", customer="cus_l", created=T0 + 10, charge="ch_l",
+                               lines=[("price_pro", "prod_pro", 1000), ("price_c", "prod_credits", 500),
+                                      ("price_pro", "prod_pro", 1500)]))
+    sent = {**full, "lines": {**full["lines"], "data": full["lines"]["data"][:1], "has_more": True}}
+    assert send(client, "evt_l1", "invoice.paid", sent)["status"] == "processed"
+    plan, credits = Event.objects.get(external_id="stripe:in_l:1"), Event.objects.get(external_id="stripe:in_l:2")
+    assert (plan.type, plan.payload["amount"], credits.type, credits.payload["amount"]) == (
+        "plan.purchased", "25.00", "credits.purchased", "5.00")

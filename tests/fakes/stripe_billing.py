@@ -57,6 +57,16 @@ class FakeStripeBilling(FakeStripe):
                     del self.fail_requests[path]
                 return _error(500, "An unknown error occurred", type_="api_error")
             return self._list(parts[1], params)
+        if method == "GET" and len(parts) == 4 and parts[:2] == ["v1", "invoices"] and parts[3] == "lines":
+            found = self.objects["invoices"].get(parts[2])
+            if found is None:
+                return _error(404, f"No such invoice: '{parts[2]}'", code="resource_missing")
+            lines = found["lines"]["data"]
+            after = params.get("starting_after")
+            if after:
+                lines = lines[[line["id"] for line in lines].index(after) + 1:]
+            limit = int(params.get("limit", 10))
+            return 200, {"object": "list", "url": path, "has_more": len(lines) > limit, "data": lines[:limit]}
         if method == "GET" and parts == ["v1", "invoice_payments"]:
             self.lists.append(("invoice_payments", params))
             wanted = params.get("payment") or {}
