@@ -180,6 +180,10 @@ STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="https://api.stripe.com")
 STRIPE_WEBHOOK_TOLERANCE = env.int("STRIPE_WEBHOOK_TOLERANCE", default=300)
 # Stripe's event bodies are a few KB; a larger delivery is refused (413) unread and unstored.
 STRIPE_WEBHOOK_MAX_BYTES = env.int("STRIPE_WEBHOOK_MAX_BYTES", default=DATA_UPLOAD_MAX_MEMORY_SIZE)
+# The Stripe billing connector (billing app, docs/integration.md): the operator's own Stripe
+# account, connected in the admin. A webhook body above this size is refused (400) unread.
+INSTALLED_APPS += ["billing"]
+STRIPE_BILLING_MAX_BODY_BYTES = env.int("STRIPE_BILLING_MAX_BODY_BYTES", default=512 * 1024)
 # PayPal Payouts REST (OAuth2 client credentials) and Wise REST (API token).
 PAYPAL_API_BASE = env.str("PAYPAL_API_BASE", default="https://api-m.sandbox.paypal.com")
 PAYPAL_CLIENT_ID = env.str("PAYPAL_CLIENT_ID", default="dev-client-id")

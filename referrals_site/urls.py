@@ -11,6 +11,7 @@ urlpatterns = [
     path("api/v1/", include("referrals.api.urls")),
     path("api/", include("referrals.api.schema_urls")),  # /api/schema/, /api/docs/ (issue 7)
     path("dashboard/notifications/", include("notifications.urls")),
+    path("integrations/stripe/", include("billing.urls")),  # Stripe billing webhooks (issue 14)
     path("payouts/", include("payouts.urls")),  # payouts page and Stripe webhooks (issue 4)
     path("", include("referrals.urls")),
 ]
