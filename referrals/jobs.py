@@ -14,7 +14,7 @@ from django.utils import timezone
 from ledger.models import Book
 from ledger.money import format_exact, to_units
 
-from . import bulk, outbox, services
+from . import bulk, outbox, services, versions
 from . import events as ev
 from .models import Accrual, Application, CreditGrant, Event, JobRun, MilestoneAward, Program, Referral, Template
 
@@ -29,7 +29,9 @@ def revenue_share_gates(at: datetime) -> dict:
     opened = 0
     when = bulk.db_datetime(at)
     ineligible = Referral.Status.INELIGIBLE
-    for program in Program.objects.filter(enabled=True, requires_approval=True):
+    for program in versions.programs_at(at):  # the gates in force at the job's time
+        if not program.requires_approval:
+            continue
         opened += bulk.execute(
             """
             INSERT INTO {application} (program_id, account_id, status, referrals_at_open, spend_at_open,
@@ -50,8 +52,13 @@ def revenue_share_gates(at: datetime) -> dict:
     return {"applications_opened": opened}
 
 
+def _versions_used(at: datetime) -> dict:
+    """The job event names the programme versions in force at its time, which its handler uses."""
+    return {"program_versions": versions.load().numbers_at(at)}
+
+
 def template_gates(at: datetime) -> dict:
-    _, released = services.record_job_event(services.TEMPLATES_QUALIFIED, at=at, payload={})
+    _, released = services.record_job_event(services.TEMPLATES_QUALIFIED, at=at, payload=_versions_used(at))
     return {"accruals_released": released}
 
 
@@ -60,7 +67,7 @@ def _apply_template_gates(event: Event, replay: bool) -> int:
     release what its creator earned on it: one UPDATE per programme plus one release."""
     at = bulk.db_datetime(event.occurred_at)
     effect = 0
-    for program in Program.objects.filter(enabled=True, kind=Program.Kind.TEMPLATE_SHARE):
+    for program in versions.programs_at(event.occurred_at, kinds=[Program.Kind.TEMPLATE_SHARE]):
         min_seconds = int(program.template_min_runtime_hours * 3600)
         qualified = bulk.execute(
             "UPDATE {template} SET qualified_at = %s WHERE qualified_at IS NULL AND id IN ("
@@ -80,7 +87,7 @@ def _apply_template_gates(event: Event, replay: bool) -> int:
 
 
 def milestones(at: datetime) -> dict:
-    _, awarded = services.record_job_event(services.MILESTONES_CAUGHT_UP, at=at, payload={})
+    _, awarded = services.record_job_event(services.MILESTONES_CAUGHT_UP, at=at, payload=_versions_used(at))
     return {"milestones_awarded": awarded}
 
 
@@ -89,7 +96,7 @@ def _apply_milestones(event: Event, replay: bool) -> int:
     INSERT of the awards, one INSERT per bonus of the accruals, and one set-based posting."""
     at = bulk.db_datetime(event.occurred_at)
     awarded = 0
-    for program in Program.objects.filter(enabled=True, kind=Program.Kind.MILESTONE):
+    for program in versions.programs_at(event.occurred_at, kinds=[Program.Kind.MILESTONE]):
         threshold = to_units(program.milestone_threshold)
         bonuses = [(b, to_units(v)) for b, v in (("referrer_id", program.referrer_bonus),
                                                  ("referred_id", program.referred_bonus))]
@@ -117,15 +124,15 @@ def _apply_milestones(event: Event, replay: bool) -> int:
             if amount <= 0:
                 continue
             bulk.execute(
-                "INSERT INTO {accrual} (program_id, rule, beneficiary_id, event_id, referral_id, template_id, "
-                "amount, reversed, destination, track, state, held_for_gate, held_for_template, held_for_fraud, "
-                "held_until, expires_days, created_at, released_at) "
-                "SELECT %s, %s, r.{beneficiary}, %s, r.id, NULL, %s, 0, %s, '', "
+                "INSERT INTO {accrual} (program_id, program_version, rule, beneficiary_id, event_id, referral_id, "
+                "template_id, amount, reversed, destination, track, state, held_for_gate, held_for_template, "
+                "held_for_fraud, held_until, expires_days, created_at, released_at) "
+                "SELECT %s, %s, %s, r.{beneficiary}, %s, r.id, NULL, %s, 0, %s, '', "
                 "CASE WHEN {held} THEN %s ELSE %s END, %s, %s, r.status = %s, %s, 0, %s, "
                 "CASE WHEN {held} THEN NULL ELSE %s END "
                 "FROM {award} m JOIN {referral} r ON r.id = m.referral_id "
                 "WHERE m.event_id = %s AND m.program_id = %s",
-                [program.pk, f"{program.key}:milestone", event.pk, amount, program.pays_in,
+                [program.pk, program.version, f"{program.key}:milestone", event.pk, amount, program.pays_in,
                  *held_params, Accrual.State.HELD, Accrual.State.RELEASED, False, False,
                  Referral.Status.INELIGIBLE, bulk.db_datetime(held_until) if held_until else None, at,
                  *held_params, at, event.pk, program.pk],
