@@ -1,11 +1,13 @@
 """Programme versions (issue 13.3): an edit is a new version with an effective time, every
 accrual names the version it used, and replaying the log after any edit rebuilds the same state."""
+import threading
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
+from django.db import connections, transaction
 from django.utils import timezone
 
 from ledger.models import Book
@@ -203,4 +205,42 @@ def test_the_admin_edit_makes_a_version_and_shows_what_changed(runpod, admin_cli
     assert response.status_code == 200 and "cannot change once the programme exists" in response.content.decode()
     assert program.versions.count() == 2
     spend("bob", "100.00", when=at(3))
+    assert verify() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_edit_waits_for_an_event_being_applied_and_takes_effect_after_it(postgres_only):
+    load_preset("runpod")
+    alice, _ = _pair()
+    applying, edited = threading.Event(), threading.Event()
+    order = []
+
+    def apply_slowly():
+        try:
+            with transaction.atomic():
+                spend("bob", "100.00", when=at(5))  # loads the versions: shared lock until commit
+                applying.set()
+                edited.wait(timeout=1.0)  # the edit must not finish while this is uncommitted
+                order.append("applied")
+        finally:
+            connections.close_all()
+
+    def edit():
+        try:
+            applying.wait(timeout=10)
+            Program.objects.filter(key="runpod-revenue-share").update(rate="3.50")
+            order.append("edited")
+            edited.set()
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=apply_slowly), threading.Thread(target=edit)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert order == ["applied", "edited"]
+    assert Program.objects.get(key="runpod-revenue-share").versions.get(number=2).effective_at > at(5)
+    spend("bob", "100.00", when=at(6))
+    assert balances_for(alice.pk)[Book.PENDING] == usd("5.50")
     assert verify() == []
