@@ -34,9 +34,9 @@ def revenue_share_gates(at: datetime) -> dict:
             continue
         opened += bulk.execute(
             """
-            INSERT INTO {application} (program_id, account_id, status, referrals_at_open, spend_at_open,
-                                       opened_at, reason)
-            SELECT %s, c.referrer_id, %s, c.n, COALESCE(s.total, 0), %s, ''
+            INSERT INTO {application} (program_id, program_version, account_id, status, referrals_at_open,
+                                       spend_at_open, opened_at, reason)
+            SELECT %s, %s, c.referrer_id, %s, c.n, COALESCE(s.total, 0), %s, ''
             FROM (SELECT referrer_id, COUNT(*) AS n FROM {referral}
                   WHERE status <> %s AND created_at <= %s GROUP BY referrer_id HAVING COUNT(*) >= %s) c
             LEFT JOIN (SELECT r.referrer_id, SUM(e.amount - e.refunded) AS total
@@ -46,7 +46,7 @@ def revenue_share_gates(at: datetime) -> dict:
             WHERE COALESCE(s.total, 0) >= %s
               AND NOT EXISTS (SELECT 1 FROM {application} a WHERE a.program_id = %s AND a.account_id = c.referrer_id)
             ON CONFLICT DO NOTHING""",
-            [program.pk, Application.Status.OPEN, when, ineligible, when, program.gate_min_referrals,
+            [program.pk, program.version, Application.Status.OPEN, when, ineligible, when, program.gate_min_referrals,
              ev.USAGE_CHARGED, when, ineligible, when, to_units(program.gate_min_spend), program.pk],
             application=bulk.table(Application), referral=bulk.table(Referral), event=bulk.table(Event))
     return {"applications_opened": opened}

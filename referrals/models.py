@@ -491,6 +491,8 @@ class Application(models.Model):
         REJECTED = "rejected", "Rejected"
 
     program = models.ForeignKey(Program, on_delete=models.PROTECT, related_name="applications")
+    # The `ProgramVersion.number` whose gate the referrer met (the one in force at the job's time).
+    program_version = models.PositiveIntegerField(null=True, blank=True)
     account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="applications")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
     referrals_at_open = models.PositiveIntegerField(default=0)

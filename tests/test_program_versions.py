@@ -14,7 +14,7 @@ from ledger.models import Book
 from ledger.selectors import balances_for
 from referrals import versions
 from referrals.jobs import run_jobs
-from referrals.models import Accrual, Event, Program, ProgramVersion
+from referrals.models import Accrual, Application, Event, Program, ProgramVersion
 from referrals.presets import load_preset
 from referrals.verification import verify
 from tests.helpers import at, signup, spend, usd
@@ -86,6 +86,15 @@ def test_a_job_uses_and_names_the_version_in_force_at_its_time(runpod):
     assert set(Accrual.objects.filter(program=milestone).values_list("program_version", flat=True)) == {2}
     job_event = Event.objects.get(type="milestones.caught_up")
     assert job_event.payload["program_versions"][milestone.key] == 2
+
+
+def test_the_gate_job_opens_applications_with_the_gate_in_force_at_its_time(runpod):
+    alice, _ = _pair()
+    spend("bob", "50.00", when=at(2))
+    Program.objects.filter(key="runpod-revenue-share").update(gate_min_referrals=1, gate_min_spend="40.00")
+    run_jobs(at=at(3), names=["revenue_share_gates"])
+    application = Application.objects.get(account=alice)
+    assert application.program_version == 2 and application.spend_at_open == usd("50.00")
 
 
 def test_a_late_event_uses_the_rules_of_its_own_time(runpod):

@@ -1,6 +1,7 @@
 """Programme versions (`referrals.versions`): the ProgramVersion table, version 1 of every
 existing programme (its current configuration, in force from the epoch: it is what the
-engine applied so far) and `Accrual.program_version`, set to 1 on the existing accruals."""
+engine applied so far), and `Accrual.program_version` / `Application.program_version`, set to
+1 on the existing rows."""
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -17,6 +18,7 @@ def backfill(apps, schema_editor):
     Program = apps.get_model("referrals", "Program")
     ProgramVersion = apps.get_model("referrals", "ProgramVersion")
     Accrual = apps.get_model("referrals", "Accrual")
+    Application = apps.get_model("referrals", "Application")
     fields = [f for f in Program._meta.concrete_fields if f.name not in ("id", "updated_at")]
     for program in Program.objects.order_by("pk"):
         config = {}
@@ -28,6 +30,7 @@ def backfill(apps, schema_editor):
         ProgramVersion.objects.create(program=program, number=1, effective_at=EPOCH, config=config,
                                       source="migration")
         Accrual.objects.filter(program_id=program.pk).update(program_version=1)
+        Application.objects.filter(program_id=program.pk).update(program_version=1)
 
 
 class Migration(migrations.Migration):
@@ -40,6 +43,11 @@ class Migration(migrations.Migration):
     operations = [
         migrations.AddField(
             model_name="accrual",
+            name="program_version",
+            field=models.PositiveIntegerField(blank=True, null=True),
+        ),
+        migrations.AddField(
+            model_name="application",
             name="program_version",
             field=models.PositiveIntegerField(blank=True, null=True),
         ),
