@@ -1,14 +1,19 @@
 """Back-office admin: programme editing with history, balance adjustments, CSV export."""
 import csv
+import json
 
 from django import forms
 from django.contrib import admin, messages
+from django.db.models import JSONField, OuterRef, Subquery
 from django.http import StreamingHttpResponse
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 from django.utils.text import slugify
 
 from ledger.admin import ReadOnlyAdmin
 from ledger.money import AmountError, format_exact, to_units
-from referrals.models import Program
+from referrals import versions
+from referrals.models import Program, ProgramVersion
 from referrals.services import ActionRefused
 
 from .models import Adjustment, ProgramChange
@@ -65,6 +70,7 @@ class ProgramAdmin(admin.ModelAdmin):
     list_filter = ("preset", "kind", "enabled")
     search_fields = ("name", "key")
     inlines = [ProgramChangeInline]
+    readonly_fields = ("versions_table",)
     fieldsets = (
         (None, {"fields": ("key", "preset", "name", "kind", "enabled", "description")}),
         ("What earns", {"fields": ("event_types", "product", "rate", "pays_in", "partner_rate", "partner_pays_in",
@@ -74,11 +80,74 @@ class ProgramAdmin(admin.ModelAdmin):
         ("Milestone", {"fields": ("milestone_threshold", "referrer_bonus", "referred_bonus")}),
         ("Sign-up credit", {"fields": ("signup_credit", "credit_valid_days")}),
         ("Cash-out", {"fields": ("cashout_percent", "own_credits_block_cashout", "min_payout", "payout_methods")}),
+        ("Versions", {"fields": ("versions_table",),
+                      "description": "Each saved change is a new version; events and jobs use the version in "
+                                     "force at their own time, so earlier earnings keep the rules they had."}),
     )
 
     def save_model(self, request, obj, form, change):
         before = {f: form.initial.get(f) for f in form.changed_data}
-        program_save(program=obj, actor=request.user, changed_fields=form.changed_data, before=before)
+        with versions.authored(actor=request.user, source="admin"):
+            program_save(program=obj, actor=request.user, changed_fields=form.changed_data, before=before)
+
+    @admin.display(description="Versions")
+    def versions_table(self, obj):
+        if obj is None or obj.pk is None:
+            return "Version 1 is made when the programme is saved."
+        rows = list(obj.versions.select_related("created_by").order_by("-number"))
+        configs = {v.number: v.config for v in rows}
+        link = reverse("admin:referrals_programversion_changelist") + f"?program__id__exact={obj.pk}"
+        body = format_html_join("", "<tr><td>v{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", (
+            (v.number, v.effective_at.isoformat(), v.source, v.created_by or "",
+             changes_text(v, configs.get(v.number - 1))) for v in rows))
+        return format_html(
+            '<table><thead><tr><th>Version</th><th>In force from</th><th>Made by</th><th>Staff</th>'
+            '<th>What changed</th></tr></thead><tbody>{}</tbody></table><p><a href="{}">All versions</a></p>',
+            body, link)
+
+
+def changes_text(version: ProgramVersion, previous_config: dict | None) -> str:
+    """Field by field against the previous version: `rate: 2.00 → 3.50; hold_days: 0 → 7`."""
+    if version.number == 1 or previous_config is None:
+        return "first version"
+    changed = versions.diff(previous_config, version.config)
+    return "; ".join(f"{name}: {_shown(before)} → {_shown(after)}" for name, (before, after) in changed.items())
+
+
+def _shown(value) -> str:
+    return "(empty)" if value in ("", None, []) else str(value)
+
+
+@admin.register(ProgramVersion)
+class ProgramVersionAdmin(admin.ModelAdmin):
+    """Every version of every programme, newest first, with what it changed (read-only)."""
+
+    list_display = ("program", "number", "effective_at", "what_changed", "source", "created_by", "created_at")
+    list_filter = ("program", "source")
+    list_select_related = ("program", "created_by")
+    fields = ("program", "number", "effective_at", "what_changed", "source", "created_by", "created_at", "config")
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        previous = ProgramVersion.objects.filter(program=OuterRef("program"), number=OuterRef("number") - 1)
+        return (super().get_queryset(request).order_by("-effective_at", "-number")
+                .annotate(previous_config=Subquery(previous.values("config")[:1], output_field=JSONField())))
+
+    @admin.display(description="What changed (against the previous version)")
+    def what_changed(self, obj):
+        previous = getattr(obj, "previous_config", None)
+        if isinstance(previous, str):  # a JSON subquery comes back as text on some databases
+            previous = json.loads(previous)
+        return changes_text(obj, previous)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
 
 
 class AdjustmentForm(forms.ModelForm):

@@ -29,7 +29,7 @@ from django.utils import timezone
 
 from ledger.money import net_sum
 
-from . import bulk, rules, services
+from . import bulk, rules, services, versions
 from . import events as ev
 from .models import (
     Account,
@@ -102,8 +102,8 @@ def _plan(account_id: int, events: list[Event]) -> _Plan:
     referral = Referral.objects.select_for_update().filter(referred=account).first()
     wanted = {e.payload.get("template") for e in events if e.payload.get("template")}
     templates = {t.external_id: t for t in Template.objects.select_for_update().filter(external_id__in=wanted)}
-    programs = services._enabled_programs(*rules.RATE_KINDS, Program.Kind.MILESTONE)
-    template_gates = [services.template_gate_seconds(p) for p in programs if p.kind == Program.Kind.TEMPLATE_SHARE]
+    program_versions = versions.load()  # each event below uses the versions in force at its time
+    kinds = (*rules.RATE_KINDS, Program.Kind.MILESTONE)
     tracks, approved, awarded = [], set(), set()
     if referral is not None:
         tracks = list(TrackChange.objects.filter(account_id=referral.referrer_id)
@@ -135,6 +135,9 @@ def _plan(account_id: int, events: list[Event]) -> _Plan:
                 or (event.type == ev.CREDITS_PURCHASED and payload.get("payment_fingerprint"))
                 or (payload.get("template") and template is None)):
             break
+        programs = program_versions.at(event.occurred_at, kinds=kinds)
+        template_gates = [services.template_gate_seconds(p) for p in programs
+                          if p.kind == Program.Kind.TEMPLATE_SHARE]
         runtime_after = runtime[template.pk] + event.runtime_seconds if template else 0
         if template is not None and template.qualified_at is None and any(runtime_after >= g for g in template_gates):
             break  # this event qualifies the template: releasing its held earnings is per-event work

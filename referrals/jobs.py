@@ -15,7 +15,7 @@ from django.utils import timezone
 from ledger.models import Book
 from ledger.money import format_exact, to_units
 
-from . import bulk, outbox, services
+from . import bulk, outbox, services, versions
 from . import events as ev
 from .models import Accrual, Application, CreditGrant, Event, JobRun, MilestoneAward, Program, Referral, Template
 
@@ -30,12 +30,14 @@ def revenue_share_gates(at: datetime) -> dict:
     opened = 0
     when = bulk.db_datetime(at)
     ineligible = Referral.Status.INELIGIBLE
-    for program in Program.objects.filter(enabled=True, requires_approval=True):
+    for program in versions.programs_at(at):  # the gates in force at the job's time
+        if not program.requires_approval:
+            continue
         opened += bulk.execute(
             """
-            INSERT INTO {application} (program_id, account_id, status, referrals_at_open, spend_at_open,
-                                       opened_at, reason)
-            SELECT %s, c.referrer_id, %s, c.n, COALESCE(s.total, 0), %s, ''
+            INSERT INTO {application} (program_id, program_version, account_id, status, referrals_at_open,
+                                       spend_at_open, opened_at, reason)
+            SELECT %s, %s, c.referrer_id, %s, c.n, COALESCE(s.total, 0), %s, ''
             FROM (SELECT referrer_id, COUNT(*) AS n FROM {referral}
                   WHERE status <> %s AND created_at <= %s GROUP BY referrer_id HAVING COUNT(*) >= %s) c
             LEFT JOIN (SELECT r.referrer_id, SUM(e.amount - e.refunded) AS total
@@ -45,14 +47,19 @@ def revenue_share_gates(at: datetime) -> dict:
             WHERE COALESCE(s.total, 0) >= %s
               AND NOT EXISTS (SELECT 1 FROM {application} a WHERE a.program_id = %s AND a.account_id = c.referrer_id)
             ON CONFLICT DO NOTHING""",
-            [program.pk, Application.Status.OPEN, when, ineligible, when, program.gate_min_referrals,
+            [program.pk, program.version, Application.Status.OPEN, when, ineligible, when, program.gate_min_referrals,
              ev.USAGE_CHARGED, when, ineligible, when, to_units(program.gate_min_spend), program.pk],
             application=bulk.table(Application), referral=bulk.table(Referral), event=bulk.table(Event))
     return {"applications_opened": opened}
 
 
+def _versions_used(at: datetime) -> dict:
+    """The job event names the programme versions in force at its time, which its handler uses."""
+    return {"program_versions": versions.load().numbers_at(at)}
+
+
 def template_gates(at: datetime) -> dict:
-    _, released = services.record_job_event(services.TEMPLATES_QUALIFIED, at=at, payload={})
+    _, released = services.record_job_event(services.TEMPLATES_QUALIFIED, at=at, payload=_versions_used(at))
     return {"accruals_released": released}
 
 
@@ -61,7 +68,7 @@ def _apply_template_gates(event: Event, replay: bool) -> int:
     release what its creator earned on it: one UPDATE per programme plus one release."""
     at = bulk.db_datetime(event.occurred_at)
     effect = 0
-    for program in Program.objects.filter(enabled=True, kind=Program.Kind.TEMPLATE_SHARE):
+    for program in versions.programs_at(event.occurred_at, kinds=[Program.Kind.TEMPLATE_SHARE]):
         min_seconds = int(program.template_min_runtime_hours * 3600)
         qualified = bulk.execute(
             "UPDATE {template} SET qualified_at = %s WHERE qualified_at IS NULL AND id IN ("
@@ -81,7 +88,7 @@ def _apply_template_gates(event: Event, replay: bool) -> int:
 
 
 def milestones(at: datetime) -> dict:
-    _, awarded = services.record_job_event(services.MILESTONES_CAUGHT_UP, at=at, payload={})
+    _, awarded = services.record_job_event(services.MILESTONES_CAUGHT_UP, at=at, payload=_versions_used(at))
     return {"milestones_awarded": awarded}
 
 
@@ -90,7 +97,7 @@ def _apply_milestones(event: Event, replay: bool) -> int:
     INSERT of the awards, one INSERT per bonus of the accruals, and one set-based posting."""
     at = bulk.db_datetime(event.occurred_at)
     awarded = 0
-    for program in Program.objects.filter(enabled=True, kind=Program.Kind.MILESTONE):
+    for program in versions.programs_at(event.occurred_at, kinds=[Program.Kind.MILESTONE]):
         threshold = to_units(program.milestone_threshold)
         bonuses = [(b, to_units(v)) for b, v in (("referrer_id", program.referrer_bonus),
                                                  ("referred_id", program.referred_bonus))]
@@ -118,15 +125,15 @@ def _apply_milestones(event: Event, replay: bool) -> int:
             if amount <= 0:
                 continue
             bulk.execute(
-                "INSERT INTO {accrual} (program_id, rule, beneficiary_id, event_id, referral_id, template_id, "
-                "amount, reversed, destination, track, state, held_for_gate, held_for_template, held_for_fraud, "
-                "held_until, expires_days, created_at, released_at) "
-                "SELECT %s, %s, r.{beneficiary}, %s, r.id, NULL, %s, 0, %s, '', "
+                "INSERT INTO {accrual} (program_id, program_version, rule, beneficiary_id, event_id, referral_id, "
+                "template_id, amount, reversed, destination, track, state, held_for_gate, held_for_template, "
+                "held_for_fraud, held_until, expires_days, created_at, released_at) "
+                "SELECT %s, %s, %s, r.{beneficiary}, %s, r.id, NULL, %s, 0, %s, '', "
                 "CASE WHEN {held} THEN %s ELSE %s END, %s, %s, r.status = %s, %s, 0, %s, "
                 "CASE WHEN {held} THEN NULL ELSE %s END "
                 "FROM {award} m JOIN {referral} r ON r.id = m.referral_id "
                 "WHERE m.event_id = %s AND m.program_id = %s",
-                [program.pk, f"{program.key}:milestone", event.pk, amount, program.pays_in,
+                [program.pk, program.version, f"{program.key}:milestone", event.pk, amount, program.pays_in,
                  *held_params, Accrual.State.HELD, Accrual.State.RELEASED, False, False,
                  Referral.Status.INELIGIBLE, bulk.db_datetime(held_until) if held_until else None, at,
                  *held_params, at, event.pk, program.pk],

@@ -3,8 +3,9 @@ import secrets
 import uuid
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
-from django.db import models
+from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -23,8 +24,39 @@ class Track(models.TextChoices):
     PARTNER = "partner", "Partner"
 
 
+class ProgramQuerySet(models.QuerySet):
+    """Edits in code go through here too: `update` and `bulk_create` record the new versions
+    (`referrals.versions`) in the same transaction, like `Program.save`."""
+
+    def update(self, **kwargs):
+        from . import versions
+
+        with transaction.atomic(using=self.db):
+            ids = list(self.values_list("pk", flat=True))
+            if "kind" in kwargs and self.model.objects.filter(pk__in=ids).exclude(kind=kwargs["kind"]).exists():
+                raise ValidationError({"kind": Program.KIND_FIXED})
+            count = super().update(**kwargs)
+            versions.record(ids)
+        return count
+
+    def bulk_create(self, objs, *args, **kwargs):
+        from . import versions
+
+        with transaction.atomic(using=self.db):
+            created = super().bulk_create(objs, *args, **kwargs)
+            versions.record([obj.pk for obj in created if obj.pk is not None])
+        return created
+
+
 class Program(models.Model):
-    """One referral programme. Every rate, threshold, window and ratio is a field here."""
+    """One referral programme. Every rate, threshold, window and ratio is a field here.
+
+    The row is the programme's newest configuration; every saved change is also a
+    `ProgramVersion` with the time it takes effect, and the engine applies each event with the
+    version in force at its time (`referrals.versions`).
+    """
+
+    KIND_FIXED = "cannot change once the programme exists (its accruals depend on it); create a new programme"
 
     class Kind(models.TextChoices):
         REVENUE_SHARE = "revenue_share", "Revenue share on referred spend"
@@ -91,6 +123,8 @@ class Program(models.Model):
 
     updated_at = models.DateTimeField(auto_now=True)
 
+    objects = ProgramQuerySet.as_manager()
+
     class Meta:
         ordering = ["preset", "key"]
         constraints = [
@@ -101,6 +135,46 @@ class Program(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args, **kwargs):
+        from . import versions
+
+        if getattr(self, "version", None) is not None:
+            raise TypeError("a programme version (from referrals.versions) is read-only; edit the Program row")
+        with transaction.atomic(using=kwargs.get("using")):
+            super().save(*args, **kwargs)
+            versions.record([self.pk])
+
+    def clean(self):
+        super().clean()
+        if self.pk is not None and not self._state.adding:
+            kind = Program.objects.filter(pk=self.pk).values_list("kind", flat=True).first()
+            if kind is not None and kind != self.kind:
+                raise ValidationError({"kind": self.KIND_FIXED})
+
+
+class ProgramVersion(models.Model):
+    """One configuration of a programme and the time from which it is in force.
+
+    `config` holds every configuration field of `Program` (decimals as strings). Versions are
+    only appended: number 1 is the programme as created, each saved change adds the next.
+    """
+
+    program = models.ForeignKey(Program, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    effective_at = models.DateTimeField(help_text="In force for events and jobs at or after this time.")
+    config = models.JSONField()
+    source = models.CharField(max_length=20, blank=True, help_text="admin, load_preset, code or migration")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                                   related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["program", "-number"]
+        constraints = [models.UniqueConstraint(fields=["program", "number"], name="program_version_once")]
+
+    def __str__(self) -> str:
+        return f"{self.program} v{self.number}"
 
 
 class Account(models.Model):
@@ -331,6 +405,9 @@ class Accrual(models.Model):
         VOID = "void", "Void"
 
     program = models.ForeignKey(Program, on_delete=models.PROTECT, related_name="accruals")
+    # The `ProgramVersion.number` of `program` whose rules made this accrual (no FK: no index
+    # and no constraint check on the engine's hottest insert; (program, number) is unique).
+    program_version = models.PositiveIntegerField(null=True, blank=True)
     rule = models.CharField(max_length=80)
     beneficiary = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="accruals")
     event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="accruals")
@@ -414,6 +491,8 @@ class Application(models.Model):
         REJECTED = "rejected", "Rejected"
 
     program = models.ForeignKey(Program, on_delete=models.PROTECT, related_name="applications")
+    # The `ProgramVersion.number` whose gate the referrer met (the one in force at the job's time).
+    program_version = models.PositiveIntegerField(null=True, blank=True)
     account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="applications")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
     referrals_at_open = models.PositiveIntegerField(default=0)

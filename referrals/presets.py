@@ -4,6 +4,7 @@ from decimal import Decimal
 from django.db import transaction
 
 from . import events as ev
+from . import versions
 from .models import Program
 
 K = Program.Kind
@@ -72,10 +73,14 @@ def load_preset(name: str) -> list[tuple[Program, bool]]:
     if name not in PRESETS:
         raise UnknownPreset(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     loaded = []
-    for spec in PRESETS[name]:
-        defaults = {field: value for field, value in spec.items() if field != "key"}
-        defaults.setdefault("enabled", True)
-        program, created = Program.objects.update_or_create(key=spec["key"], defaults={**defaults, "preset": name})
-        program.full_clean()
-        loaded.append((program, created))
+    # Saving a programme records a version only when its configuration differs from the latest
+    # one (referrals.versions), so loading the same preset again adds none.
+    with versions.authored(source="load_preset"):
+        for spec in PRESETS[name]:
+            defaults = {field: value for field, value in spec.items() if field != "key"}
+            defaults.setdefault("enabled", True)
+            program, created = Program.objects.update_or_create(key=spec["key"],
+                                                                defaults={**defaults, "preset": name})
+            program.full_clean()
+            loaded.append((program, created))
     return loaded

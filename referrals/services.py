@@ -22,7 +22,7 @@ from ledger.models import Balance, Book, Entry
 from ledger.money import format_exact, net_sum, share_of
 from ledger.services import Leg, open_books, post
 
-from . import bulk, clicks, outbox, rules
+from . import bulk, clicks, outbox, rules, versions
 from . import events as ev
 from .models import (
     Account,
@@ -206,8 +206,9 @@ def track_at(account_id: int, at: datetime) -> str:
     return change.track if change else Track.BASIC
 
 
-def _enabled_programs(*kinds) -> list[Program]:
-    return list(Program.objects.filter(enabled=True, kind__in=kinds))
+def _enabled_programs(*kinds, at: datetime) -> list[Program]:
+    """The enabled programmes of these kinds as configured at `at` (the event's time)."""
+    return versions.programs_at(at, kinds=kinds)
 
 
 def _persist(earnings: list[rules.Earning], event: Event) -> None:
@@ -223,7 +224,9 @@ def _persist(earnings: list[rules.Earning], event: Event) -> None:
 def accrual_of(earning: rules.Earning, event: Event) -> Accrual:
     """The (unsaved) accrual of an earning; the set-based apply builds the same rows."""
     return Accrual(
-        program=earning.program, rule=earning.rule, beneficiary_id=earning.beneficiary_id, event=event,
+        # `earning.program` is the version in force at the event's time (referrals.versions).
+        program=earning.program, program_version=earning.program.version, rule=earning.rule,
+        beneficiary_id=earning.beneficiary_id, event=event,
         referral_id=earning.referral_id, template_id=earning.template_id, amount=earning.amount,
         destination=earning.destination, track=earning.track,
         state=Accrual.State.HELD if earning.held else Accrual.State.RELEASED,
@@ -357,7 +360,7 @@ def _on_account_created(event: Event, replay: bool) -> int:
     ctx = rules.Context(event_type=event.type, occurred_at=event.occurred_at, amount=0, account_id=account.pk,
                         referrer_id=referrer.pk, referral_id=referral.pk, referral_ineligible=bool(signals))
     earnings = []
-    for program in _enabled_programs(Program.Kind.SIGNUP_CREDIT):
+    for program in _enabled_programs(Program.Kind.SIGNUP_CREDIT, at=event.occurred_at):
         earnings += rules.signup_credit(program, ctx)
     _persist(earnings, event)
     return 1
@@ -482,7 +485,7 @@ def _on_money_event(event: Event, replay: bool) -> int:
         template_qualified=bool(template and template.qualified_at),
     )
     earnings = []
-    for program in _enabled_programs(*rules.RATE_KINDS, Program.Kind.MILESTONE):
+    for program in _enabled_programs(*rules.RATE_KINDS, Program.Kind.MILESTONE, at=event.occurred_at):
         if program.kind == Program.Kind.TEMPLATE_SHARE:
             if template is not None and not ctx.template_qualified and _template_meets_gate(program, template):
                 _qualify_template(template, program, event=event, at=event.occurred_at)

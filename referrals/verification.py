@@ -33,10 +33,11 @@ class _Rollback(Exception):
 def _state() -> dict:
     """Everything the event log determines, in comparable form (ids of derived rows left out)."""
     accruals = defaultdict(int)
-    rows = Accrual.objects.values_list("beneficiary_id", "program_id", "state", "destination") \
+    # With the programme version that made them: a replay must use the same rules as live.
+    rows = Accrual.objects.values_list("beneficiary_id", "program_id", "program_version", "state", "destination") \
         .annotate(net=net_sum("amount", "reversed"))
-    for beneficiary, program, state, destination, net in rows:
-        accruals[(beneficiary, program, state, destination)] += int(net)
+    for beneficiary, program, version, state, destination, net in rows:
+        accruals[(beneficiary, program, version, state, destination)] += int(net)
     return {
         "ledger": {k: v for k, v in ledger_sums_by_book().items() if v},
         "accruals": {k: v for k, v in accruals.items() if v},
