@@ -52,7 +52,9 @@ class TrackedClick:
 
     def as_dict(self) -> dict:
         return {"status": self.outcome, "click_id": self.click_id, "code": self.code if self.click else None,
-                "expires_at": self.expires_at.isoformat().replace("+00:00", "Z") if self.click else None}
+                # Whole seconds: every browser's Date.parse reads that form.
+                "expires_at": self.expires_at.isoformat(timespec="seconds").replace("+00:00", "Z")
+                if self.click else None}
 
 
 def track_click(*, code: str, template: str = "", visitor_id: str, ip: str, user_agent: str, page: str,
