@@ -58,7 +58,19 @@ def test_a_hop_count_takes_the_address_that_many_hops_from_the_right(settings):
     assert _ip(PROXY, "198.51.100.1") == PROXY  # fewer hops than configured: not trusted
 
 
-def test_it_is_ignored_when_the_setting_is_malformed(settings):
+def test_the_api_throttles_identify_clients_by_the_same_function(settings):
+    from rest_framework.request import Request
+
+    from referrals.api.auth import ApiKeyThrottle
+
+    _behind(settings, proxies=["10.0.0.0/8"])
+    request = Request(RequestFactory().get("/", REMOTE_ADDR=PROXY, HTTP_X_FORWARDED_FOR="1.1.1.1, 198.51.100.1"))
+    assert ApiKeyThrottle().get_ident(request) == "198.51.100.1"
+    spoofed = Request(RequestFactory().get("/", REMOTE_ADDR="203.0.113.9", HTTP_X_FORWARDED_FOR="198.51.100.1"))
+    assert ApiKeyThrottle().get_ident(spoofed) == "203.0.113.9"
+
+
+def test_it_refuses_a_malformed_setting(settings):
     settings.REFERRAL = {**settings.REFERRAL, "TRUSTED_PROXIES": ["not-a-network"], "PROXY_COUNT": 0}
     with pytest.raises(ValueError, match="TRUSTED_PROXIES"):
         _ip(PROXY, "198.51.100.1")

@@ -142,6 +142,13 @@ class ApiKeyThrottle(BaseThrottle):
     def wait(self) -> float | None:
         return self.wait_seconds
 
+    def get_ident(self, request) -> str:
+        """The client IP for any per-IP throttle built on this one: the portal's one client-IP
+        function (trusted proxies), not DRF's NUM_PROXIES reading of X-Forwarded-For."""
+        from referrals_site.client_ip import client_ip
+
+        return client_ip(request)
+
 
 class FailedAuthentications:
     """Failed authentications per client IP (referrals_site/client_ip.py) and fixed window, in
