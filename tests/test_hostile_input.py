@@ -423,3 +423,14 @@ def test_it_stores_the_good_events_of_a_batch_and_rejects_the_hostile_one_naming
     assert results[3]["id"] == "bad-\ud800", "the id is echoed back (as a JSON escape)"
     stored = set(Event.objects.values_list("external_id", flat=True))
     assert {"good-purchase", "good-signup"} <= stored and not {"bad-charge", "bad-\ufffd"} & stored
+
+
+def test_it_reads_an_api_body_labelled_as_a_form_as_json_and_checks_its_text_there(world):
+    # `curl -d` labels a JSON body application/x-www-form-urlencoded; a "%00" inside a string of
+    # it is text, not an encoded NUL.
+    body = json.dumps(purchase(id="curl-1", payment_fingerprint="https://example.com/%00"))
+    response = world.api.post("/api/v1/events", body, content_type="application/x-www-form-urlencoded")
+    assert response.json()["results"][0]["status"] == "accepted", response.content
+    hostile = json.dumps(purchase(id="curl-2", payment_fingerprint="a\x00b"))
+    response = world.api.post("/api/v1/events", hostile, content_type="application/x-www-form-urlencoded")
+    events_rejected_naming("payment_fingerprint")(response)
