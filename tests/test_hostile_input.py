@@ -21,6 +21,7 @@ from django.db import transaction
 from django.test import Client, override_settings
 from rest_framework.test import APIClient
 
+from billing.models import Inbound, StripeConnection
 from ledger.models import Balance, Entry
 from payouts.models import Payout, PayoutMethod, StripeWebhook
 from payouts.services import payout_method_set
@@ -29,6 +30,7 @@ from referrals.models import Account, Accrual, AuditLog, Click, Event, Referral,
 from referrals.presets import load_preset
 from tests.fakes.stripe import event as stripe_event
 from tests.fakes.stripe import sign
+from tests.fakes.stripe_billing import webhook as billing_webhook
 from tests.helpers import buy_credits, event, signup, spend
 
 User = get_user_model()
@@ -63,6 +65,7 @@ def _world_rows(django_db_setup, django_db_blocker):
     portal login and a PayPal method; sam is a superuser."""
     with django_db_blocker.unblock(), override_settings(PASSWORD_HASHERS=FAST_HASHERS), transaction.atomic():
         load_preset("vast")
+        StripeConnection.objects.create(signing_secret=BILLING_SECRET, api_key="rk_test_hostile")
         alice = signup("alice", email="alice@example.com")
         signup("bob", code=alice.referral_code)
         buy_credits("bob", "500.00")
@@ -92,7 +95,7 @@ def world(db, _world_rows):
 def state() -> dict:
     """What any of these requests could change."""
     counted = (Event, Entry, Account, Referral, Accrual, Template, Click, Payout, PayoutMethod, StripeWebhook,
-               User, AuditLog)
+               Inbound, User, AuditLog)
     return {
         **{model.__name__: model.objects.count() for model in counted},
         "balances": sorted(Balance.objects.values_list("account_id", "book", "amount")),
@@ -180,6 +183,35 @@ def _signed_webhook(world, value):
                                 HTTP_STRIPE_SIGNATURE=sign(body, WEBHOOK_SECRET))
 
 
+BILLING_SECRET = "whsec_hostile_billing"  # noqa: S105 - a test secret
+TRACKING_ORIGIN = "https://operator.example"
+
+
+def _track(world, body):
+    """The public tracking call, from an origin the operator configured."""
+    with override_settings(REFERRAL={**settings.REFERRAL, "TRACKING_ORIGINS": [TRACKING_ORIGIN]}):
+        return post_json_from(world.anonymous, "/api/v1/track/click", body, TRACKING_ORIGIN)
+
+
+def post_json_from(client, path: str, body, origin: str):
+    return client.post(path, json.dumps(body), content_type="application/json", HTTP_ORIGIN=origin)
+
+
+def _billing_unsigned(world, value):
+    customer = {"id": "cus_1", "object": "customer", "created": int(time.time())}
+    body, _ = billing_webhook(value, "customer.created", customer, secret=BILLING_SECRET)
+    return world.anonymous.post("/integrations/stripe/webhook/", body, content_type="application/json",
+                                HTTP_STRIPE_SIGNATURE="t=1,v1=" + "0" * 64)
+
+
+def _billing_signed(world, value):
+    body, signature = billing_webhook("evt_hostile", "customer.created", {
+        "id": "cus_1", "object": "customer", "created": int(time.time()), "metadata": {"account_id": value}},
+        secret=BILLING_SECRET)
+    return world.anonymous.post("/integrations/stripe/webhook/", body, content_type="application/json",
+                                HTTP_STRIPE_SIGNATURE=signature)
+
+
 ENTRY_POINTS = [
     # the events API, one event and a batch; ids, free text and object keys
     EntryPoint("event id", lambda w, v: post_json(w.api, "/api/v1/events", purchase(id=v)),
@@ -250,6 +282,18 @@ ENTRY_POINTS = [
     # the Stripe payouts webhook: unsigned (a stranger) and signed (text Stripe would never send)
     EntryPoint("stripe webhook unsigned", _webhook, status_in(400), stores={"StripeWebhook": 1}),
     EntryPoint("stripe webhook signed", _signed_webhook, status_in(400), stores={"StripeWebhook": 1}),
+    # clicks on the operator's site: the public tracking call, server-side clicks, redirect links
+    EntryPoint("tracking call code", lambda w, v: _track(w, {"code": v}), api_error_naming("code")),
+    EntryPoint("tracking call url", lambda w, v: _track(w, {"code": w.code, "url": v}), api_error_naming("url")),
+    EntryPoint("server-side click code", lambda w, v: post_json(w.api, "/api/v1/clicks", {"code": v}),
+               api_error_naming("code")),
+    EntryPoint("redirect link code", lambda w, v: w.anonymous.get(f"/r/{url_text(v)}"), status_in(302, 404)),
+    EntryPoint("redirect link template", lambda w, v: w.anonymous.get(f"/r/{w.code}/t/{url_text(v)}"),
+               status_in(302, 404), stores={"Click": 1}),
+    # the Stripe billing connector's webhook: forged, and signed with text Stripe would never send
+    EntryPoint("billing webhook unsigned", _billing_unsigned, status_in(400)),
+    # (a signed object the connector cannot use is kept for staff as "needs attention", never applied)
+    EntryPoint("billing webhook signed", _billing_signed, status_in(200, 400), stores={"Inbound": 1}),
     # portal forms
     EntryPoint("sign-up e-mail", lambda w, v: post_form(w.anonymous, "/signup/", {
         "email": f"new{v}@example.com", "password1": PASSWORD, "password2": PASSWORD}), status_in(200, 400)),
