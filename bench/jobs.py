@@ -231,6 +231,42 @@ def measure(programs: dict) -> list[dict]:
     return rows
 
 
+WRITING_JOBS = ["template_gates", "expire_credits", "release_holds"]
+
+
+def compare_triggers(programs: dict) -> None:
+    """Each writing job twice on the same data, each time in a transaction rolled back at the end:
+    with 0002's per-entry balance trigger (re-installed inside that transaction) and with 0003's
+    check once per transaction. SET CONSTRAINTS ALL IMMEDIATE runs the deferred checks before the
+    clock stops, so the commit-time cost is timed too. The input query is timed next to them."""
+    from importlib import import_module
+
+    from django.db import transaction
+
+    old_trigger = import_module("ledger.migrations.0003_balance_check_once_per_transaction").BACKWARD
+    queries = input_queries(programs)
+    for job in WRITING_JOBS:
+        query, params = queries[job]
+        with connection.cursor() as cursor:
+            cursor.execute(query, params)
+            cursor.fetchall()
+            started = time.perf_counter()
+            cursor.execute(query, params)
+            cursor.fetchall()
+            query_s = time.perf_counter() - started
+        for label, ddl in (("per-entry trigger (0002)", old_trigger), ("per-transaction check (0003)", None)):
+            with transaction.atomic(), connection.cursor() as cursor:
+                if ddl:
+                    cursor.execute(ddl)
+                started = time.perf_counter()
+                counts = run_jobs(at=AT, names=[job])[job]
+                cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+                job_s = time.perf_counter() - started
+                transaction.set_rollback(True)
+            print(f"{job:<22} {label:<29} query {query_s:7.2f} s  job+checks {job_s:7.2f} s  "
+                  f"ratio {job_s / query_s:6.2f}  {counts} (rolled back)", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", action="store_true", help="1/100 of the full size, for a quick run")
@@ -238,6 +274,10 @@ def main() -> int:
                         help="keep the outbox consumers (webhooks, e-mails) subscribed: their per-message "
                              "delivery after commit is then timed with the job")
     parser.add_argument("--scale", type=int, help="divide the full size by this (default 1, or 100 with --small)")
+    parser.add_argument("--chunk", type=int, help="moves per ledger transaction (referrals.bulk.CHUNK) for the jobs")
+    parser.add_argument("--compare-trigger", action="store_true",
+                        help="first time the writing jobs with the old per-entry balance trigger and the new "
+                             "per-transaction check, on the same data, rolled back")
     args = parser.parse_args()
     if connection.vendor != "postgresql":
         print("bench/jobs.py needs PostgreSQL: set DATABASE_URL to a throwaway database", file=sys.stderr)
@@ -249,12 +289,21 @@ def main() -> int:
         outbox._consumers.clear()
     if scale < 1:
         parser.error("--scale: must be a whole number >= 1")
-    print(f"PostgreSQL {connection.pg_version}, {os.cpu_count()} CPUs, scale 1/{scale}", flush=True)
+    print(f"PostgreSQL {connection.pg_version}, {os.cpu_count()} CPUs, scale 1/{scale}, "
+          f"chunk {args.chunk or 'default'}", flush=True)
     reset_database()
     started = time.perf_counter()
     programs = generate(scale)
     print(f"generated in {time.perf_counter() - started:.0f} s; jobs as of {AT.isoformat()}", flush=True)
+    if args.chunk:
+        from referrals import bulk
+        bulk.CHUNK = args.chunk
+    if args.compare_trigger:
+        print(f"load average before: {os.getloadavg()}", flush=True)
+        compare_triggers(programs)
+    print(f"load average before the jobs: {os.getloadavg()}", flush=True)
     rows = measure(programs)
+    print(f"load average after: {os.getloadavg()}", flush=True)
     worst_ratio = max(r["ratio"] for r in rows)
     peak = max(r["peak_rss_mb"] for r in rows)
     met = worst_ratio <= TARGET_RATIO and peak < TARGET_RSS_MB

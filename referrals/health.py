@@ -4,12 +4,16 @@ JSON, no authentication, nothing secret in it:
 
     {"status": "ok" | "degraded" | "down",
      "checks": {"database": {"ok": true},
-                "broker": {"ok": false, "mode": "redis", "error": "..."}}}
+                "broker": {"ok": false, "mode": "redis", "error": "..."},
+                "events": {"ok": true, "unapplied": 0, "oldest_unapplied_age_seconds": 0.0}}}
 
 HTTP 200 while the database answers — the portal serves and the API accepts events, even with
 the broker down ("degraded": queued work waits and is retried when Redis is back). HTTP 503 when
-the database is down ("down"). Monitoring alerts on `checks.broker.ok`; a load balancer uses the
-status code.
+the database is down ("down"). `checks.events` says how far applying accepted events is behind:
+how many are stored and not applied yet (counted up to 10,001) and how old the oldest one is;
+`ok` turns false (status "degraded") once that age passes `HEALTH_MAX_APPLY_LAG` seconds (60 by
+default; the sweeper on beat catches up within seconds of a crash). Monitoring alerts on
+`checks.broker.ok` and `checks.events.ok`; a load balancer uses the status code.
 """
 import logging
 
@@ -20,6 +24,8 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from referrals_site.celery import app
+
+from . import sweeper
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +55,21 @@ def _broker() -> dict:
     return {"ok": True, "mode": mode}
 
 
+def _events() -> dict:
+    try:
+        lag = sweeper.lag()
+    except Exception as exc:
+        log.warning("health: could not read the apply lag: %s", exc)
+        return {"ok": False, "error": type(exc).__name__}
+    limit = getattr(settings, "HEALTH_MAX_APPLY_LAG", 60)
+    return {"ok": lag["oldest_unapplied_age_seconds"] <= limit, **lag}
+
+
 @never_cache
 @require_GET
 def health(request):
     checks = {"database": _database(), "broker": _broker()}
+    checks["events"] = _events() if checks["database"]["ok"] else {"ok": False, "error": "database down"}
     if not checks["database"]["ok"]:
         status = "down"
     elif not all(check["ok"] for check in checks.values()):

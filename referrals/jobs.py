@@ -5,6 +5,7 @@ statements whatever the row count (aggregates, INSERT ... SELECT, UPDATE ... FRO
 `referrals.bulk`). Two runs of one job are serialised by `bulk.job_lock`. Jobs that move value
 log an internal event, so `verify_ledger` replays them in order. Beat runs them through
 `referrals.tasks.run_job`; `manage.py run_jobs --at` and `POST /api/v1/jobs/run` run them too.
+Every run first applies accepted events still unapplied (`referrals.sweeper`).
 """
 from datetime import datetime, timedelta
 
@@ -15,7 +16,7 @@ from django.utils import timezone
 from ledger.models import Book
 from ledger.money import format_exact, to_units
 
-from . import bulk, outbox, services, versions
+from . import bulk, outbox, services, sweeper, versions
 from . import events as ev
 from .models import Accrual, Application, CreditGrant, Event, JobRun, MilestoneAward, Program, Referral, Template
 
@@ -236,12 +237,16 @@ def future_run_problem(at: datetime) -> str | None:
 
 
 def run_jobs(*, at: datetime | None = None, names: list[str] | None = None) -> dict[str, dict]:
-    """Run the named jobs (all by default) as of `at`, recording a JobRun for each."""
+    """Run the named jobs (all by default) as of `at`, recording a JobRun for each.
+
+    Accepted events not applied yet (an interrupted apply) are applied first (`sweeper.sweep`),
+    so no job works from a ledger that is missing them."""
     at = at or timezone.now()
     names = list(names or JOBS)
     unknown = [n for n in names if n not in JOBS]
     if unknown:
         raise UnknownJob(f"unknown job(s): {', '.join(unknown)}; known: {', '.join(JOBS)}")
+    sweeper.sweep()
     results = {}
     for name in names:
         run = JobRun.objects.create(name=name, at=at)

@@ -12,7 +12,7 @@ from django.db import DatabaseError, InterfaceError, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from . import ingestion  # noqa: F401 - registers referrals.apply_stored_events with the worker
+from . import ingestion, sweeper  # noqa: F401 - ingestion registers referrals.apply_stored_events with the worker
 from .jobs import JOBS, UnknownJob, run_jobs
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,18 @@ def run_job(name: str, at: str | None = None) -> dict:
     if when is None or when.tzinfo is None:
         raise ValueError(f"at: {at!r} is not an ISO 8601 date-time with a time zone")
     return run_jobs(at=when, names=[name])[name]
+
+
+# The sweeper on beat (every few seconds): events stored at least SWEEP_MIN_AGE seconds ago, for
+# at most SWEEP_BUDGET seconds a tick (a tick that finds another sweep running returns at once).
+SWEEP_MIN_AGE = 2.0
+SWEEP_BUDGET = 50.0
+
+
+@shared_task(name="referrals.sweep_unapplied", ignore_result=True)
+def sweep_unapplied() -> int:
+    """Apply accepted events that are still not applied (see `referrals.sweeper`)."""
+    return sweeper.sweep_once(min_age=SWEEP_MIN_AGE, budget=SWEEP_BUDGET)
 
 
 def enqueue_on_commit(task, *args, **kwargs) -> None:

@@ -112,8 +112,22 @@ def _reset_derived_state() -> None:
     Application.objects.update(status=Application.Status.OPEN, decided_at=None, decided_by=None, reason="")
 
 
+def unapplied_events() -> list[str]:
+    """Accepted events the ledger does not show: not applied yet, or failed to apply."""
+    problems = []
+    pending = Event.objects.filter(applied_at__isnull=True, apply_error="")
+    oldest = pending.order_by("id").first()
+    if oldest is not None:
+        problems.append(f"{pending.count()} accepted event(s) not applied yet, oldest {oldest.external_id} stored at "
+                        f"{oldest.received_at.isoformat()} (the sweeper or run_jobs applies them)")
+    failed = Event.objects.filter(applied_at__isnull=True).exclude(apply_error="")
+    problems += [f"event {external_id} failed to apply: {error[:200]}"
+                 for external_id, error in failed.order_by("id").values_list("external_id", "apply_error")[:20]]
+    return problems
+
+
 def verify(*, replay: bool = True) -> list[str]:
-    problems = check_integrity()
+    problems = check_integrity() + unapplied_events()
     if replay:
         problems += replay_differences()
     return problems

@@ -61,11 +61,13 @@ def test_it_queues_work_only_when_the_transaction_commits(lapsed_credit, django_
 
 
 def test_it_creates_a_schedule_per_job_once_and_keeps_staff_edits(db):
-    from referrals.management.commands.setup_schedules import OTHER_TASKS
+    from referrals.management.commands.setup_schedules import OTHER_TASKS, SWEEPER
 
-    assert setup_schedules() == [schedule_name(job) for job in JOBS] + [name for name, _, _ in OTHER_TASKS]
+    assert setup_schedules() == [schedule_name(job) for job in JOBS] + [name for name, _, _ in OTHER_TASKS] + [
+        SWEEPER[0]]
     assert set(PeriodicTask.objects.exclude(task=TASK).values_list("task", flat=True)) == {
-        "integrations.deliver_due_webhooks", "notifications.tasks.send_expiry_reminders"}
+        "integrations.deliver_due_webhooks", "notifications.tasks.send_expiry_reminders",
+        "referrals.sweep_unapplied"}
     tasks = PeriodicTask.objects.filter(task=TASK)
     assert sorted(t.kwargs for t in tasks) == sorted(f'{{"name": "{job}"}}' for job in JOBS)
     # Staff change one in the admin; running the command again keeps their change.
@@ -86,8 +88,9 @@ def test_it_refuses_a_schedule_of_zero_minutes_naming_the_job(db):
 def test_health_says_ok_in_embedded_mode(client, db):
     response = client.get("/health/")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "checks": {"database": {"ok": True},
-                                                          "broker": {"ok": True, "mode": "embedded"}}}
+    assert response.json() == {"status": "ok", "checks": {
+        "database": {"ok": True}, "broker": {"ok": True, "mode": "embedded"},
+        "events": {"ok": True, "unapplied": 0, "oldest_unapplied_age_seconds": 0.0}}}
 
 
 @pytest.fixture

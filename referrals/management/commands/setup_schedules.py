@@ -18,11 +18,16 @@ DEFAULT_MINUTES = {
     "retry_stuck_payouts": 10,
 }
 TASK = "referrals.run_job"
-# Periodic tasks of other apps that are not ledger jobs: (schedule name, task, minutes).
+# Periodic tasks that are not ledger jobs: (schedule name, task, minutes).
 OTHER_TASKS = [
     ("webhooks: deliver due", "integrations.deliver_due_webhooks", 1),
     ("e-mail: credits expiring in 3 days", "notifications.tasks.send_expiry_reminders", 60),
 ]
+# The sweeper applies accepted events an interrupted apply left behind (referrals/sweeper.py):
+# every few seconds; a tick not picked up within 30 s is dropped (the next one does the same work).
+SWEEPER = ("events: apply unapplied", "referrals.sweep_unapplied")
+SWEEPER_SECONDS = 5
+SWEEPER_EXPIRES = 30
 
 
 def schedule_name(job: str) -> str:
@@ -49,6 +54,12 @@ def setup_schedules(*, minutes: dict[str, int] | None = None) -> list[str]:
             continue
         interval, _ = IntervalSchedule.objects.get_or_create(every=every, period=IntervalSchedule.MINUTES)
         PeriodicTask.objects.create(name=name, task=task, interval=interval, description=name)
+        created.append(name)
+    name, task = SWEEPER
+    if not PeriodicTask.objects.filter(name=name).exists():
+        interval, _ = IntervalSchedule.objects.get_or_create(every=SWEEPER_SECONDS, period=IntervalSchedule.SECONDS)
+        PeriodicTask.objects.create(name=name, task=task, interval=interval, expire_seconds=SWEEPER_EXPIRES,
+                                    description="Apply accepted events not applied yet (after a crash)")
         created.append(name)
     return created
 
