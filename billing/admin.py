@@ -136,7 +136,11 @@ class InboundAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
-    @admin.action(description="Process again (after a mapping or a fix)", permissions=["view"])
+    def has_process_permission(self, request):
+        # Processing writes events: a write permission, not the list's view permission.
+        return request.user.has_perm("billing.change_inbound")
+
+    @admin.action(description="Process again (after a mapping or a fix)", permissions=["process"])
     def process_again(self, request, queryset):
         done = services.retry(ids=list(queryset.values_list("pk", flat=True)))
         self.message_user(request, f"{done} object(s) applied.", messages.SUCCESS)

@@ -30,7 +30,7 @@ def staff(db):
 @pytest.fixture
 def postgres_only(db):
     if connection.vendor != "postgresql":
-        pytest.skip(reason="needs PostgreSQL: set DATABASE_URL (CI provides it via .ci/run)")
+        pytest.skip(reason="needs PostgreSQL: set DATABASE_URL (make test provisions it)")
 
 
 @pytest.fixture(autouse=True)

@@ -64,7 +64,7 @@ def redis_url(tmp_path):
     if redis_server is None:
         pytest.skip(reason="needs redis-server on the PATH (apt-get install redis-server; .ci/run installs it)")
     if connection.vendor != "postgresql":
-        pytest.skip(reason="needs PostgreSQL shared with the worker: set DATABASE_URL (CI provides it via .ci/run)")
+        pytest.skip(reason="needs PostgreSQL shared with the worker: set DATABASE_URL (make test provisions it)")
     port = _free_port()
     server = subprocess.Popen(  # noqa: S603 - our own fixed command line
         [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path), "--save", "",

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture(autouse=True)
 def _needs_postgres():
     if connection.vendor != "postgresql":
-        pytest.skip(reason="race tests need PostgreSQL row locks: set DATABASE_URL (CI provides it via .ci/run)")
+        pytest.skip(reason="race tests need PostgreSQL row locks: set DATABASE_URL (make test provisions it)")
 
 
 def _race(raws: list[dict]) -> list[str]:

@@ -225,7 +225,7 @@ def test_confirming_an_account_flag_rejects_its_payouts_and_voids_its_cash(vast,
 @pytest.mark.django_db(transaction=True)
 def test_two_accounts_registering_one_destination_at_the_same_moment_are_both_flagged():
     if connection.vendor != "postgresql":
-        pytest.skip(reason="a race needs PostgreSQL and real connections: set DATABASE_URL (CI provides it)")
+        pytest.skip(reason="a race needs PostgreSQL and real connections: set DATABASE_URL (make test provisions it)")
     import threading
 
     from django.db import connections

@@ -160,7 +160,7 @@ def test_it_skips_an_event_that_cannot_be_applied_and_records_why(referred, sett
 @pytest.mark.django_db(transaction=True)
 def test_it_applies_each_event_once_with_two_appliers_at_once():
     if connection.vendor != "postgresql":
-        pytest.skip(reason="needs PostgreSQL row locks: set DATABASE_URL (CI provides it via .ci/run)")
+        pytest.skip(reason="needs PostgreSQL row locks: set DATABASE_URL (make test provisions it)")
     load_preset("runpod")
     alice = signup("alice")
     for name in ("bob", "dave"):

@@ -142,7 +142,7 @@ def test_release_ready_refuses_an_unknown_hold_naming_the_field(both_presets):
 @pytest.mark.parametrize("job", ["expire_credits", "milestones", "template_gates", "revenue_share_gates"])
 def test_two_runs_at_once_have_the_effect_of_one(job):
     if connection.vendor != "postgresql":
-        pytest.skip(reason="needs PostgreSQL for concurrent writers: set DATABASE_URL (CI provides it via .ci/run)")
+        pytest.skip(reason="needs PostgreSQL for concurrent writers: set DATABASE_URL (make test provisions it)")
     load_preset("runpod")
     load_preset("apimarket")
     _cohort("erin", 12)

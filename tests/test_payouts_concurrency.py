@@ -23,7 +23,7 @@ ROUNDS = 5
 @pytest.fixture(autouse=True)
 def _needs_postgres(settings):
     if connection.vendor != "postgresql":
-        pytest.skip(reason="race tests need PostgreSQL row locks: set DATABASE_URL (CI provides it via .ci/run)")
+        pytest.skip(reason="race tests need PostgreSQL row locks: set DATABASE_URL (make test provisions it)")
     settings.PAYOUT_PROCESS_ON_APPROVE = False
     settings.PAYOUT_AUTO_APPROVE_BELOW = "0"
 
