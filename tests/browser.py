@@ -2,7 +2,7 @@
 (the `browser` fixture itself is in conftest.py).
 
 Importing this module skips the importing test module when Chromium or Playwright is missing.
-Playwright never downloads a browser here: it launches /usr/bin/chromium (`.ci/run` installs it).
+Playwright never downloads a browser here: it launches /usr/bin/chromium (`make test` installs it).
 """
 import os
 import tempfile

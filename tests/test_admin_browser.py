@@ -5,7 +5,7 @@ the applications desk and sees its held earnings released; then approves a payou
 maker-checker limit, a second finance member gives the second approval, and the payout ends paid
 by the fake Stripe server of tests/fakes (real HTTP through the Stripe SDK; nothing patched).
 
-Skipped with the reason when /usr/bin/chromium or Playwright is missing (`.ci/run` installs both).
+Skipped with the reason when /usr/bin/chromium or Playwright is missing (`make test` installs both).
 """
 import re
 

@@ -25,7 +25,7 @@ def _free_port() -> int:
 def redis_url(tmp_path):
     redis_server = shutil.which("redis-server")
     if redis_server is None:
-        pytest.skip(reason="needs redis-server on the PATH (apt-get install redis-server; .ci/run installs it)")
+        pytest.skip(reason="needs redis-server on the PATH (apt-get install redis-server; make test installs it)")
     port = _free_port()
     server = subprocess.Popen(  # noqa: S603 - our own fixed command line
         [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path), "--save", "",

@@ -4,7 +4,7 @@ Sign up through a referral link, copy the link, follow a share button, at deskto
 widths; axe-core (vendored in tests/vendor) finds no serious or critical accessibility problem on
 any page; every page is saved as a screenshot (into docs/screenshots/ for the README with SCREENSHOTS_DIR).
 
-Playwright must not download a browser: it launches /usr/bin/chromium (`.ci/run` installs the
+Playwright must not download a browser: it launches /usr/bin/chromium (`make test` installs the
 Debian package). Without it the module is skipped with the reason.
 """
 import contextlib

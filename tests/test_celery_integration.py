@@ -2,7 +2,7 @@
 processes, and the test's own PostgreSQL database (the processes get its URL).
 
 Skipped without `redis-server` on the PATH or without PostgreSQL (the worker must share the
-test database, which an in-memory SQLite copy cannot); .ci/run provides both.
+test database, which an in-memory SQLite copy cannot); make test provides both.
 """
 import os
 import shutil
@@ -62,7 +62,7 @@ def _database_url() -> str:
 def redis_url(tmp_path):
     redis_server = shutil.which("redis-server")
     if redis_server is None:
-        pytest.skip(reason="needs redis-server on the PATH (apt-get install redis-server; .ci/run installs it)")
+        pytest.skip(reason="needs redis-server on the PATH (apt-get install redis-server; make test installs it)")
     if connection.vendor != "postgresql":
         pytest.skip(reason="needs PostgreSQL shared with the worker: set DATABASE_URL (make test provisions it)")
     port = _free_port()
