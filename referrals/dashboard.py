@@ -118,11 +118,16 @@ class LedgerLine:
 
 
 def account_entries(account: Account) -> QuerySet:
+    """The account's earning legs (accruals, claw-backs, voids: what changes what it earned,
+    `rollups.EARNING_KINDS`), the rows of the earnings page and CSV. Moves between its own books
+    (releases, payout reservations, fraud holds) are not earnings and are not listed: a held
+    earning says "released since" instead of a second, paired row. Their sum is the total earned
+    of `selectors.earnings_by_program`."""
     # Newest first by when it happened (the event's time), not when it was posted: a replayed or
     # late event would otherwise sort by its arrival. `LedgerLine` holds that time per account
     # leg, indexed, so this reads in index order instead of sorting a million joined rows.
     # The event's raw payload is never shown: not loading (and JSON-decoding) it per line.
-    return (Entry.objects.filter(line__account_id=account.pk)
+    return (Entry.objects.filter(line__account_id=account.pk, transaction__kind__in=rollups.EARNING_KINDS)
             .select_related("transaction", "transaction__event", "program").defer("transaction__event__payload")
             .order_by("-line__happened_at", "-line__entry_id"))
 
@@ -190,7 +195,7 @@ def parse_cursor(value: str) -> tuple[datetime, int]:
 def ledger_page(account: Account, *, before: str = "", after: str = "") -> tuple[LedgerWindow, list[LedgerLine]]:
     """A page of the account's ledger lines, newest first: the first page, the one just older than
     cursor `before`, or the one just newer than `after` (BadCursor when a cursor is not one)."""
-    keys = models.LedgerLine.objects.filter(account_id=account.pk)
+    keys = models.LedgerLine.objects.filter(account_id=account.pk, entry__transaction__kind__in=rollups.EARNING_KINDS)
     if before:
         at, entry_id = parse_cursor(before)
         # `<=` on the time bounds the index scan; the OR only settles ties at that instant.
@@ -434,7 +439,11 @@ def bar_chart(series: list[tuple[datetime, int]]) -> dict:
 
 
 def funnel(stats: dict) -> list[dict]:
-    """Unique clicks -> sign-ups -> conversions, each as a share of the widest step."""
+    """Unique clicks -> sign-ups -> conversions, each as a share of the widest step. Each step's
+    rate of the one before has one decimal, and the conversions step is the conversion rate of
+    the stats (the same figure as the card and the API), not a second rounding of it."""
+    from .selectors import conversion_percent
+
     steps = [("Unique clicks", stats["unique_clicks"]), ("Sign-ups", stats["total_referrals"]),
              ("Conversions", stats["conversions"])]
     widest = max((n for _, n in steps), default=0)
@@ -442,7 +451,11 @@ def funnel(stats: dict) -> list[dict]:
     previous = None
     for label, count in steps:
         percent = round(100 * count / widest) if widest else 0
-        step_rate = f"{100 * count / previous:.0f}% of the step before" if previous else ""
+        step_rate = ""
+        if label == "Conversions" and previous:
+            step_rate = f"{conversion_percent(stats['conversion_rate'])}% of the step before"
+        elif previous:
+            step_rate = f"{conversion_percent(Decimal(count) / Decimal(previous))}% of the step before"
         out.append({"label": label, "count": count, "percent": max(percent, 1 if count else 0), "rate": step_rate})
         previous = count
     return out

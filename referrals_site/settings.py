@@ -55,6 +55,8 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
             ],
+            # Money and dates are written one way on every page and in the admin.
+            "builtins": ["referrals.templatetags.figures"],
         },
     },
 ]
@@ -76,6 +78,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# One date style across the portal and the admin ("2 Dec 2026"), not en-us's "Dec. 2, 2026".
+FORMAT_MODULE_PATH = ["referrals.formats"]
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]

@@ -7,6 +7,7 @@ import csv
 import io
 import re
 from datetime import timedelta
+from decimal import ROUND_DOWN, Decimal
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -199,12 +200,25 @@ def test_it_paginates_referrals(alice_client, alice):
 # --------------------------------------------------------------------------- earnings
 
 
-def test_it_describes_every_ledger_entry_in_plain_words(alice_client, alice):
+def test_it_describes_every_earning_in_plain_words_without_ledger_terms(alice_client, alice, staff):
     page = alice_client.get("/dashboard/earnings/").content.decode()
     assert ("2% of $12.34 serverless spend by a referred account, held until the programme is approved"
             in page)
     assert "1% of $54.00 pods spend on your template Stable Diffusion WebUI, held until the template has 24 h" in page
-    assert Entry.objects.filter(account=alice).count() == page.count('data-label="Book"')
+    assert Entry.objects.filter(account=alice).count() == page.count('data-label="What happened"') == 3
+    assert 'data-label="Book"' not in page and "rule " not in page and " · event " not in page
+    # The exact figure opens on a tap (a details element), not a hover title a phone cannot show.
+    assert '<details class="exact"><summary>+$0.24</summary><span>exactly $0.2468</span></details>' in page
+    assert 'title="exactly' not in page
+    # Released since: the held row says so; no second, paired "released" row appears.
+    from referrals.services import application_approve
+
+    program = alice.accruals.filter(program__kind="revenue_share").first().program
+    application_approve(application=Application.objects.create(program=program, account=alice,
+                                                              opened_at=timezone.now()), actor=staff)
+    assert Entry.objects.filter(account=alice, transaction__kind="release").exists()
+    page = alice_client.get("/dashboard/earnings/").content.decode()
+    assert page.count('data-label="What happened"') == 3 and "(released since)" in page
 
 
 def test_it_describes_a_refund_claw_back(alice_client, alice):
@@ -219,12 +233,32 @@ def test_it_downloads_the_earnings_as_csv(alice_client, bob_client, alice):
     assert response["Content-Type"].startswith("text/csv")
     assert f"earnings-{alice.referral_code}.csv" in response["Content-Disposition"]
     rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
-    assert len(rows) == Entry.objects.filter(account=alice).count() == 3
-    spend_row = next(r for r in rows if "serverless" in r["description"])
-    assert spend_row["amount_usd"] == "0.24" and spend_row["amount_exact"] == "0.2468"
-    assert spend_row["book"] == Book.PENDING and spend_row["programme"] == "Lifetime revenue share"
+    *lines, total = rows
+    assert len(lines) == Entry.objects.filter(account=alice).count() == 3
+    spend_row = next(r for r in lines if "serverless" in r["description"])
+    assert spend_row["amount_exact"] == "0.2468" and spend_row["programme"] == "Lifetime revenue share"
+    assert set(spend_row) == {"date", "programme", "description", "amount_usd", "amount_exact"}
+    # The rows add up to the total row, to the cent, and the total is the overview's total earned.
+    assert total["description"] == "Total earned" and total["amount_exact"] == "1.8668"
+    assert sum(Decimal(r["amount_usd"]) for r in lines) == Decimal(total["amount_usd"]) == Decimal("1.86")
     bob_rows = b"".join(bob_client.get("/dashboard/earnings.csv").streaming_content).decode().splitlines()
-    assert len(bob_rows) == 1  # the header only
+    assert bob_rows[1:] == [",,Total earned,0.00,0.00"]
+
+
+def test_it_carries_the_sub_cents_so_csv_rows_add_up_to_the_total(alice_client, alice):
+    # Forty spends of $12.34 each earn $0.2468: rounded down one by one the rows would lose 0.68 cent each.
+    for i in range(40):
+        spend("dora", "12.34", product="serverless", when=timezone.now() - timedelta(minutes=i + 1), id=f"s{i}")
+    *lines, total = csv.DictReader(io.StringIO(b"".join(alice_client.get("/dashboard/earnings.csv")
+                                                        .streaming_content).decode()))
+    exact = sum(Decimal(r["amount_exact"]) for r in lines)
+    assert exact == Decimal(total["amount_exact"])
+    assert sum(Decimal(r["amount_usd"]) for r in lines) == Decimal(total["amount_usd"]) == exact.quantize(
+        Decimal("0.01"), rounding=ROUND_DOWN)
+    rounded_one_by_one = sum(Decimal(r["amount_exact"]).quantize(Decimal("0.01"), rounding=ROUND_DOWN) for r in lines)
+    assert rounded_one_by_one < Decimal(total["amount_usd"]) - Decimal("0.20")
+    page = _text(alice_client.get("/dashboard/earnings/"))
+    assert f'Total earned</dt><dd data-figure="earned"><details class="exact"><summary>${total["amount_usd"]}' in page
 
 
 # --------------------------------------------------------------------------- wallet
