@@ -14,7 +14,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from django.utils import timezone
 
-from ledger.models import Book, Entry
+from ledger.models import Entry
 from referrals.models import Account, Application, AuditLog, Referral, Template, TrackChange
 from referrals.services import account_change_track, application_reject
 from tests.helpers import buy_credits, buy_plan, event, push, signup, spend
