@@ -254,7 +254,7 @@ def test_it_requests_a_payout_with_errors_in_words(context, gina, width):
     page.get_by_label("Amount").fill("25.00")
     page.get_by_role("button", name="Request payout").click()
     page.wait_for_url("**/payouts/")
-    sync_api.expect(page.get_by_text("Your payout of 25.00 is requested")).to_be_visible()
+    sync_api.expect(page.get_by_text("Your payout of $25.00 is requested")).to_be_visible()
     history = page.get_by_role("table")
     sync_api.expect(history).to_contain_text("$25.00")
     sync_api.expect(history).to_contain_text("Stripe Connect")

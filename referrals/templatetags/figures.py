@@ -1,6 +1,7 @@
 """How every page and the admin write money and dates: `{{ units|money }}` gives "$1,234.56"
 (rounded towards zero, thousands separators, the currency sign), `{{ units|money_exact }}` the
-same with sub-cent digits kept, `{{ when|day }}` "2 Dec 2026". Loaded as a template builtin
+same with sub-cent digits kept, `{{ when|day }}` "2 Dec 2026"; `{% partner_track_offered %}` for
+the dashboard's tabs. Loaded as a template builtin
 (settings.TEMPLATES), so no template needs `{% load %}` and no page formats on its own."""
 from decimal import Decimal
 
@@ -59,3 +60,12 @@ def day(value):
     if hasattr(value, "hour") and is_aware(value):
         value = localtime(value)
     return date_format(value, DAY_FORMAT)
+
+
+@register.simple_tag
+def partner_track_offered() -> bool:
+    """Whether any enabled programme has a Partner track (the dashboard shows its tab only then)."""
+    from referrals.models import Program
+
+    return Program.objects.filter(enabled=True, kind=Program.Kind.PURCHASE_COMMISSION,
+                                  partner_rate__isnull=False).exists()
