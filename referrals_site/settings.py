@@ -2,6 +2,7 @@
 
 Production differs from development only by environment variables; see `.env.example`.
 """
+import os
 from pathlib import Path
 
 import environ
@@ -170,7 +171,11 @@ STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="https://api.stripe.com")
 # How old a signed webhook may be (seconds) before it is refused as a replay.
 STRIPE_WEBHOOK_TOLERANCE = env.int("STRIPE_WEBHOOK_TOLERANCE", default=300)
 # PayPal Payouts REST (OAuth2 client credentials) and Wise REST (API token).
-PAYPAL_API_BASE = env.str("PAYPAL_API_BASE", default="https://api-m.sandbox.paypal.com")
+# The demo (`make run`, DEBUG on, no PAYPAL_API_BASE given) pays through a fake PayPal served by the
+# dev server itself (payouts/demo_provider.py), so demo payouts complete and never reach a real host.
+PAYOUT_DEMO_FAKE_PAYPAL = env.bool("PAYOUT_DEMO_FAKE_PAYPAL", default=DEBUG and "PAYPAL_API_BASE" not in os.environ)
+PAYPAL_API_BASE = env.str("PAYPAL_API_BASE", default=f"{SITE_URL}/payouts/dev/fake-paypal" if PAYOUT_DEMO_FAKE_PAYPAL
+                          else "https://api-m.sandbox.paypal.com")
 PAYPAL_CLIENT_ID = env.str("PAYPAL_CLIENT_ID", default="dev-client-id")
 PAYPAL_CLIENT_SECRET = env.str("PAYPAL_CLIENT_SECRET", default="dev-client-secret")
 WISE_API_BASE = env.str("WISE_API_BASE", default="https://api.sandbox.transferwise.tech")
