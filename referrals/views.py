@@ -345,15 +345,14 @@ def partner_page(request):
 
 
 def _gate_display(program: Program, progress: dict, application) -> dict:
-    symbol = _symbol()
     rows = []
     if progress["referrals_needed"]:
         rows.append({"label": "Referred accounts", "value": progress["referrals"], "max": progress["referrals_needed"],
                      "text": f"{progress['referrals']}/{progress['referrals_needed']} referrals"})
     if progress["spend_needed"]:
-        spend, needed = format_cents(progress["spend"]), format_cents(progress["spend_needed"])
         rows.append({"label": "Spend of referred accounts", "value": max(progress["spend"], 0) // CENT,
-                     "max": progress["spend_needed"] // CENT, "text": f"{symbol}{spend}/{symbol}{needed}"})
+                     "max": progress["spend_needed"] // CENT,
+                     "text": f"{money_text(progress['spend'])} of {money_text(progress['spend_needed'])}"})
     return {"program": program, "rows": rows, "application": application}
 
 

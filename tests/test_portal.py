@@ -152,7 +152,7 @@ def test_it_shows_the_link_balances_stats_and_gate_progress(client, runpod, alic
     assert "$6.24" in page, "2% of $312.40 is $6.248 pending, shown rounded down"
     assert "6.248" in page, "earnings per programme keep their sub-cent digits"
     assert "18/25 referrals" in page
-    assert "$312.40/$500.00" in page
+    assert "$312.40 of $500.00" in page
     assert '<progress id="gate-' in page and 'max="25" value="18"' in page and 'max="50000" value="31240"' in page
     assert response.context["stats"]["total_referrals"] == 18
     assert response.context["stats"]["conversion_percent"] == "100.0"

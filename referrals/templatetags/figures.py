@@ -53,6 +53,16 @@ def money_signed(units):
 
 
 @register.filter
+def masked_email(email: str) -> str:
+    """Who a referral is, without giving the address away: "dora@example.com" -> "d•••@e•••.com"."""
+    local, _, domain = (email or "").partition("@")
+    if not domain:
+        return ""
+    name, dot, tld = domain.rpartition(".")
+    return f"{local[:1]}•••@{(name or tld)[:1]}•••{dot}{tld if name else ''}"
+
+
+@register.filter
 def day(value):
     """One date style everywhere: "2 Dec 2026" (in the portal's time zone)."""
     if not value:
