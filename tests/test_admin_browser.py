@@ -96,7 +96,7 @@ def test_finance_approves_an_application_and_two_people_pay_a_large_payout(brows
         page.get_by_label("Reason").fill("gate met, spend looks organic")
         page.get_by_role("button", name=re.compile(r"^Approve")).click()
         expect(page.locator(".messagelist")).to_contain_text("Approved 1 application")
-        expect(page.locator(".desk-gate")).to_contain_text(re.compile(r"released on approval\)\s*0\.00"))
+        expect(page.locator(".desk-gate")).to_contain_text(re.compile(r"released on approval\)\s*\$0\.00"))
         application.refresh_from_db()
         assert (application.status, application.decided_by, application.reason) == (
             "approved", desk["fiona"], "gate met, spend looks organic")

@@ -172,3 +172,13 @@ def test_the_fraud_and_payouts_desks_show_an_account_flag_for_a_shared_payout_de
     client.force_login(_staff("fiona", "finance"))
     payout_page = client.get(f"/admin/payouts/payout/{payout.pk}/change/").content.decode()
     assert f"#{flag.pk}" in payout_page and "account alice" in payout_page
+
+
+def test_support_staff_see_an_admin_index_without_infrastructure_sections(runpod, client):
+    sue = _staff("sue", "support")
+    client.force_login(sue)
+    index = client.get("/admin/").content.decode()
+    assert "Waiting for staff" in index and "Applications" in index
+    assert "Periodic tasks" not in index and "Crontabs" not in index
+    client.force_login(_staff("boss", superuser=True))
+    assert "Periodic tasks" in client.get("/admin/").content.decode()
