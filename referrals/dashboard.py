@@ -24,7 +24,7 @@ REFERRALS_PER_PAGE = 25
 ENTRIES_PER_PAGE = 50
 
 BOOK_WORDS = {
-    Book.PENDING: "pending (held)",
+    Book.PENDING: "held earnings",
     Book.CREDITS: "credits",
     Book.CASH: "cash earnings",
     Book.RESERVED: "reserved for a payout",
@@ -313,7 +313,7 @@ def describe(entry: Entry, accrual: Accrual | None, account: Account) -> str:
     if txn.kind == "release":
         reason = RELEASE_REASONS.get(txn.rule.rsplit(":", 1)[-1], txn.rule)
         if entry.amount < 0:
-            return f"Released from pending: {reason}"
+            return f"Released from held earnings: {reason}"
         return f"Released into your {book}: {reason}"
     if txn.kind == "reversal":
         return f"Clawed back from your {book}: the referred account's payment was refunded"

@@ -71,8 +71,19 @@ def signup(request):
             return response
     template = None
     if attribution and attribution.get("template"):
-        template = Template.objects.filter(external_id=attribution["template"]).first()
-    return render(request, "portal/signup.html", {"form": form, "referred": bool(attribution), "template": template})
+        template = Template.objects.filter(external_id=attribution["template"]).select_related("creator").first()
+    inviter = None
+    if attribution and attribution.get("code"):
+        inviter = Account.objects.filter(referral_code=attribution["code"], code_enabled=True).only("email").first()
+    return render(request, "portal/signup.html", {"form": form, "referred": bool(attribution), "template": template,
+                                                  "inviter": inviter, "welcome": _welcome_offers()})
+
+
+def _welcome_offers() -> list[str]:
+    """What an invited account gets, in words (the enabled sign-up credits)."""
+    return [f"{money_text(to_units(p.signup_credit))} of credit"
+            + (f", valid {p.credit_valid_days} days" if p.credit_valid_days else "")
+            for p in Program.objects.filter(enabled=True, kind=Program.Kind.SIGNUP_CREDIT) if p.signup_credit > 0]
 
 
 def _client_ip(request) -> str:
@@ -365,4 +376,5 @@ def _symbol() -> str:
 def template_page(request, external_id: str):
     template = get_object_or_404(Template, external_id=external_id)
     runtime_hours = template.runtime_seconds // 3600
-    return render(request, "portal/template_page.html", {"template": template, "runtime_hours": runtime_hours})
+    return render(request, "portal/template_page.html", {"template": template, "runtime_hours": runtime_hours,
+                                                         "welcome": _welcome_offers()})

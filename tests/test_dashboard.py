@@ -227,7 +227,7 @@ def test_it_describes_a_refund_claw_back(alice_client, alice):
     dora_spend = Entry.objects.filter(account=alice).first().transaction.event.external_id
     push(event("payment.refunded", "dora", amount="12.34", refunds=dora_spend))
     page = alice_client.get("/dashboard/earnings/").content.decode()
-    assert "Clawed back from your pending (held): the referred account&#x27;s payment was refunded" in page
+    assert "Clawed back from your held earnings: the referred account&#x27;s payment was refunded" in page
 
 
 def test_it_downloads_the_earnings_as_csv(alice_client, bob_client, alice):

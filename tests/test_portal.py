@@ -206,3 +206,16 @@ def test_it_seeds_earnings_for_every_enabled_programme(runpod, apimarket, vast):
     call_command("seed_demo")
     for program in Program.objects.filter(enabled=True):
         assert program.accruals.exists(), f"{program.key} earned nothing in the demo"
+
+
+def test_the_invite_and_template_pages_say_who_invited_you_and_what_you_get(client, apimarket):
+    from tests.helpers import event, push, signup
+
+    alice = signup("alice", email="alice@example.com")
+    push(event("template.published", "alice", template="comfy", name="ComfyUI"))
+    client.get(f"/?ref={alice.referral_code}")
+    page = client.get("/signup/").content.decode()
+    assert "a•••@e•••.com invited you through a referral link" in page
+    assert "you get $2.50 of credit, valid 30 days" in page
+    page = client.get("/t/comfy/").content.decode()
+    assert "Shared by a•••@e•••.com" in page and "New accounts get $2.50 of credit, valid 30 days" in page
