@@ -95,6 +95,36 @@ def _page_number(paginator: Paginator, page) -> int:
         return 1
 
 
+def milestone_progress(referrals: list[Referral]) -> dict[int, list[dict]]:
+    """Per referral, where its referred account stands against each enabled milestone programme:
+    net spend of the programme's product (applied charges, net of refunds, as the rule counts it),
+    the threshold, and whether the bonus was awarded. One query per milestone programme for the
+    whole list, whatever its length."""
+    programs = [p for p in Program.objects.filter(enabled=True, kind=Program.Kind.MILESTONE) if p.milestone_threshold]
+    out: dict[int, list[dict]] = {r.pk: [] for r in referrals}
+    if not programs or not referrals:
+        return out
+    referred = {r.referred_id: r.pk for r in referrals}
+    awarded = set(Accrual.objects.filter(referral__in=list(out), program__in=programs)
+                  .exclude(state=Accrual.State.VOID).values_list("referral_id", "program_id"))
+    for program in programs:
+        charges = models.Event.objects.filter(account_id__in=list(referred), type=ev.USAGE_CHARGED,
+                                              applied_at__isnull=False)
+        if program.product:
+            charges = charges.filter(product=program.product)
+        spend = dict(charges.values("account_id").annotate(net=net_sum("amount", "refunded"))
+                     .values_list("account_id", "net"))
+        threshold = to_units(program.milestone_threshold)
+        for account_id, referral_id in referred.items():
+            spent = max(int(spend.get(account_id) or 0), 0)
+            out[referral_id].append({
+                "program": program, "spend": spent, "threshold": threshold,
+                "reached": (referral_id, program.pk) in awarded or spent >= threshold,
+                "value": min(spent, threshold) // (UNITS // 100), "max": threshold // (UNITS // 100),
+            })
+    return out
+
+
 def referral_accruals(account: Account, referral: Referral) -> list[Accrual]:
     return list(Accrual.objects.filter(beneficiary=account, referral=referral)
                 .select_related("program", "event").order_by("-created_at", "-id"))

@@ -182,6 +182,9 @@ def referrals_page(request):
         error = f"{'before' if request.GET.get('before') else 'after'}: {exc}; showing the newest referrals."
         page = dashboard_reads.referral_page(account, query=query, status=status)
     params = urlencode({k: v for k, v in (("q", query), ("status", status)) if v})
+    milestones = dashboard_reads.milestone_progress(list(page.object_list))
+    for referral in page.object_list:
+        referral.milestone_rows = milestones.get(referral.pk, [])
     return render(request, "portal/referrals.html", {
         "account": account, "nav": "referrals", "currency": _symbol(), "form": form, "page": page, "error": error,
         "rows": [_referral_row(r) for r in page.object_list], "params": params,
@@ -204,6 +207,7 @@ def referral_detail(request, pk: int):
     if referral is None:
         raise Http404
     accruals = dashboard_reads.referral_accruals(account, referral)
+    referral.milestone_rows = dashboard_reads.milestone_progress([referral])[referral.pk]
     rows = [{"accrual": a, "amount": format_cents(a.net), "exact": format_exact(a.net)} for a in accruals]
     referral.earned = sum(a.net for a in accruals if a.state != a.State.VOID)
     return render(request, "portal/referral_detail.html", {

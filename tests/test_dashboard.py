@@ -382,3 +382,16 @@ def test_it_lets_an_account_created_by_an_event_set_its_password(client, db, mai
 def test_it_sends_no_reset_mail_for_an_unknown_address(client, db, mailoutbox):
     client.post("/password-reset/", {"email": "nobody@example.com"})
     assert mailoutbox == [] and not User.objects.exists()
+
+
+def test_it_shows_milestone_progress_per_referral(alice_client, alice):
+    spend("dora", "250.00", product="serverless")
+    page = _text(alice_client.get("/dashboard/referrals/"))
+    # dora's serverless spend: 12.34 + 250.00 of the $1,000.00 serverless milestone; erin spent on pods only.
+    assert "Serverless milestone: $262.34 of $1,000.00 serverless spend" in page
+    assert "Serverless milestone: $0.00 of $1,000.00 serverless spend" in page
+    dora = Referral.objects.get(referred__external_id="dora")
+    detail = _text(alice_client.get(f"/dashboard/referrals/{dora.pk}/"))
+    assert "Serverless milestone: $262.34 of $1,000.00 serverless spend" in detail
+    spend("dora", "800.00", product="serverless")
+    assert "Serverless milestone: reached" in _text(alice_client.get(f"/dashboard/referrals/{dora.pk}/"))
