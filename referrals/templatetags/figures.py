@@ -54,12 +54,14 @@ def money_signed(units):
 
 @register.filter
 def masked_email(email: str) -> str:
-    """Who a referral is, without giving the address away: "dora@example.com" -> "d•••@e•••.com"."""
+    """Who a referral is, without giving the address away: "dora@example.com" -> "d•••a@e•••.com"
+    (the first and last letter of the name tell referrals apart, the rest stays hidden)."""
     local, _, domain = (email or "").partition("@")
     if not domain:
         return ""
     name, dot, tld = domain.rpartition(".")
-    return f"{local[:1]}•••@{(name or tld)[:1]}•••{dot}{tld if name else ''}"
+    shown = f"{local[:1]}•••{local[-1:]}" if len(local) > 3 else f"{local[:1]}•••"
+    return f"{shown}@{(name or tld)[:1]}•••{dot}{tld if name else ''}"
 
 
 @register.filter
