@@ -1,11 +1,10 @@
 """Back-office admin: programme editing with history, balance adjustments, CSV export."""
-import csv
 import json
+from decimal import Decimal
 
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import JSONField, OuterRef, Subquery
-from django.http import StreamingHttpResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.text import slugify
@@ -13,6 +12,7 @@ from django.utils.text import slugify
 from ledger.admin import ReadOnlyAdmin
 from ledger.money import AmountError, format_exact, to_units
 from referrals import versions
+from referrals.exports import csv_response
 from referrals.models import Program, ProgramVersion
 from referrals.services import ActionRefused
 
@@ -20,34 +20,30 @@ from .models import Adjustment, ProgramChange
 from .services import adjustment_post, program_save
 
 
-class _Echo:
-    def write(self, value):
-        return value
-
-
 @admin.action(description="Export selected rows as CSV", permissions=["view"])  # reads only
 def export_csv(modeladmin, request, queryset):
-    """The changelist's columns for the selected rows, streamed (works on huge tables)."""
-    columns = [c for c in modeladmin.get_list_display(request) if c != "action_checkbox"]
+    """The changelist's columns for the selected rows (or the admin's `csv_columns`), streamed
+    through the one CSV writer (`referrals.exports`: formula cells neutralised, numbers kept)."""
+    columns = list(getattr(modeladmin, "csv_columns", None)
+                   or [c for c in modeladmin.get_list_display(request) if c != "action_checkbox"])
 
     def cell(obj, column):
-        if hasattr(modeladmin, column):
+        # `csv_<column>` gives a column's plain value for the CSV (an amount as a number, not "$1,234.56").
+        if hasattr(modeladmin, f"csv_{column}"):
+            value = getattr(modeladmin, f"csv_{column}")(obj)
+        elif hasattr(modeladmin, column):
             value = getattr(modeladmin, column)(obj)
         else:
             value = getattr(obj, column)
             value = value() if callable(value) else value
-        return "" if value is None else str(value)
+        return "" if value is None else value if isinstance(value, (int, Decimal)) else str(value)
 
     def rows():
-        writer = csv.writer(_Echo())
-        yield writer.writerow(columns)
+        yield columns
         for obj in queryset.iterator(chunk_size=2000):
-            yield writer.writerow([cell(obj, c) for c in columns])
+            yield [cell(obj, c) for c in columns]
 
-    response = StreamingHttpResponse(rows(), content_type="text/csv")
-    name = slugify(modeladmin.model._meta.verbose_name_plural)
-    response["Content-Disposition"] = f'attachment; filename="{name}.csv"'
-    return response
+    return csv_response(rows(), filename=f"{slugify(modeladmin.model._meta.verbose_name_plural)}.csv")
 
 
 admin.site.add_action(export_csv)

@@ -6,10 +6,16 @@ from django.apps import apps
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
-from ledger.models import Balance, Book
-from ledger.money import format_cents
 from referrals.models import Accrual, Application, FraudFlag, JobRun, Referral
-from referrals.selectors import account_balances, earnings_by_program, gate_progress, referral_stats
+from referrals.selectors import (
+    FIGURES,
+    account_balances,
+    earnings_by_program,
+    earnings_totals,
+    gate_progress,
+    referral_stats,
+)
+from referrals.templatetags.figures import money_text
 
 
 def staff_overview(*, now=None) -> dict:
@@ -25,7 +31,7 @@ def staff_overview(*, now=None) -> dict:
         "open_fraud_flags": FraudFlag.objects.filter(status=FraudFlag.Status.OPEN).count(),
         "failed_jobs": list(JobRun.objects.exclude(error="").filter(started_at__gte=now - timedelta(days=7))
                             .values("name", "at", "error")[:5]),
-        "earnings": [{"program": row["program__name"], "total": format_cents(row["total"]), "count": row["n"],
+        "earnings": [{"program": row["program__name"], "total": money_text(row["total"]), "count": row["n"],
                       "percent": round(100 * int(row["total"]) / top) if top else 0} for row in earnings],
         "payouts_due": None,
     }
@@ -36,7 +42,7 @@ def staff_overview(*, now=None) -> dict:
     due = (payout_model.objects.filter(status__in=["requested", "approved"])
            .aggregate(n=Count("id"), total=Sum("amount"),
                       second=Count("id", filter=Q(status="requested", first_approved_at__isnull=False))))
-    overview["payouts_due"] = {"count": due["n"], "total": format_cents(due["total"] or 0),
+    overview["payouts_due"] = {"count": due["n"], "total": money_text(due["total"] or 0),
                                "awaiting_second_approval": due["second"]}
     return overview
 
@@ -63,18 +69,18 @@ def account_summary(account, *, now=None) -> dict:
     now = now or timezone.now()
     balances = account_balances(account)
     stats = referral_stats(account)
+    earnings = earnings_by_program(account)
+    totals = earnings_totals(earnings)
     return {
         "account": account,
         "age_days": (now - account.signed_up_at).days,
-        "balances": {"Cash available for payouts": format_cents(balances.cash_available),
-                     "Cash blocked by own purchased credits": format_cents(balances.cash_blocked),
-                     "Reserved for payouts in progress": format_cents(
-                         Balance.objects.filter(account=account, book=Book.RESERVED).values_list("amount", flat=True)
-                         .first() or 0),
-                     "Platform credits": format_cents(balances.credits),
-                     "Held (pending) earnings": format_cents(balances.pending)},
-        "earnings": [{**row, **{k: format_cents(row[k]) for k in ("earned", "pending", "available", "paid")}}
-                     for row in earnings_by_program(account)],
+        "balances": {"Cash available for payouts": money_text(balances.cash_available),
+                     "Cash blocked by own purchased credits": money_text(balances.cash_blocked),
+                     "Reserved for payouts in progress": money_text(totals["reserved"]),
+                     "Platform credits": money_text(balances.credits),
+                     "Held (pending) earnings": money_text(balances.pending)},
+        "earnings": [{**row, **{k: money_text(row[k]) for k in FIGURES}} for row in earnings],
+        "earnings_total": {k: money_text(v) for k, v in totals.items()} if len(earnings) > 1 else None,
         "referrals": stats["total_referrals"],
         "conversions": stats["conversions"],
         "ineligible": Referral.objects.filter(referrer=account, status=Referral.Status.INELIGIBLE).count(),
@@ -89,10 +95,10 @@ def payout_review(payout) -> dict:
               .order_by()}
     return {
         **account_summary(payout.account),
-        "history": [{"pk": other.pk, "amount": format_cents(other.amount), "method": other.get_method_type_display(),
+        "history": [{"pk": other.pk, "amount": money_text(other.amount), "method": other.get_method_type_display(),
                      "status": other.get_status_display(), "requested_at": other.requested_at}
                     for other in others.order_by("-id")[:10]],
-        "history_totals": [{"status": status, "count": row["n"], "total": format_cents(row["total"] or 0)}
+        "history_totals": [{"status": status, "count": row["n"], "total": money_text(row["total"] or 0)}
                            for status, row in sorted(totals.items())],
     }
 
@@ -105,8 +111,8 @@ def application_review(application) -> dict:
     return {
         **account_summary(application.account),
         "gate": {"referrals": progress["referrals"], "referrals_needed": progress["referrals_needed"],
-                 "spend": format_cents(progress["spend"]), "spend_needed": format_cents(progress["spend_needed"]),
+                 "spend": money_text(progress["spend"]), "spend_needed": money_text(progress["spend_needed"]),
                  "referrals_at_open": application.referrals_at_open,
-                 "spend_at_open": format_cents(application.spend_at_open)},
-        "held_in_program": format_cents(int(held["total"] or 0) - int(held["reversed"] or 0)),
+                 "spend_at_open": money_text(application.spend_at_open)},
+        "held_in_program": money_text(int(held["total"] or 0) - int(held["reversed"] or 0)),
     }

@@ -10,6 +10,18 @@ class PortalAdminSite(admin.AdminSite):
     # The desks' lists are wide (figures beside each row); the app list stays one click away (Home).
     enable_nav_sidebar = False
 
+    # Infrastructure sections (schedules, integrations, logins, lock-outs, devices) crowd the index of
+    # staff who only read them: an app of these is listed only to those who may change something in it.
+    INFRASTRUCTURE_APPS = frozenset({"django_celery_beat", "integrations", "auth", "axes", "otp_totp", "otp_static",
+                                     "notifications"})
+
+    def get_app_list(self, request, app_label=None):
+        apps = super().get_app_list(request, app_label)
+        if app_label is not None:
+            return apps
+        return [app for app in apps if app["app_label"] not in self.INFRASTRUCTURE_APPS
+                or any(model["perms"].get("change") or model["perms"].get("add") for model in app["models"])]
+
     def index(self, request, extra_context=None):
         from .selectors import staff_overview
 

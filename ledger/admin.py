@@ -7,7 +7,7 @@ without reading the table, and raw id widgets instead of drop-downs of every acc
 """
 from django.contrib import admin
 from django.core.exceptions import ValidationError
-from django.db.models import Q
+from django.db.models import OuterRef, Q, Subquery, Sum
 
 from backoffice.paginator import EstimatedCountPaginator
 
@@ -107,13 +107,29 @@ class TransactionKindFilter(ValuesFilter):
 
 @admin.register(Transaction)
 class TransactionAdmin(ReadOnlyAdmin):
-    list_display = ("id", "kind", "rule", "event", "actor", "created_at")
+    list_display = ("id", "kind", "account", "amount", "rule", "event", "actor", "created_at")
     list_filter = (TransactionKindFilter, "created_at")
     search_fields = ("=id", "=rule", "=event__external_id")
     search_help_text = "Exact transaction id, rule (e.g. runpod-revenue-share:approved) or event id."
     list_select_related = ("event", "actor")
     raw_id_fields = ("event", "actor")
     inlines = [EntryInline]
+
+    def get_queryset(self, request):
+        # Correlated subqueries on the entries' transaction index: a few legs per row of the page,
+        # never a GROUP BY over the whole ledger. The amount is what moved (the positive legs).
+        legs = Entry.objects.filter(transaction=OuterRef("pk")).order_by()
+        moved = legs.filter(amount__gt=0).values("transaction").annotate(total=Sum("amount")).values("total")
+        holder = legs.filter(account__isnull=False).order_by("id").values("account__external_id")[:1]
+        return super().get_queryset(request).annotate(moved=Subquery(moved[:1]), holder=Subquery(holder))
+
+    @admin.display(description="Account")
+    def account(self, obj):
+        return obj.holder or ""
+
+    @admin.display(description="Amount")
+    def amount(self, obj):
+        return format_exact(obj.moved or 0)
 
 
 @admin.register(Entry)

@@ -65,10 +65,31 @@ def floor_to_cents(units: int) -> int:
 
 
 def format_cents(units: int) -> str:
-    """Display form: whole cents, rounded towards zero so a balance is never overstated."""
+    """Display form: whole cents, rounded towards zero so a balance is never overstated.
+    (Lists whose rows must add up to a total use `CentCarry` instead.)"""
     units = int(units)
     sign = "-" if units < 0 else ""
     return sign + str(to_decimal(floor_to_cents(abs(units))).quantize(Decimal("0.01")))
+
+
+class CentCarry:
+    """Rounds a list's amounts to the cent so that the rounded rows add up to the rounded total:
+    each row's sub-cent remainder is carried into the next instead of being lost (rows of
+    0.2468 + 0.2468 show 0.24 + 0.25, total 0.49). `take` returns whole-cent units."""
+
+    def __init__(self):
+        self.running = 0
+        self.shown = 0
+
+    def take(self, units: int) -> int:
+        self.running += int(units)
+        target = _cents_towards_zero(self.running)
+        cents, self.shown = target - self.shown, target
+        return cents
+
+
+def _cents_towards_zero(units: int) -> int:
+    return floor_to_cents(units) if units >= 0 else -floor_to_cents(-units)
 
 
 def format_exact(units: int) -> str:
@@ -77,6 +98,28 @@ def format_exact(units: int) -> str:
     if value == value.to_integral_value() or -value.as_tuple().exponent < 2:
         value = value.quantize(Decimal("0.01"))
     return f"{value:f}"
+
+
+def places_needed(units: int) -> int:
+    """How many decimals show `units` exactly, at least two (a cent): 18.144 -> 3."""
+    value = to_decimal(units).normalize()
+    return max(2, -value.as_tuple().exponent)
+
+
+def format_places(units: int, places: int) -> str:
+    """`units` with exactly `places` decimals; refuses to drop a non-zero digit."""
+    value = to_decimal(units)
+    shown = value.quantize(Decimal(1).scaleb(-places))
+    if shown != value:
+        raise ValueError(f"{units} units need more than {places} decimals")
+    return f"{shown:f}"
+
+
+def format_row(values: dict[str, int]) -> dict[str, str]:
+    """Several figures of one row at one precision: the most any of them needs (at least
+    cents), so a row never mixes "41.7632" with "41.76" (SPEC "Figures agree")."""
+    places = max((places_needed(v) for v in values.values()), default=2)
+    return {name: format_places(v, places) for name, v in values.items()}
 
 
 def percent_of(units: int, percent: Decimal) -> int:

@@ -16,6 +16,7 @@ from ledger.admin import ReadOnlyAdmin
 from ledger.money import format_cents
 from referrals.models import FraudFlag, Program
 from referrals.services import ActionRefused
+from referrals.templatetags.figures import money_text
 
 from . import services
 from .models import Payout, PayoutMethod, PayoutTransition, StripeWebhook
@@ -23,6 +24,8 @@ from .models import Payout, PayoutMethod, PayoutTransition, StripeWebhook
 
 class ReasonActionForm(ActionForm):
     reason = forms.CharField(required=False, label="Reason", widget=forms.TextInput(attrs={"size": 40}))
+    reference = forms.CharField(required=False, label="Reference (mark paid)", max_length=120,
+                                widget=forms.TextInput(attrs={"size": 24}))
 
 
 class TransitionInline(admin.TabularInline):
@@ -96,7 +99,9 @@ class PayoutAdmin(DecisionDeskMixin, ReadOnlyAdmin):
         payout = self.get_object(request, unquote(object_id)) if object_id else None
         needs_two = (payout is not None and payout.status == Payout.Status.REQUESTED
                      and services.needs_second_approval(payout.amount))
-        extra_context = {**(extra_context or {}), "needs_two_approvals": needs_two,
+        open_flags = (FraudFlag.objects.filter(flags_concerning(payout.account_id), status=FraudFlag.Status.OPEN)
+                      .count() if payout is not None else 0)
+        extra_context = {**(extra_context or {}), "needs_two_approvals": needs_two, "open_flags": open_flags,
                          "second_approval_above": format_cents(services.second_approval_above())}
         return super().changeform_view(request, object_id, form_url, extra_context)
 
@@ -109,8 +114,9 @@ class PayoutAdmin(DecisionDeskMixin, ReadOnlyAdmin):
     def get_queryset(self, request):
         flags = (FraudFlag.objects.filter(flags_concerning(OuterRef("account_id")), status=FraudFlag.Status.OPEN)
                  .order_by().annotate(n=Func(F("id"), function="COUNT", output_field=IntegerField())).values("n"))
+        # Paid before: the account's other payouts that were paid, never this one itself.
         paid = (Payout.objects.filter(account_id=OuterRef("account_id"), status=Payout.Status.PAID)
-                .order_by().values("account_id").annotate(total=Sum("amount")).values("total"))
+                .exclude(pk=OuterRef("pk")).order_by().values("account_id").annotate(total=Sum("amount")).values("total"))
         return super().get_queryset(request).annotate(
             open_flag_count=Coalesce(Subquery(flags[:1]), 0), paid_total=Coalesce(Subquery(paid[:1]), 0))
 
@@ -119,7 +125,13 @@ class PayoutAdmin(DecisionDeskMixin, ReadOnlyAdmin):
 
     @admin.display(description="Amount", ordering="amount")
     def amount_display(self, obj):
+        return money_text(obj.amount)
+
+    def csv_amount_display(self, obj):
         return format_cents(obj.amount)
+
+    def csv_paid_before(self, obj):
+        return format_cents(obj.paid_total)
 
     @admin.display(description="Status", ordering="status")
     def state(self, obj):
@@ -134,7 +146,7 @@ class PayoutAdmin(DecisionDeskMixin, ReadOnlyAdmin):
     @admin.display(description="Taken from")
     def taken_from(self, obj):
         names = dict(Program.objects.filter(pk__in=[pid for pid, _ in obj.allocation]).values_list("pk", "name"))
-        return "; ".join(f"{names.get(pid, pid)}: {format_cents(units)}" for pid, units in obj.allocation)
+        return "; ".join(f"{names.get(pid, pid)}: {money_text(units)}" for pid, units in obj.allocation)
 
     @admin.display(description="Account age")
     def account_age(self, obj):
@@ -145,9 +157,9 @@ class PayoutAdmin(DecisionDeskMixin, ReadOnlyAdmin):
     def open_flags(self, obj):
         return obj.open_flag_count
 
-    @admin.display(description="Paid before", ordering="paid_total")
+    @admin.display(description="Paid before (other payouts)", ordering="paid_total")
     def paid_before(self, obj):
-        return format_cents(obj.paid_total)
+        return money_text(obj.paid_total)
 
     @admin.display(description="Account review")
     def review(self, obj):
@@ -157,6 +169,10 @@ class PayoutAdmin(DecisionDeskMixin, ReadOnlyAdmin):
         reason = request.POST.get("reason", "").strip()
         done, waiting = 0, 0
         for payout in queryset:
+            if verb == "Approved" and payout.open_flag_count:
+                self.message_user(request, f"Warning: the account of {payout} ({payout.account.external_id}) has "
+                                           f"{payout.open_flag_count} open fraud flag(s) on it or its referrals; "
+                                           "review them in the fraud desk.", messages.WARNING)
             try:
                 payout = decide(payout, request.user, reason)
             except (ActionRefused, services.PayoutInvalid) as exc:
@@ -191,10 +207,15 @@ class PayoutAdmin(DecisionDeskMixin, ReadOnlyAdmin):
     @admin.action(description="Mark selected payouts paid externally (reason required, e.g. the bank reference)",
                   permissions=["decide"])
     def mark_paid(self, request, queryset):
+        # The bank or provider reference becomes the payout's provider reference, so a search for
+        # it finds the payout; without a separate reference the reason (which usually holds it) does.
+        reference = request.POST.get("reference", "").strip()
+
         def mark(payout, user, reason):
             if not reason:
                 raise services.PayoutInvalid({"reason": "is required to mark a payout paid by hand"})
-            return services.payout_mark_paid(payout=payout, actor=user, reason=reason, source=services.STAFF)
+            return services.payout_mark_paid(payout=payout, actor=user, reason=reason, source=services.STAFF,
+                                             reference=(reference or reason)[:120])
 
         self._decide(request, queryset, mark, "Marked paid")
 

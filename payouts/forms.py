@@ -14,7 +14,7 @@ class WiseForm(forms.Form):
 
 
 class PayoutRequestForm(forms.Form):
-    amount = forms.CharField(label="Amount", max_length=20, help_text="In dollars and cents, e.g. 25.00")
+    amount = forms.CharField(label="Amount", max_length=20, help_text="In dollars and cents, e.g. 25.00.")
     method = forms.ChoiceField(label="Pay to", choices=MethodType.choices)
 
     def __init__(self, *args, methods=(), **kwargs):

@@ -594,6 +594,9 @@ def payout_mark_paid(*, payout: Payout, reference: str = "", actor=None, source:
     payout.last_error = ""
     _transition(payout, S.PAID, actor=actor, source=source, reason=reason, data={"reference": reference})
     payout.save(update_fields=["status", "finished_at", "provider_reference", "last_error"])
+    if source == STAFF:
+        _audit_payout(actor=actor if getattr(actor, "pk", None) else None, action="payout.mark_paid", payout=payout,
+                      reason=reason, data={"reference": payout.provider_reference})
     outbox.publish(PAYOUT_PAID, account_id=payout.account_id, data=_message(payout))
     return payout
 

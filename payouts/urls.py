@@ -1,4 +1,5 @@
 """Portal routes of the payouts page and the provider webhooks, mounted under /payouts/."""
+from django.conf import settings
 from django.urls import path
 
 from . import views
@@ -15,3 +16,12 @@ urlpatterns = [
     path("<int:payout_id>/cancel/", views.cancel_payout, name="cancel"),
     path("webhooks/stripe", views.stripe_webhook, name="stripe-webhook"),
 ]
+
+if settings.DEBUG and settings.PAYOUT_DEMO_FAKE_PAYPAL:  # `make run`'s demo only (see demo_provider.py)
+    from . import demo_provider
+
+    urlpatterns += [
+        path("dev/fake-paypal/v1/oauth2/token", demo_provider.token),
+        path("dev/fake-paypal/v1/payments/payouts", demo_provider.create_batch),
+        path("dev/fake-paypal/v1/payments/payouts/<str:batch_id>", demo_provider.read_batch),
+    ]

@@ -9,11 +9,13 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from ledger.money import format_cents
+from referrals import dashboard as dashboard_reads
 from referrals.models import Account
+from referrals.templatetags.figures import money_text
 
 from . import selectors, services, webhooks
 from .forms import PayoutRequestForm, PayPalForm, WiseForm
@@ -32,18 +34,33 @@ def _account(request) -> Account:
 
 def _render(request, account, *, request_form=None, paypal_form=None, wise_form=None, status=200):
     methods = list(selectors.methods_of(account))
+    ready = [m for m in methods if m.ready]
     balances = selectors.account_balances(account)
     history = list(selectors.payouts_of(account)[:50])
+    wallet = dashboard_reads.wallet(account, now=timezone.now())
+    short_of_minimum = max(wallet.min_payout - balances.cash_available, 0) if wallet.min_payout else 0
+    # Why no payout can be requested now, in words (the form is shown only when one can).
+    cannot = []
+    if not ready:
+        cannot.append("You have no payout method set up yet: add PayPal or Wise, or connect Stripe, above.")
+    if not balances.cash_available:
+        cannot.append("You have no cash to withdraw yet." + (
+            f" {money_text(balances.pending)} is still held (see the wallet for why)." if balances.pending else "")
+            + ("" if wallet.pays_cash else " Your programmes pay in platform credits, which cannot be withdrawn."))
+    elif short_of_minimum:
+        cannot.append(f"The minimum payout is {money_text(wallet.min_payout)}: you have "
+                      f"{money_text(balances.cash_available)}, {money_text(short_of_minimum)} to go.")
     return render(request, "payouts/page.html", {
         "account": account,
-        "cash_available": format_cents(balances.cash_available),
-        "cash_blocked": format_cents(balances.cash_blocked) if balances.cash_blocked else "",
+        "balances": balances,
         "methods": methods,
         "has_stripe": any(m.type == MethodType.STRIPE for m in methods),
-        "request_form": request_form or PayoutRequestForm(methods=methods),
+        "cannot_request": cannot if request_form is None else [],
+        "request_form": request_form or PayoutRequestForm(methods=ready),
         "paypal_form": paypal_form or PayPalForm(),
         "wise_form": wise_form or WiseForm(),
-        "history": [{"payout": p, "amount": format_cents(p.amount)} for p in history],
+        "history": history,
+        "pays_cash": wallet.pays_cash, "min_payout": wallet.min_payout, "short_of_minimum": short_of_minimum,
     }, status=status)
 
 
@@ -125,7 +142,7 @@ def stripe_return(request):
 @require_POST
 def request_payout(request):
     account = _account(request)
-    form = PayoutRequestForm(request.POST, methods=list(selectors.methods_of(account)))
+    form = PayoutRequestForm(request.POST, methods=[m for m in selectors.methods_of(account) if m.ready])
     # The method list only offers what is set up; an unknown choice still reaches the service,
     # which says why in words.
     amount, method = request.POST.get("amount", ""), request.POST.get("method", "")
@@ -136,10 +153,11 @@ def request_payout(request):
         form.is_valid()
         form.errors.clear()
         for field, text in exc.fields.items():
-            label = form.fields[field].label if field in form.fields else field
-            form.add_error(field if field in form.fields else None, f"{label} {text}.")
+            # "Amount is more than …" reads as a sentence; the method's errors are sentences of their own.
+            words = f"Amount {text}." if field == "amount" else f"{text[:1].upper()}{text[1:]}."
+            form.add_error(field if field in form.fields else None, words)
         return _render(request, account, request_form=form, status=400)
-    messages.success(request, f"Your payout of {format_cents(payout.amount)} is requested "
+    messages.success(request, f"Your payout of {money_text(payout.amount)} is requested "
                               f"({payout.get_status_display().lower()}).")
     return redirect("payouts:index")
 

@@ -24,7 +24,7 @@ REFERRALS_PER_PAGE = 25
 ENTRIES_PER_PAGE = 50
 
 BOOK_WORDS = {
-    Book.PENDING: "pending (held)",
+    Book.PENDING: "held earnings",
     Book.CREDITS: "credits",
     Book.CASH: "cash earnings",
     Book.RESERVED: "reserved for a payout",
@@ -95,6 +95,36 @@ def _page_number(paginator: Paginator, page) -> int:
         return 1
 
 
+def milestone_progress(referrals: list[Referral]) -> dict[int, list[dict]]:
+    """Per referral, where its referred account stands against each enabled milestone programme:
+    net spend of the programme's product (applied charges, net of refunds, as the rule counts it),
+    the threshold, and whether the bonus was awarded. One query per milestone programme for the
+    whole list, whatever its length."""
+    programs = [p for p in Program.objects.filter(enabled=True, kind=Program.Kind.MILESTONE) if p.milestone_threshold]
+    out: dict[int, list[dict]] = {r.pk: [] for r in referrals}
+    if not programs or not referrals:
+        return out
+    referred = {r.referred_id: r.pk for r in referrals}
+    awarded = set(Accrual.objects.filter(referral__in=list(out), program__in=programs)
+                  .exclude(state=Accrual.State.VOID).values_list("referral_id", "program_id"))
+    for program in programs:
+        charges = models.Event.objects.filter(account_id__in=list(referred), type=ev.USAGE_CHARGED,
+                                              applied_at__isnull=False)
+        if program.product:
+            charges = charges.filter(product=program.product)
+        spend = dict(charges.values("account_id").annotate(net=net_sum("amount", "refunded"))
+                     .values_list("account_id", "net"))
+        threshold = to_units(program.milestone_threshold)
+        for account_id, referral_id in referred.items():
+            spent = max(int(spend.get(account_id) or 0), 0)
+            out[referral_id].append({
+                "program": program, "spend": spent, "threshold": threshold,
+                "reached": (referral_id, program.pk) in awarded or spent >= threshold,
+                "value": min(spent, threshold) // (UNITS // 100), "max": threshold // (UNITS // 100),
+            })
+    return out
+
+
 def referral_accruals(account: Account, referral: Referral) -> list[Accrual]:
     return list(Accrual.objects.filter(beneficiary=account, referral=referral)
                 .select_related("program", "event").order_by("-created_at", "-id"))
@@ -118,11 +148,16 @@ class LedgerLine:
 
 
 def account_entries(account: Account) -> QuerySet:
+    """The account's earning legs (accruals, claw-backs, voids: what changes what it earned,
+    `rollups.EARNING_KINDS`), the rows of the earnings page and CSV. Moves between its own books
+    (releases, payout reservations, fraud holds) are not earnings and are not listed: a held
+    earning says "released since" instead of a second, paired row. Their sum is the total earned
+    of `selectors.earnings_by_program`."""
     # Newest first by when it happened (the event's time), not when it was posted: a replayed or
     # late event would otherwise sort by its arrival. `LedgerLine` holds that time per account
     # leg, indexed, so this reads in index order instead of sorting a million joined rows.
     # The event's raw payload is never shown: not loading (and JSON-decoding) it per line.
-    return (Entry.objects.filter(line__account_id=account.pk)
+    return (Entry.objects.filter(line__account_id=account.pk, transaction__kind__in=rollups.EARNING_KINDS)
             .select_related("transaction", "transaction__event", "program").defer("transaction__event__payload")
             .order_by("-line__happened_at", "-line__entry_id"))
 
@@ -190,7 +225,7 @@ def parse_cursor(value: str) -> tuple[datetime, int]:
 def ledger_page(account: Account, *, before: str = "", after: str = "") -> tuple[LedgerWindow, list[LedgerLine]]:
     """A page of the account's ledger lines, newest first: the first page, the one just older than
     cursor `before`, or the one just newer than `after` (BadCursor when a cursor is not one)."""
-    keys = models.LedgerLine.objects.filter(account_id=account.pk)
+    keys = models.LedgerLine.objects.filter(account_id=account.pk, entry__transaction__kind__in=rollups.EARNING_KINDS)
     if before:
         at, entry_id = parse_cursor(before)
         # `<=` on the time bounds the index scan; the OR only settles ties at that instant.
@@ -308,7 +343,7 @@ def describe(entry: Entry, accrual: Accrual | None, account: Account) -> str:
     if txn.kind == "release":
         reason = RELEASE_REASONS.get(txn.rule.rsplit(":", 1)[-1], txn.rule)
         if entry.amount < 0:
-            return f"Released from pending: {reason}"
+            return f"Released from held earnings: {reason}"
         return f"Released into your {book}: {reason}"
     if txn.kind == "reversal":
         return f"Clawed back from your {book}: the referred account's payment was refunded"
@@ -434,7 +469,11 @@ def bar_chart(series: list[tuple[datetime, int]]) -> dict:
 
 
 def funnel(stats: dict) -> list[dict]:
-    """Unique clicks -> sign-ups -> conversions, each as a share of the widest step."""
+    """Unique clicks -> sign-ups -> conversions, each as a share of the widest step. Each step's
+    rate of the one before has one decimal, and the conversions step is the conversion rate of
+    the stats (the same figure as the card and the API), not a second rounding of it."""
+    from .selectors import conversion_percent
+
     steps = [("Unique clicks", stats["unique_clicks"]), ("Sign-ups", stats["total_referrals"]),
              ("Conversions", stats["conversions"])]
     widest = max((n for _, n in steps), default=0)
@@ -442,7 +481,11 @@ def funnel(stats: dict) -> list[dict]:
     previous = None
     for label, count in steps:
         percent = round(100 * count / widest) if widest else 0
-        step_rate = f"{100 * count / previous:.0f}% of the step before" if previous else ""
+        step_rate = ""
+        if label == "Conversions" and previous:
+            step_rate = f"{conversion_percent(stats['conversion_rate'])}% of the step before"
+        elif previous:
+            step_rate = f"{conversion_percent(Decimal(count) / Decimal(previous))}% of the step before"
         out.append({"label": label, "count": count, "percent": max(percent, 1 if count else 0), "rate": step_rate})
         previous = count
     return out

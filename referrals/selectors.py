@@ -1,8 +1,9 @@
 """Reads: balances, stats and earnings as the API and the dashboard show them."""
+from collections import defaultdict
 from dataclasses import dataclass
 from decimal import Decimal
 
-from django.db.models import Sum
+from django.db.models import Q, Sum
 
 from ledger.models import Balance, Book, Entry
 from ledger.money import floor_to_cents
@@ -64,20 +65,45 @@ def referral_stats(account: Account, *, earned: rollups.Earnings | None = None,
 
 
 def earnings_by_program(account: Account, *, earned: rollups.Earnings | None = None) -> list[dict]:
-    """Per programme the account earned under: earned, pending, available and paid out."""
+    """Per programme the account earned under, in ledger units (SPEC "Figures agree"):
+    `earned` (net of claw-backs), `pending` (held), `paid` (payouts settled, less reversed),
+    `reserved` (payout requests in progress) and `available = earned - pending - paid - reserved`.
+
+    Every page, CSV, API field and admin panel takes these figures from here; a payout lowers
+    `available` in the programme whose cash it took (its allocation)."""
     earned = earned or rollups.earnings(account.pk)
-    programs = {p.pk: p for p in Program.objects.filter(pk__in=earned.by_program)}
-    # Paid out: the platform:payouts legs of this account's payout events (settled minus reversed).
-    paid = dict(
-        Entry.objects.filter(book=Book.PAYOUTS, transaction__event__account=account).values_list("program_id")
-        .annotate(total=Sum("amount")).values_list("program_id", "total")
-    )
+    moved = defaultdict(int)
+    # One query: the account's reserved book, and the platform:payouts legs of its payout events
+    # (settled minus reversed), per programme.
+    for book, program_id, total in (
+        Entry.objects.filter(Q(account=account, book=Book.RESERVED)
+                             | Q(account__isnull=True, book=Book.PAYOUTS, transaction__event__account=account))
+        .values_list("book", "program_id").annotate(total=Sum("amount")).values_list("book", "program_id", "total")
+    ):
+        moved[(book, program_id)] += int(total or 0)
+    program_ids = set(earned.by_program) | {program_id for _, program_id in moved if program_id is not None}
+    programs = {p.pk: p for p in Program.objects.filter(pk__in=program_ids)}
     out = []
-    for program_id, sums in sorted(earned.by_program.items(), key=lambda item: programs[item[0]].key):
-        program = programs[program_id]
+    for program_id in sorted(programs, key=lambda pk: programs[pk].key):
+        program, sums = programs[program_id], earned.by_program.get(program_id, rollups.ProgramEarnings())
+        paid, reserved = moved[(Book.PAYOUTS, program_id)], moved[(Book.RESERVED, program_id)]
         out.append({"program": program.key, "name": program.name, "earned": sums.earned, "pending": sums.pending,
-                    "available": sums.earned - sums.pending, "paid": int(paid.get(program_id) or 0)})
+                    "paid": paid, "reserved": reserved,
+                    "available": sums.earned - sums.pending - paid - reserved})
     return out
+
+
+FIGURES = ("earned", "pending", "paid", "reserved", "available")
+
+
+def earnings_totals(rows: list[dict]) -> dict:
+    """The sum of each figure over the rows of `earnings_by_program` (the total row beside them)."""
+    return {name: sum(row[name] for row in rows) for name in FIGURES}
+
+
+def conversion_percent(rate: Decimal) -> str:
+    """The conversion rate as every page shows it: a percent with one decimal ("86.7")."""
+    return f"{(rate * 100).quantize(Decimal('0.1'))}"
 
 
 def gate_progress(account: Account, program: Program, *,

@@ -1,7 +1,6 @@
 """Portal pages: landing, sign-up (through the event service), the dashboard pages (overview, referrals,
 earnings, wallet, templates, partner track) and template pages. Reads come from `selectors` and
 `dashboard`; the one write (the Partner upgrade) goes through `services.account_change_track`."""
-import csv
 import logging
 from datetime import timedelta
 from functools import lru_cache
@@ -13,22 +12,31 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model, login
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, StreamingHttpResponse
+from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 
 from ledger.models import Balance, Book
-from ledger.money import CENT, format_cents, format_exact, to_units
+from ledger.money import CENT, CentCarry, format_cents, format_exact, to_units
 from referrals_site.client_ip import client_ip
 
 from . import dashboard as dashboard_reads
 from . import rollups
+from .exports import csv_response
 from .forms import PartnerUpgradeForm, ReferralFilterForm, SignupForm
 from .middleware import existing_visitor_id, read_referral_cookie
 from .models import Account, Program, Referral, Template, Track
-from .selectors import account_balances, earnings_by_program, gate_progress, referral_stats
+from .selectors import (
+    account_balances,
+    conversion_percent,
+    earnings_by_program,
+    earnings_totals,
+    gate_progress,
+    referral_stats,
+)
 from .services import SignupFailed, account_change_track, portal_sign_up
+from .templatetags.figures import money_text
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +71,19 @@ def signup(request):
             return response
     template = None
     if attribution and attribution.get("template"):
-        template = Template.objects.filter(external_id=attribution["template"]).first()
-    return render(request, "portal/signup.html", {"form": form, "referred": bool(attribution), "template": template})
+        template = Template.objects.filter(external_id=attribution["template"]).select_related("creator").first()
+    inviter = None
+    if attribution and attribution.get("code"):
+        inviter = Account.objects.filter(referral_code=attribution["code"], code_enabled=True).only("email").first()
+    return render(request, "portal/signup.html", {"form": form, "referred": bool(attribution), "template": template,
+                                                  "inviter": inviter, "welcome": _welcome_offers()})
+
+
+def _welcome_offers() -> list[str]:
+    """What an invited account gets, in words (the enabled sign-up credits)."""
+    return [f"{money_text(to_units(p.signup_credit))} of credit"
+            + (f", valid {p.credit_valid_days} days" if p.credit_valid_days else "")
+            for p in Program.objects.filter(enabled=True, kind=Program.Kind.SIGNUP_CREDIT) if p.signup_credit > 0]
 
 
 def _client_ip(request) -> str:
@@ -92,12 +111,7 @@ def dashboard(request):
     earned = rollups.earnings(account.pk)
     by_status = rollups.referral_totals(account.pk)
     stats = referral_stats(account, earned=earned, by_status=by_status)
-    earnings = [
-        # Displays round to the cent (SPEC "Money"); the exact figure stays in the tooltip.
-        {**row, "earned": format_cents(row["earned"]), "earned_exact": format_exact(row["earned"]),
-         "pending": format_cents(row["pending"]), "available": format_cents(row["available"])}
-        for row in earnings_by_program(account, earned=earned)
-    ]
+    earnings = earnings_by_program(account, earned=earned)
     gates = [
         _gate_display(program, gate_progress(account, program, by_status=by_status), applications.get(program.pk))
         for program in programs if program.requires_approval
@@ -113,15 +127,14 @@ def dashboard(request):
         "joined_via": joined_via,
         "nav": "overview",
         "currency": _symbol(),
-        "balances": {"credits": format_cents(balances.credits), "cash_available": format_cents(balances.cash_available),
-                     "pending": format_cents(balances.pending)},
-        "stats": {**stats, "total_earnings": format_cents(stats["total_earnings"]),
-                  "conversion_percent": f"{stats['conversion_rate'] * 100:.1f}"},
+        "balances": balances,
+        "stats": {**stats, "conversion_percent": conversion_percent(stats["conversion_rate"])},
         "earnings": earnings,
+        "earnings_totals": earnings_totals(earnings),
         "gates": gates,
         "template_gates": template_gates,
         "blocks_cashout": blocks_cashout,
-        "purchased_credits": format_cents(account.purchased_credits),
+        "purchased_credits": money_text(account.purchased_credits),
         "qr_data_uri": _qr_data_uri(link),
         "chart": dashboard_reads.bar_chart(series),
         "funnel": dashboard_reads.funnel(stats),
@@ -167,6 +180,9 @@ def referrals_page(request):
         error = f"{'before' if request.GET.get('before') else 'after'}: {exc}; showing the newest referrals."
         page = dashboard_reads.referral_page(account, query=query, status=status)
     params = urlencode({k: v for k, v in (("q", query), ("status", status)) if v})
+    milestones = dashboard_reads.milestone_progress(list(page.object_list))
+    for referral in page.object_list:
+        referral.milestone_rows = milestones.get(referral.pk, [])
     return render(request, "portal/referrals.html", {
         "account": account, "nav": "referrals", "currency": _symbol(), "form": form, "page": page, "error": error,
         "rows": [_referral_row(r) for r in page.object_list], "params": params,
@@ -189,6 +205,7 @@ def referral_detail(request, pk: int):
     if referral is None:
         raise Http404
     accruals = dashboard_reads.referral_accruals(account, referral)
+    referral.milestone_rows = dashboard_reads.milestone_progress([referral])[referral.pk]
     rows = [{"accrual": a, "amount": format_cents(a.net), "exact": format_exact(a.net)} for a in accruals]
     referral.earned = sum(a.net for a in accruals if a.state != a.State.VOID)
     return render(request, "portal/referral_detail.html", {
@@ -211,48 +228,44 @@ def earnings_page(request):
         field = "before" if request.GET.get("before") else "after"
         error = f"{field}: {exc}; showing the newest entries."
         window, lines = dashboard_reads.ledger_page(account)
+    programs = earnings_by_program(account)
     return render(request, "portal/earnings.html", {
-        "account": account, "nav": "earnings", "currency": _symbol(), "window": window, "error": error,
+        "account": account, "nav": "earnings", "window": window, "error": error,
         "lines": [_line_display(line) for line in lines],
+        "programs": programs, "totals": earnings_totals(programs),
     })
 
 
 def _line_display(line) -> dict:
-    sign = "+" if line.amount > 0 else "−"
-    return {"line": line, "amount": f"{sign}{_symbol()}{format_cents(abs(line.amount))}",
-            "exact": f"{'' if line.amount > 0 else '-'}{format_exact(abs(line.amount))}"}
-
-
-class _Echo:
-    def write(self, value):
-        return value
+    return {"line": line, "exact_differs": format_exact(line.amount) != format_cents(line.amount)}
 
 
 @login_required
 @require_GET
 def earnings_csv(request):
+    """Every earning, newest first, and a total row. The cents column carries each row's
+    sub-cent remainder into the next (`CentCarry`), so the rows add up to the total to the
+    cent, and the total is the overview's total earned."""
     account = _account(request)
     if account is None:
         raise Http404
-    writer = csv.writer(_Echo())
-    currency = settings.REFERRAL["CURRENCY"]
+    currency = settings.REFERRAL["CURRENCY"].lower()
 
-    def rows():
-        yield writer.writerow(["date", "event", "programme", "kind", "rule", "book", f"amount_{currency.lower()}",
-                               "amount_exact", "description"])
-        # Lines are described in batches: a handful of queries per 2,000 entries, never one per entry.
+    def lines():
+        # Described in batches: a handful of queries per 2,000 entries, never one per entry.
         entries = dashboard_reads.account_entries(account).iterator(chunk_size=2000)
         while batch := list(islice(entries, 2000)):
-            for line in dashboard_reads.ledger_lines(account, batch):
-                sign = "-" if line.amount < 0 else ""
-                yield writer.writerow([
-                    line.at.isoformat(), line.event, line.program, line.kind, line.rule, line.book,
-                    sign + format_cents(abs(line.amount)), sign + format_exact(abs(line.amount)), line.description,
-                ])
+            yield from dashboard_reads.ledger_lines(account, batch)
 
-    response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="earnings-{account.referral_code}.csv"'
-    return response
+    def rows():
+        yield ["date", "programme", "description", f"amount_{currency}", "amount_exact"]
+        carry = CentCarry()
+        for line in lines():
+            yield [line.at.date().isoformat(), line.program, line.description, format_cents(carry.take(line.amount)),
+                   format_exact(line.amount)]
+        yield ["", "", "Total earned", format_cents(carry.running), format_exact(carry.running)]
+
+    return csv_response(rows(), filename=f"earnings-{account.referral_code}.csv")
 
 
 @login_required
@@ -265,26 +278,23 @@ def wallet_page(request):
     balances = account_balances(account)
     wallet = dashboard_reads.wallet(account, now=now)
     soon = now + timedelta(days=3)
-    grants = [{"grant": g, "remaining": format_cents(g.remaining), "amount": format_cents(g.amount),
-               "soon": g.expires_at <= soon} for g in wallet.grants]
+    grants = [{"grant": g, "soon": g.expires_at <= soon} for g in wallet.grants]
     short_of_minimum = max(wallet.min_payout - balances.cash_available, 0) if wallet.min_payout else 0
+    programs = earnings_by_program(account)
     return render(request, "portal/wallet.html", {
-        "account": account, "nav": "wallet", "currency": _symbol(),
-        "balances": {"credits": format_cents(balances.credits), "cash_available": format_cents(balances.cash_available),
-                     "pending": format_cents(balances.pending), "cash_blocked": format_cents(balances.cash_blocked),
-                     "reserved": format_cents(_reserved(account)),
-                     "cash_available_exact": format_exact(balances.cash_book)},
+        "account": account, "nav": "wallet",
+        "balances": balances, "reserved": _reserved(account),
+        "totals": earnings_totals(programs),
         "grants": grants,
-        "held": [{"reason": reason, "amount": format_cents(amount), "exact": format_exact(amount)}
-                 for reason, amount in wallet.held.items()],
+        "held": wallet.held,
         "cashout_programs": [{"program": p, "cash_percent": f"{p.cashout_percent.normalize():f}",
                               "credit_percent": f"{(100 - p.cashout_percent).normalize():f}"}
                              for p in wallet.cashout_programs],
         "blocked_by_own_credits": wallet.blocked_by_own_credits,
-        "purchased_credits": format_cents(account.purchased_credits),
+        "purchased_credits": account.purchased_credits,
         "pays_cash": wallet.pays_cash,
-        "min_payout": format_cents(wallet.min_payout) if wallet.min_payout else "",
-        "short_of_minimum": format_cents(short_of_minimum) if short_of_minimum else "",
+        "min_payout": wallet.min_payout,
+        "short_of_minimum": short_of_minimum,
     })
 
 
@@ -348,15 +358,14 @@ def partner_page(request):
 
 
 def _gate_display(program: Program, progress: dict, application) -> dict:
-    symbol = _symbol()
     rows = []
     if progress["referrals_needed"]:
         rows.append({"label": "Referred accounts", "value": progress["referrals"], "max": progress["referrals_needed"],
                      "text": f"{progress['referrals']}/{progress['referrals_needed']} referrals"})
     if progress["spend_needed"]:
-        spend, needed = format_cents(progress["spend"]), format_cents(progress["spend_needed"])
         rows.append({"label": "Spend of referred accounts", "value": max(progress["spend"], 0) // CENT,
-                     "max": progress["spend_needed"] // CENT, "text": f"{symbol}{spend}/{symbol}{needed}"})
+                     "max": progress["spend_needed"] // CENT,
+                     "text": f"{money_text(progress['spend'])} of {money_text(progress['spend_needed'])}"})
     return {"program": program, "rows": rows, "application": application}
 
 
@@ -369,4 +378,5 @@ def _symbol() -> str:
 def template_page(request, external_id: str):
     template = get_object_or_404(Template, external_id=external_id)
     runtime_hours = template.runtime_seconds // 3600
-    return render(request, "portal/template_page.html", {"template": template, "runtime_hours": runtime_hours})
+    return render(request, "portal/template_page.html", {"template": template, "runtime_hours": runtime_hours,
+                                                         "welcome": _welcome_offers()})

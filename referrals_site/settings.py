@@ -2,6 +2,7 @@
 
 Production differs from development only by environment variables; see `.env.example`.
 """
+import os
 from pathlib import Path
 
 import environ
@@ -57,6 +58,8 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
             ],
+            # Money and dates are written one way on every page and in the admin.
+            "builtins": ["referrals.templatetags.figures"],
         },
     },
 ]
@@ -82,6 +85,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# One date style across the portal and the admin ("2 Dec 2026"), not en-us's "Dec. 2, 2026".
+FORMAT_MODULE_PATH = ["referrals.formats"]
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
@@ -185,7 +190,11 @@ STRIPE_WEBHOOK_MAX_BYTES = env.int("STRIPE_WEBHOOK_MAX_BYTES", default=DATA_UPLO
 INSTALLED_APPS += ["billing"]
 STRIPE_BILLING_MAX_BODY_BYTES = env.int("STRIPE_BILLING_MAX_BODY_BYTES", default=512 * 1024)
 # PayPal Payouts REST (OAuth2 client credentials) and Wise REST (API token).
-PAYPAL_API_BASE = env.str("PAYPAL_API_BASE", default="https://api-m.sandbox.paypal.com")
+# The demo (`make run`, DEBUG on, no PAYPAL_API_BASE given) pays through a fake PayPal served by the
+# dev server itself (payouts/demo_provider.py), so demo payouts complete and never reach a real host.
+PAYOUT_DEMO_FAKE_PAYPAL = env.bool("PAYOUT_DEMO_FAKE_PAYPAL", default=DEBUG and "PAYPAL_API_BASE" not in os.environ)
+PAYPAL_API_BASE = env.str("PAYPAL_API_BASE", default=f"{SITE_URL}/payouts/dev/fake-paypal" if PAYOUT_DEMO_FAKE_PAYPAL
+                          else "https://api-m.sandbox.paypal.com")
 PAYPAL_CLIENT_ID = env.str("PAYPAL_CLIENT_ID", default="dev-client-id")
 PAYPAL_CLIENT_SECRET = env.str("PAYPAL_CLIENT_SECRET", default="dev-client-secret")
 WISE_API_BASE = env.str("WISE_API_BASE", default="https://api.sandbox.transferwise.tech")

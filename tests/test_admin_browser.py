@@ -86,17 +86,20 @@ def test_finance_approves_an_application_and_two_people_pay_a_large_payout(brows
     fiona_context, page = _logged_in(browser, desk["url"], "fiona")
     try:
         # The applications desk, from the overview on the index.
+        _shoot(page, "index")
         page.get_by_role("link", name="Open applications").click()
         expect(page.get_by_role("heading", name="Applications desk")).to_be_visible()
+        _shoot(page, "applications")
         row = page.get_by_role("row").filter(has_text="alice")
         expect(row).to_contain_text("25 / 25")
         expect(row).to_contain_text("10.00")  # the held earnings approval would release
         row.get_by_role("link", name="alice").click()
         expect(page.locator(".desk-gate")).to_contain_text("Eligible referred accounts")
+        _shoot(page, "application")
         page.get_by_label("Reason").fill("gate met, spend looks organic")
         page.get_by_role("button", name=re.compile(r"^Approve")).click()
         expect(page.locator(".messagelist")).to_contain_text("Approved 1 application")
-        expect(page.locator(".desk-gate")).to_contain_text(re.compile(r"released on approval\)\s*0\.00"))
+        expect(page.locator(".desk-gate")).to_contain_text(re.compile(r"released on approval\)\s*\$0\.00"))
         application.refresh_from_db()
         assert (application.status, application.decided_by, application.reason) == (
             "approved", desk["fiona"], "gate met, spend looks organic")
@@ -107,8 +110,13 @@ def test_finance_approves_an_application_and_two_people_pay_a_large_payout(brows
         page.get_by_role("link", name="Home").click()
         page.get_by_role("link", name="Payouts due").click()
         expect(page.get_by_role("heading", name="Payouts desk")).to_be_visible()
+        _shoot(page, "payouts")
         page.get_by_role("row").filter(has_text="gina").get_by_role("link", name=str(payout.pk)).click()
         expect(page.locator(".desk-banner")).to_contain_text("needs two approvals")
+        # The account review: per programme, available = earned - held - paid - reserved.
+        review = page.locator('tr[data-program="vast-credit-commission"]')
+        expect(review.locator('[data-figure="reserved"]')).to_have_text("$30.00")
+        _shoot(page, "payout")
         page.get_by_role("button", name="Approve").click()
         expect(page.locator(".messagelist")).to_contain_text("a second staff member must approve")
         expect(page.locator(".desk-banner")).to_contain_text("Approved once by fiona")

@@ -176,7 +176,7 @@ def test_it_reads_earnings_per_program(integration, runpod, alice):
     assert response.status_code == 200
     assert response.json() == {"programs": [{
         "program": "runpod-revenue-share", "name": "Lifetime revenue share",
-        "earned": "40.00", "pending": "40.00", "available": "0.00", "paid": "0.00",
+        "earned": "40.00", "pending": "40.00", "available": "0.00", "paid": "0.00", "reserved": "0.00",
     }]}
 
 
@@ -201,7 +201,7 @@ def test_it_reads_a_template_with_its_sub_cent_earnings(integration, runpod):
     }
 
 
-def test_it_keeps_sub_cent_precision_only_in_earned(integration, runpod):
+def test_it_writes_every_figure_of_a_row_at_the_precision_of_earned(integration, runpod):
     _template_week()
 
     earnings = integration.get("/api/v1/accounts/carol/earnings").json()
@@ -209,7 +209,7 @@ def test_it_keeps_sub_cent_precision_only_in_earned(integration, runpod):
 
     assert earnings == {"programs": [{
         "program": "runpod-template-share", "name": "Template revenue share",
-        "earned": "18.144", "pending": "0.00", "available": "18.14", "paid": "0.00",
+        "earned": "18.144", "pending": "0.000", "available": "18.144", "paid": "0.000", "reserved": "0.000",
     }]}
     assert account["balances"] == {"credits": "18.14", "cash_available": "0.00", "pending": "0.00"}
     assert integration.get("/api/v1/accounts/carol/stats").json()["total_earnings"] == "18.144"

@@ -95,7 +95,7 @@ def test_it_exports_the_selected_rows_as_csv(runpod, client):
     response = client.post("/admin/referrals/account/", {
         "action": "export_csv", "_selected_action": list(Account.objects.values_list("pk", flat=True))})
     body = b"".join(response.streaming_content).decode()
-    assert response["Content-Type"] == "text/csv"
+    assert response["Content-Type"] == "text/csv; charset=utf-8"
     assert body.splitlines()[0] == "external_id,email,referral_code,track,code_enabled,signed_up_at"
     assert {line.split(",")[0] for line in body.splitlines()[1:]} == {"alice", "bob"}
 
@@ -142,7 +142,7 @@ def test_the_admin_index_counts_payouts_due_and_those_waiting_for_a_second_appro
     services.payout_approve(payout=large, actor=fiona)
     client.force_login(fiona)
     overview = client.get("/admin/").context["overview"]
-    assert overview["payouts_due"] == {"count": 2, "total": "40.00", "awaiting_second_approval": 1}
+    assert overview["payouts_due"] == {"count": 2, "total": "$40.00", "awaiting_second_approval": 1}
     page = client.get("/admin/").content.decode()
     assert "Payouts waiting for a second approver" in page
 
@@ -172,3 +172,13 @@ def test_the_fraud_and_payouts_desks_show_an_account_flag_for_a_shared_payout_de
     client.force_login(_staff("fiona", "finance"))
     payout_page = client.get(f"/admin/payouts/payout/{payout.pk}/change/").content.decode()
     assert f"#{flag.pk}" in payout_page and "account alice" in payout_page
+
+
+def test_support_staff_see_an_admin_index_without_infrastructure_sections(runpod, client):
+    sue = _staff("sue", "support")
+    client.force_login(sue)
+    index = client.get("/admin/").content.decode()
+    assert "Waiting for staff" in index and "Applications" in index
+    assert "Periodic tasks" not in index and "Crontabs" not in index
+    client.force_login(_staff("boss", superuser=True))
+    assert "Periodic tasks" in client.get("/admin/").content.decode()

@@ -140,7 +140,7 @@ def test_it_signs_up_through_a_referral_link_and_shows_the_attribution(context, 
     _check_and_shoot(page, "home", width)
     page.get_by_role("link", name="Sign up").first.click()
     page.wait_for_url("**/signup/")
-    assert page.get_by_text("You were invited through a referral link.").is_visible()
+    sync_api.expect(page.locator("#invite")).to_contain_text("a•••e@e•••.com invited you through a referral link.")
     _check_and_shoot(page, "signup", width)
     page.get_by_label("E-mail").fill(f"newcomer-{width}@example.com")
     page.get_by_label(re.compile(r"^Password:?$")).fill(PASSWORD)
@@ -157,7 +157,9 @@ def test_it_signs_up_through_a_referral_link_and_shows_the_attribution(context, 
         alice_page = other.new_page()
         _log_in(alice_page, "alice@example.com")
         alice_page.goto("/dashboard/referrals/")
-        assert alice_page.get_by_role("link", name=referral.referred.external_id).is_visible()
+        from referrals.templatetags.figures import masked_email
+
+        assert alice_page.get_by_role("link", name=masked_email(referral.referred.email)).first.is_visible()
     finally:
         other.close()
 
@@ -254,8 +256,70 @@ def test_it_requests_a_payout_with_errors_in_words(context, gina, width):
     page.get_by_label("Amount").fill("25.00")
     page.get_by_role("button", name="Request payout").click()
     page.wait_for_url("**/payouts/")
-    sync_api.expect(page.get_by_text("Your payout of 25.00 is requested")).to_be_visible()
+    sync_api.expect(page.get_by_text("Your payout of $25.00 is requested")).to_be_visible()
     history = page.get_by_role("table")
     sync_api.expect(history).to_contain_text("$25.00")
     sync_api.expect(history).to_contain_text("Stripe Connect")
     _check_and_shoot(page, "payouts", width)
+
+
+# --------------------------------------------------------------------------- issue 16: the fixed pages
+
+
+ERROR_RED = "rgb(180, 35, 24)"
+
+
+def test_it_styles_form_errors_as_errors_not_as_help_text(context, site, width):
+    page = context.new_page()
+    page.goto("/signup/")
+    page.get_by_label("E-mail").fill("not-an-address")
+    page.get_by_role("button", name=re.compile("Sign up|Create")).click()
+    error = page.locator(".errorlist").first
+    sync_api.expect(error).to_be_visible()
+    page.wait_for_load_state("networkidle")
+    styles = error.evaluate("e => [getComputedStyle(e).color, getComputedStyle(e).fontWeight]")
+    assert styles[0] == ERROR_RED and int(styles[1]) >= 600, styles
+    helps = page.locator(".helptext")
+    if helps.count():
+        assert helps.first.evaluate("e => getComputedStyle(e).color") != ERROR_RED
+
+
+def test_it_says_why_no_payout_can_be_requested_and_how_payouts_work(context, site, width):
+    load_preset("runpod")
+    account = signup("ivy", email="ivy@example.com")
+    user = User.objects.create_user("ivy@example.com", "ivy@example.com", PASSWORD)
+    Account.objects.filter(pk=account.pk).update(user=user)
+    page = context.new_page()
+    _log_in(page, "ivy@example.com")
+    nav = page.get_by_role("navigation", name="Dashboard")
+    # No programme of runpod has a Partner track: no Partner tab; the tabs stay on one row.
+    assert nav.get_by_role("link", name="Partner").count() == 0
+    row_height = nav.locator("ul").evaluate("e => e.getBoundingClientRect().height")
+    tab_height = nav.locator("a").first.evaluate("e => e.getBoundingClientRect().height")
+    assert row_height < tab_height * 1.5, (row_height, tab_height)
+    nav.get_by_role("link", name="Payouts").click()
+    page.wait_for_url("**/payouts/")
+    reasons = page.locator("#cannot-request")
+    sync_api.expect(reasons).to_contain_text("no payout method set up yet")
+    sync_api.expect(reasons).to_contain_text("no cash to withdraw yet")
+    assert page.get_by_label("Amount").count() == 0
+    sync_api.expect(page.get_by_role("heading", name="How and when you get paid")).to_be_visible()
+    _check_and_shoot(page, "payouts-cannot-request", width)
+
+
+def test_it_shows_the_exact_figure_on_a_tap_and_the_total_of_the_earnings(context, alice, width):
+    page = context.new_page()
+    _log_in(page, "alice@example.com")
+    page.goto("/dashboard/earnings/")
+    sync_api.expect(page.locator("#earnings-total")).to_contain_text("Total earned")
+    exact = page.locator("details.exact").first
+    hidden = exact.locator("span")
+    assert not hidden.is_visible()
+    exact.locator("summary").click()  # a tap on a phone
+    sync_api.expect(hidden).to_be_visible()
+    sync_api.expect(hidden).to_contain_text("exactly $")
+    assert page.get_by_text("Book").count() == 0
+    page.goto("/dashboard/")
+    total = page.locator('#earnings-by-programme tr[data-program="total"] [data-figure="earned"]')
+    sync_api.expect(total).to_be_visible()
+    _check_and_shoot(page, "dashboard-earnings-total", width)

@@ -7,13 +7,14 @@ import csv
 import io
 import re
 from datetime import timedelta
+from decimal import ROUND_DOWN, Decimal
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
 from django.utils import timezone
 
-from ledger.models import Book, Entry
+from ledger.models import Entry
 from referrals.models import Account, Application, AuditLog, Referral, Template, TrackChange
 from referrals.services import account_change_track, application_reject
 from tests.helpers import buy_credits, buy_plan, event, push, signup, spend
@@ -143,7 +144,7 @@ def test_it_shows_progress_towards_every_gate(alice_client, alice):
     page = alice_client.get("/dashboard/").content.decode()
     # The alias is ineligible (same sign-up IP as Alice), so two referrals count towards the gate.
     assert "Referred accounts: 2/25 referrals" in page
-    assert "Spend of referred accounts: $66.34/$500.00" in page
+    assert "Spend of referred accounts: $66.34 of $500.00" in page
     assert "Runtime: 2.0 h/24 h" in page
     assert "an application opens automatically" in page
 
@@ -162,17 +163,19 @@ def test_it_says_what_happens_next_with_an_application(alice_client, alice, staf
 
 def test_it_lists_referrals_with_status_reason_spend_and_earnings(alice_client, alice):
     page = alice_client.get("/dashboard/referrals/").content.decode()
-    assert "dora" in page and "erin" in page and "alias" in page
+    # Listed by masked e-mail (dora@, erin@, alias@example.com), not by the operator's opaque ids.
+    assert ">d•••a@e•••.com<" in page and ">e•••n@e•••.com<" in page and ">a•••s@e•••.com<" in page
+    assert "dora@example.com" not in page
     assert "Ineligible" in page and "same sign-up IP" in page
     assert "$12.34" in page and "$0.24" in page  # dora's spend, and 2 % of it (exactly 0.2468)
-    assert 'title="exactly $0.2468"' in page
+    assert "<summary>$0.24</summary><span>exactly $0.2468</span>" in page
 
 
 def test_it_filters_and_searches_referrals(alice_client, alice):
     page = alice_client.get("/dashboard/referrals/?status=ineligible").content.decode()
-    assert "alias" in page and ">dora<" not in page
+    assert ">a•••s@e•••.com<" in page and ">d•••a@e•••.com<" not in page
     page = alice_client.get("/dashboard/referrals/?q=ERI").content.decode()
-    assert ">erin<" in page and ">dora<" not in page and ">alias<" not in page
+    assert ">e•••n@e•••.com<" in page and ">d•••a@e•••.com<" not in page and ">a•••s@e•••.com<" not in page
     assert "No referral matches" in alice_client.get("/dashboard/referrals/?q=zzz").content.decode()
 
 
@@ -181,7 +184,7 @@ def test_it_names_the_field_of_a_bad_filter_and_shows_everything(alice_client, a
     page = response.content.decode()
     assert response.status_code == 200
     assert "status" in response.context["form"].errors and "Select a valid choice" in page
-    assert ">dora<" in page and ">erin<" in page
+    assert ">d•••a@e•••.com<" in page and ">e•••n@e•••.com<" in page
 
 
 def test_it_paginates_referrals(alice_client, alice):
@@ -199,19 +202,32 @@ def test_it_paginates_referrals(alice_client, alice):
 # --------------------------------------------------------------------------- earnings
 
 
-def test_it_describes_every_ledger_entry_in_plain_words(alice_client, alice):
+def test_it_describes_every_earning_in_plain_words_without_ledger_terms(alice_client, alice, staff):
     page = alice_client.get("/dashboard/earnings/").content.decode()
     assert ("2% of $12.34 serverless spend by a referred account, held until the programme is approved"
             in page)
     assert "1% of $54.00 pods spend on your template Stable Diffusion WebUI, held until the template has 24 h" in page
-    assert Entry.objects.filter(account=alice).count() == page.count('data-label="Book"')
+    assert Entry.objects.filter(account=alice).count() == page.count('data-label="What happened"') == 3
+    assert 'data-label="Book"' not in page and "rule " not in page and " · event " not in page
+    # The exact figure opens on a tap (a details element), not a hover title a phone cannot show.
+    assert '<details class="exact"><summary>+$0.24</summary><span>exactly $0.2468</span></details>' in page
+    assert 'title="exactly' not in page
+    # Released since: the held row says so; no second, paired "released" row appears.
+    from referrals.services import application_approve
+
+    program = alice.accruals.filter(program__kind="revenue_share").first().program
+    application_approve(application=Application.objects.create(program=program, account=alice,
+                                                              opened_at=timezone.now()), actor=staff)
+    assert Entry.objects.filter(account=alice, transaction__kind="release").exists()
+    page = alice_client.get("/dashboard/earnings/").content.decode()
+    assert page.count('data-label="What happened"') == 3 and "(released since)" in page
 
 
 def test_it_describes_a_refund_claw_back(alice_client, alice):
     dora_spend = Entry.objects.filter(account=alice).first().transaction.event.external_id
     push(event("payment.refunded", "dora", amount="12.34", refunds=dora_spend))
     page = alice_client.get("/dashboard/earnings/").content.decode()
-    assert "Clawed back from your pending (held): the referred account&#x27;s payment was refunded" in page
+    assert "Clawed back from your held earnings: the referred account&#x27;s payment was refunded" in page
 
 
 def test_it_downloads_the_earnings_as_csv(alice_client, bob_client, alice):
@@ -219,12 +235,32 @@ def test_it_downloads_the_earnings_as_csv(alice_client, bob_client, alice):
     assert response["Content-Type"].startswith("text/csv")
     assert f"earnings-{alice.referral_code}.csv" in response["Content-Disposition"]
     rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
-    assert len(rows) == Entry.objects.filter(account=alice).count() == 3
-    spend_row = next(r for r in rows if "serverless" in r["description"])
-    assert spend_row["amount_usd"] == "0.24" and spend_row["amount_exact"] == "0.2468"
-    assert spend_row["book"] == Book.PENDING and spend_row["programme"] == "Lifetime revenue share"
+    *lines, total = rows
+    assert len(lines) == Entry.objects.filter(account=alice).count() == 3
+    spend_row = next(r for r in lines if "serverless" in r["description"])
+    assert spend_row["amount_exact"] == "0.2468" and spend_row["programme"] == "Lifetime revenue share"
+    assert set(spend_row) == {"date", "programme", "description", "amount_usd", "amount_exact"}
+    # The rows add up to the total row, to the cent, and the total is the overview's total earned.
+    assert total["description"] == "Total earned" and total["amount_exact"] == "1.8668"
+    assert sum(Decimal(r["amount_usd"]) for r in lines) == Decimal(total["amount_usd"]) == Decimal("1.86")
     bob_rows = b"".join(bob_client.get("/dashboard/earnings.csv").streaming_content).decode().splitlines()
-    assert len(bob_rows) == 1  # the header only
+    assert bob_rows[1:] == [",,Total earned,0.00,0.00"]
+
+
+def test_it_carries_the_sub_cents_so_csv_rows_add_up_to_the_total(alice_client, alice):
+    # Forty spends of $12.34 each earn $0.2468: rounded down one by one the rows would lose 0.68 cent each.
+    for i in range(40):
+        spend("dora", "12.34", product="serverless", when=timezone.now() - timedelta(minutes=i + 1), id=f"s{i}")
+    *lines, total = csv.DictReader(io.StringIO(b"".join(alice_client.get("/dashboard/earnings.csv")
+                                                        .streaming_content).decode()))
+    exact = sum(Decimal(r["amount_exact"]) for r in lines)
+    assert exact == Decimal(total["amount_exact"])
+    assert sum(Decimal(r["amount_usd"]) for r in lines) == Decimal(total["amount_usd"]) == exact.quantize(
+        Decimal("0.01"), rounding=ROUND_DOWN)
+    rounded_one_by_one = sum(Decimal(r["amount_exact"]).quantize(Decimal("0.01"), rounding=ROUND_DOWN) for r in lines)
+    assert rounded_one_by_one < Decimal(total["amount_usd"]) - Decimal("0.20")
+    page = _text(alice_client.get("/dashboard/earnings/"))
+    assert f'Total earned</dt><dd data-figure="earned"><details class="exact"><summary>${total["amount_usd"]}' in page
 
 
 # --------------------------------------------------------------------------- wallet
@@ -346,3 +382,16 @@ def test_it_lets_an_account_created_by_an_event_set_its_password(client, db, mai
 def test_it_sends_no_reset_mail_for_an_unknown_address(client, db, mailoutbox):
     client.post("/password-reset/", {"email": "nobody@example.com"})
     assert mailoutbox == [] and not User.objects.exists()
+
+
+def test_it_shows_milestone_progress_per_referral(alice_client, alice):
+    spend("dora", "250.00", product="serverless")
+    page = _text(alice_client.get("/dashboard/referrals/"))
+    # dora's serverless spend: 12.34 + 250.00 of the $1,000.00 serverless milestone; erin spent on pods only.
+    assert "Serverless milestone: $262.34 of $1,000.00 serverless spend" in page
+    assert "Serverless milestone: $0.00 of $1,000.00 serverless spend" in page
+    dora = Referral.objects.get(referred__external_id="dora")
+    detail = _text(alice_client.get(f"/dashboard/referrals/{dora.pk}/"))
+    assert "Serverless milestone: $262.34 of $1,000.00 serverless spend" in detail
+    spend("dora", "800.00", product="serverless")
+    assert "Serverless milestone: reached" in _text(alice_client.get(f"/dashboard/referrals/{dora.pk}/"))

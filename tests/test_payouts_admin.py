@@ -279,3 +279,63 @@ def PayoutTransitionModel():  # noqa: N802 - reads like the model it returns
     from payouts.models import PayoutTransition
 
     return PayoutTransition
+
+
+# --------------------------------------------------------------------------- figures on the desk (issue 16)
+
+
+def test_it_keeps_the_bank_reference_of_a_payout_marked_paid_searchable_and_audited(client, boss, payouts):
+    from referrals.models import AuditLog
+
+    client.force_login(boss)
+    first = payouts[0]
+    services.payout_approve(payout=first, actor=boss)
+    client.post(URL, {"action": "mark_paid", "_selected_action": [first.pk], "reason": "paid by bank transfer",
+                      "reference": "BANK-REF-7781"})
+    first.refresh_from_db()
+    assert (first.status, first.provider_reference) == ("paid", "BANK-REF-7781")
+    listing = client.get(URL, {"q": "BANK-REF-7781"}).content.decode()
+    assert f'href="/admin/payouts/payout/{first.pk}/change/' in listing
+    log = AuditLog.objects.get(action="payout.mark_paid")
+    assert (log.actor, log.object_id, log.reason, log.data["reference"]) == (
+        boss, str(first.pk), "paid by bank transfer", "BANK-REF-7781")
+
+
+def test_paid_before_counts_only_the_accounts_other_paid_payouts(client, boss, payouts):
+    client.force_login(boss)
+    first, second, _ = payouts
+    for payout in (first, second):
+        services.payout_approve(payout=payout, actor=boss)
+        services.payout_mark_paid(payout=payout, reference=f"PP-{payout.pk}")
+    from payouts.admin import PayoutAdmin
+
+    queryset = PayoutAdmin(Payout, None).get_queryset(None)
+    paid_before = {p.pk: p.paid_total for p in queryset}
+    assert paid_before[first.pk] == paid_before[second.pk] == 10 * 10**10  # the other one, never itself
+    assert paid_before[payouts[2].pk] == 20 * 10**10
+
+
+def test_it_warns_finance_about_open_fraud_flags_on_the_accounts_referrals(client, boss, vast):
+    alice = signup("alice", email="alice@example.com")
+    signup("bob", code=alice.referral_code, when=at(1))
+    signup("alias", email="ALICE@example.com", code=alice.referral_code, when=at(1))  # flagged: same e-mail
+    buy_credits("bob", "2000.00", when=at(2))
+    alice.refresh_from_db()
+    services.payout_method_set(account=alice, type="paypal", email="alice.private@example.com")
+    payout = services.payout_request(account=alice, amount="10.00", method="paypal")
+    client.force_login(boss)
+    page = client.get(f"{URL}{payout.pk}/change/").content.decode()
+    assert 'id="open-flags-warning"' in page and "1 open fraud flag concerns" in page
+    answer = client.post(URL, {"action": "approve", "_selected_action": [payout.pk], "reason": ""}, follow=True)
+    assert "has 1 open fraud flag(s)" in answer.content.decode()
+
+
+def test_the_ledger_transactions_export_has_account_and_amount_columns(client, boss, payouts):
+    from ledger.models import Transaction
+
+    client.force_login(boss)
+    txn = Transaction.objects.filter(kind="payout.reserved").first()
+    response = client.post("/admin/ledger/transaction/", {"action": "export_csv", "_selected_action": [txn.pk]})
+    header, row = b"".join(response.streaming_content).decode().splitlines()
+    columns = dict(zip(header.split(","), row.split(","), strict=True))
+    assert (columns["account"], columns["amount"], columns["kind"]) == ("alice", "10.00", "payout.reserved")

@@ -136,7 +136,7 @@ def test_it_sets_up_a_method_and_requests_a_payout_from_the_page(alice_web, alic
     page = alice_web.get("/payouts/").content.decode()
     assert "a•••@••••e.com" in page and "alice.smith@example.com" not in page
     requested = alice_web.post("/payouts/request/", {"amount": "30.00", "method": "paypal"}, follow=True)
-    assert "Your payout of 30.00 is requested" in requested.content.decode()
+    assert "Your payout of $30.00 is requested" in requested.content.decode()
     payout = Payout.objects.get()
     assert (payout.amount, payout.requested_by.username) == (30 * 10**10, "alice@example.com")
     cancelled = alice_web.post(f"/payouts/{payout.pk}/cancel/", follow=True)
@@ -150,8 +150,28 @@ def test_it_shows_payout_errors_in_words_on_the_page(alice_web, alice):
     text = answer.content.decode()
     assert "Amount is more than the cash available for a paypal payout (45.00)." in text
     answer = alice_web.post("/payouts/request/", {"amount": "10.00", "method": "wise"})
-    assert "no Wise payout method is set up" in answer.content.decode()
+    assert "No Wise payout method is set up" in answer.content.decode()
     assert Payout.objects.count() == 0
+
+
+def test_it_says_why_no_payout_can_be_requested_instead_of_showing_the_form(client, vast):
+    nobody = signup("nobody")
+    user = get_user_model().objects.create_user("nobody@example.com", "nobody@example.com", "pw-nobody-12345")
+    Account.objects.filter(pk=nobody.pk).update(user=user)
+    client.force_login(user)
+    page = client.get("/payouts/").content.decode()
+    assert 'id="cannot-request"' in page and 'action="/payouts/request/"' not in page
+    assert "no payout method set up yet" in page and "no cash to withdraw yet" in page
+    assert "How and when you get paid" in page
+
+
+def test_it_offers_only_the_methods_that_are_set_up(alice_web, alice):
+    services.payout_method_set(account=alice, type="paypal", email="alice@paypal.test")
+    page = alice_web.get("/payouts/").content.decode()
+    form = page[page.index('action="/payouts/request/"'):]
+    form = form[:form.index("</form>")]
+    assert '<option value="paypal"' in form and '<option value="wise"' not in form
+    assert '<option value="stripe"' not in form
 
 
 def test_it_keeps_other_accounts_payouts_out_of_reach(alice_web, alice, vast):

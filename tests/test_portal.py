@@ -152,7 +152,7 @@ def test_it_shows_the_link_balances_stats_and_gate_progress(client, runpod, alic
     assert "$6.24" in page, "2% of $312.40 is $6.248 pending, shown rounded down"
     assert "6.248" in page, "earnings per programme keep their sub-cent digits"
     assert "18/25 referrals" in page
-    assert "$312.40/$500.00" in page
+    assert "$312.40 of $500.00" in page
     assert '<progress id="gate-' in page and 'max="25" value="18"' in page and 'max="50000" value="31240"' in page
     assert response.context["stats"]["total_referrals"] == 18
     assert response.context["stats"]["conversion_percent"] == "100.0"
@@ -206,3 +206,16 @@ def test_it_seeds_earnings_for_every_enabled_programme(runpod, apimarket, vast):
     call_command("seed_demo")
     for program in Program.objects.filter(enabled=True):
         assert program.accruals.exists(), f"{program.key} earned nothing in the demo"
+
+
+def test_the_invite_and_template_pages_say_who_invited_you_and_what_you_get(client, apimarket):
+    from tests.helpers import event, push, signup
+
+    alice = signup("alice", email="alice@example.com")
+    push(event("template.published", "alice", template="comfy", name="ComfyUI"))
+    client.get(f"/?ref={alice.referral_code}")
+    page = client.get("/signup/").content.decode()
+    assert "a•••e@e•••.com invited you through a referral link" in page
+    assert "you get $2.50 of credit, valid 30 days" in page
+    page = client.get("/t/comfy/").content.decode()
+    assert "Shared by a•••e@e•••.com" in page and "New accounts get $2.50 of credit, valid 30 days" in page

@@ -81,7 +81,9 @@ class PayPalProvider:
         batch_id = created.get("batch_header", {}).get("payout_batch_id")
         if not batch_id:
             raise ProviderError("PayPal: the answer has no payout_batch_id", retryable=True)
-        return ProviderResult(PROCESSING, batch_id)
+        # Usually PENDING without items (the answer comes with a later read); a batch answered with
+        # its items already settled (synchronous mode, the demo's fake) is recorded at once.
+        return _result(created) if created.get("items") else ProviderResult(PROCESSING, batch_id)
 
     def fetch(self, payout) -> ProviderResult | None:
         if not payout.provider_reference:

@@ -16,6 +16,7 @@ from drf_spectacular.utils import (
 from rest_framework import exceptions, serializers
 from rest_framework.response import Response
 
+from ledger.money import format_row
 from referrals import ingestion, selectors, services
 from referrals.jobs import JOBS, UnknownJob, future_run_problem, run_jobs
 from referrals.models import Application, Event, Referral, Track
@@ -143,11 +144,18 @@ class AccountEarningsView(ApiView):
     class OutputSerializer(serializers.Serializer):
         program = serializers.CharField(help_text="The programme's key, e.g. `runpod-revenue-share`.")
         name = serializers.CharField(help_text="The programme's name.")
-        # API.md: sub-cent precision is allowed here
+        # API.md: sub-cent precision is allowed in `earned`; when it carries some, every figure of
+        # the row is written with as many decimals (SPEC "Figures agree"), never a mix.
         earned = ExactMoneyField(help_text="All-time commission and bonuses, exact (sub-cent digits kept).")
-        pending = CentsField(help_text="Earned but still held, whole cents.")
-        available = CentsField(help_text="Earned and released, whole cents.")
-        paid = CentsField(help_text="Paid out, whole cents.")
+        pending = ExactMoneyField(help_text="Earned but still held; same decimals as `earned`.")
+        available = ExactMoneyField(help_text="earned - pending - paid - reserved; same decimals as `earned`.")
+        paid = ExactMoneyField(help_text="Paid out by settled payouts (less reversed ones); same decimals.")
+        reserved = ExactMoneyField(help_text="Held by payout requests in progress; same decimals as `earned`.")
+
+        def to_representation(self, instance):
+            return {"program": instance["program"], "name": instance["name"],
+                    **format_row({name: instance[name] for name in ("earned", "pending", "available", "paid",
+                                                                     "reserved")})}
 
     @extend_schema(operation_id="account_earnings", tags=["reading"], summary="Earnings per programme",
                    parameters=[ACCOUNT_PARAMETER],

@@ -2,9 +2,10 @@
 login each (two finance members, so a payout above the maker-checker limit can be approved twice),
 a partner with cash earnings and payouts waiting, and a referral flagged as self-referral.
 
-Cash needs a programme that pays cash; when none is enabled (the `runpod` preset pays in credits)
-the `vast` preset is loaded too. Safe to run twice: events have fixed ids and payouts are only
-requested once.
+Demo data follows the preset that is loaded, never another: payouts need a programme that pays
+cash, and when none is enabled (the `runpod` preset pays in credits) there are no demo payouts
+(`PRESET=vast make run` shows the payouts desk). Safe to run twice: events have fixed ids and
+payouts are only requested once.
 """
 from datetime import timedelta
 
@@ -18,7 +19,6 @@ from backoffice.roles import setup_roles
 from ledger.money import format_cents
 from referrals import events as ev
 from referrals.models import Account, Event, Program
-from referrals.presets import load_preset
 from referrals.services import ingest_event
 
 STAFF = {  # username: (group, password) — published demo logins, printed on purpose
@@ -38,13 +38,13 @@ class Command(BaseCommand):
         setup_roles()
         for username, (group, password) in STAFF.items():
             self._staff(username, group, password)
-        if not Program.objects.filter(enabled=True).filter(
+        partner = self._partner()
+        if Program.objects.filter(enabled=True).filter(
                 Q(pays_in=Program.PaysIn.CASH) | Q(partner_pays_in=Program.PaysIn.CASH) | Q(cashout_percent__gt=0)
         ).exists():
-            load_preset("vast")
-            self.stdout.write("loaded the vast preset (no enabled programme paid cash)")
-        partner = self._partner()
-        self._payouts(partner)
+            self._payouts(partner)
+        else:
+            self.stdout.write("no demo payouts: no enabled programme pays cash (PRESET=vast make run has some)")
         for username, (group, password) in STAFF.items():
             self.stdout.write(f"Staff login ({group}): {username} / {password}")
 

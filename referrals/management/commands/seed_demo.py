@@ -2,13 +2,14 @@
 their activity, all pushed through the real event service. Safe to run twice: every event has a
 fixed id and timestamps hang off the demo account's sign-up, so a second run only finds duplicates.
 """
+import os
 from collections import Counter
 from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.db.models import F, Sum
 from django.utils import timezone
@@ -34,8 +35,15 @@ REPEAT_CLICKS = 10
 class Command(BaseCommand):
     help = "Create a staff login and a demo referrer with referred accounts and activity (idempotent)."
 
+    def add_arguments(self, parser):
+        parser.add_argument("--preset", default=os.environ.get("PRESET", ""),
+                            help="Show only this preset's programmes (others left from an earlier run are "
+                                 "disabled); default: $PRESET, else every enabled programme.")
+
     def handle(self, *args, **options):
         self.outcomes: Counter = Counter()
+        if options["preset"]:
+            self._only_preset(options["preset"])
         self._staff_user()
         user = self._demo_user()
         with transaction.atomic():
@@ -44,6 +52,15 @@ class Command(BaseCommand):
             self._clicks(referrer, base)
         run_jobs()
         self._summary(referrer)
+
+    def _only_preset(self, preset: str) -> None:
+        """Demo data per preset: `PRESET=vast make run` after `make run` must not keep runpod's
+        programmes (and their rules and texts) switched on beside vast's."""
+        if not Program.objects.filter(preset=preset).exists():
+            raise CommandError(f"preset {preset!r} is not loaded; run load_preset {preset} first")
+        switched = Program.objects.filter(enabled=True).exclude(preset=preset).update(enabled=False)
+        if switched:
+            self.stdout.write(f"disabled {switched} programme(s) of other presets: the demo shows {preset}")
 
     def _push(self, raw: dict) -> None:
         result = ingest_event(raw, source=Event.Source.PORTAL)
