@@ -36,7 +36,7 @@ migrate: venv
 # inline (embedded mode, no Redis needed). See README "Periodic jobs".
 run: migrate
 	$(PY) manage.py load_preset $(PRESET)
-	$(PY) manage.py seed_demo
+	$(PY) manage.py seed_demo --preset $(PRESET)
 	$(PY) manage.py setup_schedules
 	$(PY) manage.py setup_roles
 	$(PY) manage.py seed_staff_demo
