@@ -22,8 +22,16 @@ from ledger.models import Balance, Book, Entry
 from ledger.money import format_exact, net_sum, share_of
 from ledger.services import Leg, open_books, post
 
-from . import bulk, clicks, outbox, rules
+from . import bulk, clicks, engine, outbox, rules
 from . import events as ev
+from .engine import (
+    EventRejected,
+    accrual_legs,
+    accrual_of,
+    publish_commission,
+    publish_conversion,
+    template_gate_seconds,
+)
 from .models import (
     Account,
     Accrual,
@@ -56,15 +64,6 @@ CREDITS_EXPIRED = "credits.expired"
 EARNINGS_RELEASED = "earnings.released"
 TEMPLATES_QUALIFIED = "templates.qualified"
 MILESTONES_CAUGHT_UP = "milestones.caught_up"
-
-
-class EventRejected(Exception):
-    """An event that is well-formed but cannot be applied; nothing it touched is kept."""
-
-    def __init__(self, fields: dict[str, str], code: str = "rejected"):
-        self.fields = fields
-        self.code = code
-        super().__init__("; ".join(f"{k}: {v}" for k, v in fields.items()))
 
 
 class ActionRefused(Exception):
@@ -121,6 +120,7 @@ def ingest_valid_event(valid: ev.ValidEvent, *, source: str = Event.Source.API) 
                 list(Account.objects.select_for_update().filter(pk=account_id).values_list("pk", flat=True))
             event = Event.objects.create(
                 external_id=valid.external_id, type=valid.type, source=source, occurred_at=valid.occurred_at,
+                account_id=account_id,
                 payload=valid.raw, content_hash=valid.content_hash, amount=valid.amount,
                 product=valid.product, runtime_seconds=valid.runtime_seconds,
             )
@@ -171,9 +171,9 @@ class _NoEffect(Exception):
 
 
 def apply_event(event: Event, *, replay: bool = False) -> int:
-    """Apply one logged event; returns how many things it changed (for jobs' counts)."""
-    handler = _HANDLERS[event.type]
-    return handler(event, replay) or 0
+    """Apply one logged event (the engine's batch of one); returns how many things it changed
+    (for jobs' counts). A reason to reject it propagates as `EventRejected`."""
+    return engine.apply_events([event], replay=replay, on_error=None)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -218,38 +218,6 @@ def _persist(earnings: list[rules.Earning], event: Event) -> None:
         if not earning.held and earning.expires_days:
             _grant_credits([accrual])
         publish_commission(accrual, earning, event)
-
-
-def accrual_of(earning: rules.Earning, event: Event) -> Accrual:
-    """The (unsaved) accrual of an earning; the set-based apply builds the same rows."""
-    return Accrual(
-        program=earning.program, rule=earning.rule, beneficiary_id=earning.beneficiary_id, event=event,
-        referral_id=earning.referral_id, template_id=earning.template_id, amount=earning.amount,
-        destination=earning.destination, track=earning.track,
-        state=Accrual.State.HELD if earning.held else Accrual.State.RELEASED,
-        held_for_gate=earning.held_for_gate, held_for_template=earning.held_for_template,
-        held_for_fraud=earning.held_for_fraud, held_until=earning.held_until,
-        expires_days=earning.expires_days, created_at=event.occurred_at,
-        released_at=None if earning.held else event.occurred_at,
-    )
-
-
-def accrual_legs(earning: rules.Earning) -> list[Leg]:
-    book = Book.PENDING if earning.held else earning.destination
-    return [Leg(book, earning.amount, earning.beneficiary_id, earning.program.pk),
-            Leg(Book.EARNINGS_EXPENSE, -earning.amount, None, earning.program.pk)]
-
-
-def publish_commission(accrual: Accrual, earning: rules.Earning, event: Event) -> None:
-    outbox.publish(outbox.COMMISSION_CREATED, account_id=earning.beneficiary_id, data={
-        "accrual": accrual.pk, "program": earning.program.key, "rule": earning.rule,
-        "amount": format_exact(earning.amount), "held": earning.held,
-        "book": Book.PENDING if earning.held else earning.destination, "event": event.external_id})
-
-
-def publish_conversion(referral: Referral, account: Account, event: Event) -> None:
-    outbox.publish(outbox.REFERRAL_CONVERTED, account_id=referral.referrer_id, data={
-        "referral": referral.pk, "referred": account.external_id, "occurred_at": event.occurred_at.isoformat()})
 
 
 def _grant_credits(accruals=(), *, batch: str = "") -> None:
@@ -533,10 +501,6 @@ def _net_product_spend(account_id: int, product: str, *, up_to: int) -> int:
 
 def _template_meets_gate(program: Program, template: Template) -> bool:
     return template.runtime_seconds >= template_gate_seconds(program)
-
-
-def template_gate_seconds(program: Program) -> int:
-    return int(program.template_min_runtime_hours * 3600)
 
 
 def _qualify_template(template: Template, program: Program, *, event: Event, at: datetime) -> int:
