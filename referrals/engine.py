@@ -40,17 +40,16 @@ Ordering:
 import logging
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 from django.db import transaction
 
-from ledger.models import Book
-from ledger.money import format_exact, net_sum
-from ledger.services import Leg
+from ledger.money import net_sum
 
-from . import bulk, outbox, rules
+from . import bulk, rules, steps
 from . import events as ev
+from .configuration import Programs, load_programs
 from .models import (
     Account,
     Accrual,
@@ -64,6 +63,15 @@ from .models import (
     Track,
     TrackChange,
 )
+from .steps import (
+    EventRejected,
+    accrual_legs,
+    accrual_of,
+    check_payment_fingerprint,
+    publish_commission,
+    publish_conversion,
+    qualify_template,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,42 +81,11 @@ MONEY_TYPES = frozenset({ev.USAGE_CHARGED, ev.CREDITS_PURCHASED, ev.PLAN_PURCHAS
 RUN_MAX = 2000
 
 
-class EventRejected(Exception):
-    """An event that is well-formed but cannot be applied; nothing it touched is kept."""
-
-    def __init__(self, fields: dict[str, str], code: str = "rejected"):
-        self.fields = fields
-        self.code = code
-        super().__init__("; ".join(f"{k}: {v}" for k, v in fields.items()))
-
-
-# --------------------------------------------------------------------------- programme configuration
-
-
-class Programs:
-    """The programme configuration a batch is applied with (see `load_programs`)."""
-
-    def __init__(self, programs: list[Program]):
-        self._programs = programs
-
-    def enabled(self, *kinds, at=None) -> list[Program]:
-        """The enabled programmes of these kinds in force at `at` (the event's occurred_at)."""
-        return [p for p in self._programs if p.kind in kinds]
-
-
-def load_programs(events) -> Programs:
-    """The one loader of programme configuration for a batch of events: one query.
-
-    Programme versions plug in here: load the versions in force over the events' occurred_at
-    range, and let `Programs.enabled` pick by `at`."""
-    return Programs(list(Program.objects.filter(enabled=True).order_by("id")))
-
-
 # --------------------------------------------------------------------------- entry point
 
 
 Step = Callable[[Event, bool], int]
-_STEPS: dict[str, Step] = {}
+_STEPS: dict[str, Step] = dict(steps.STEPS)
 
 
 def register_step(event_type: str, step: Step) -> None:
@@ -168,12 +145,7 @@ def _apply_one(event: Event, programs: Programs, *, replay: bool, on_error) -> i
                 done = _apply_money_run([event], programs, replay=replay, strict=True)
                 if done:
                     return done
-            step = _STEPS.get(event.type)
-            if step is None:
-                from .services import _HANDLERS  # the steps not folded in yet
-
-                step = _HANDLERS[event.type]
-            return step(event, replay) or 0
+            return _STEPS[event.type](event, replay) or 0
     except Exception as exc:
         if on_error is None:
             raise
@@ -244,7 +216,7 @@ def _track_at(tracks: list[tuple], at) -> str:
     return max(effective)[2] if effective else Track.BASIC
 
 
-def _set_based(event: Event, state: _State, gates: list[int]) -> bool:
+def _set_based(event: Event, state: _State, first: bool) -> bool:
     """Whether the event can join the run (see the module docstring, "Ordering")."""
     payload = event.payload
     account = state.accounts.get(event.account_id)
@@ -252,16 +224,9 @@ def _set_based(event: Event, state: _State, gates: list[int]) -> bool:
         return False
     if payload.get("account") != account.external_id:
         return False
-    if event.type == ev.CREDITS_PURCHASED and payload.get("payment_fingerprint"):
-        return False
-    if template_id := payload.get("template"):
-        template = state.templates.get(template_id)
-        if template is None:
-            return False  # rejected (unknown template) by the event's own step
-        if template.qualified_at is None and any(template.runtime_seconds + event.runtime_seconds >= g
-                                                 for g in gates):
-            return False  # this charge qualifies the template
-    return True
+    if event.type == ev.CREDITS_PURCHASED and payload.get("payment_fingerprint") and not first:
+        return False  # its fraud checks run before it, on the state the events before it left
+    return not payload.get("template") or payload["template"] in state.templates  # else: unknown template
 
 
 def _apply_money_run(run: list[Event], programs: Programs, *, replay: bool, strict: bool) -> int:
@@ -274,18 +239,25 @@ def _apply_money_run(run: list[Event], programs: Programs, *, replay: bool, stri
         head.append(event)
     if not head:
         return 0
+    first = head[0]
+    if fingerprint := first.type == ev.CREDITS_PURCHASED and first.payload.get("payment_fingerprint"):
+        # A shared payment method may flag referrals of this account and of others, and this
+        # purchase's own commission is then held: the check comes before the purchase is planned.
+        account = Account.objects.filter(pk=first.account_id, external_id=first.payload.get("account")).first()
+        if account is not None:
+            check_payment_fingerprint(account, fingerprint, first)
     state = _load(head, rate_programs)
     if strict:
-        _check_single(head[0], state)
-    gates = [template_gate_seconds(p) for p in rate_programs if p.kind == Program.Kind.TEMPLATE_SHARE]
+        _check_single(first, state)
 
     planned: list[Event] = []
     earnings: list[tuple[Event, rules.Earning]] = []
     awards: list[MilestoneAward] = []
     conversions: list[Event] = []
     event_templates: list[Event] = []
+    qualified: list[tuple[Template, Program, Event]] = []
     for event in head:
-        if not _set_based(event, state, gates):
+        if qualified or not _set_based(event, state, first=event is first):
             break
         account = state.accounts[event.account_id]
         referral = state.referrals.get(account.pk)
@@ -330,6 +302,13 @@ def _apply_money_run(run: list[Event], programs: Programs, *, replay: bool, stri
         )
         for program in programs.enabled(*rules.RATE_KINDS, Program.Kind.MILESTONE, at=event.occurred_at):
             if program.kind == Program.Kind.TEMPLATE_SHARE:
+                if (template is not None and template.qualified_at is None
+                        and template.runtime_seconds >= template_gate_seconds(program)):
+                    # This charge reaches the runtime gate: the template qualifies (after the
+                    # run's writes, releasing its held earnings) and the run ends with it.
+                    template.qualified_at = event.occurred_at
+                    qualified.append((template, program, event))
+                    ctx = replace(ctx, template_qualified=True)
                 earned = rules.template_share(program, ctx)
             elif program.kind == Program.Kind.MILESTONE:
                 earned = _milestone(program, event, referral, state, awards)
@@ -342,6 +321,8 @@ def _apply_money_run(run: list[Event], programs: Programs, *, replay: bool, stri
     if not planned:
         return 0
     _write(planned, state, earnings, awards, conversions, event_templates)
+    for template, program, event in qualified:
+        qualify_template(template, program, event=event, at=event.occurred_at)
     return len(planned)
 
 
@@ -411,38 +392,6 @@ def _write(planned, state: _State, earnings, awards, conversions, event_template
             publish_conversion(state.referrals[event.account_id], state.accounts[event.account_id], event)
         for accrual, earning in created[event.pk]:
             publish_commission(accrual, earning, event)
-
-
-def accrual_of(earning: rules.Earning, event: Event) -> Accrual:
-    """The (unsaved) accrual of an earning."""
-    return Accrual(
-        program=earning.program, rule=earning.rule, beneficiary_id=earning.beneficiary_id, event=event,
-        referral_id=earning.referral_id, template_id=earning.template_id, amount=earning.amount,
-        destination=earning.destination, track=earning.track,
-        state=Accrual.State.HELD if earning.held else Accrual.State.RELEASED,
-        held_for_gate=earning.held_for_gate, held_for_template=earning.held_for_template,
-        held_for_fraud=earning.held_for_fraud, held_until=earning.held_until,
-        expires_days=earning.expires_days, created_at=event.occurred_at,
-        released_at=None if earning.held else event.occurred_at,
-    )
-
-
-def accrual_legs(earning: rules.Earning) -> list[Leg]:
-    book = Book.PENDING if earning.held else earning.destination
-    return [Leg(book, earning.amount, earning.beneficiary_id, earning.program.pk),
-            Leg(Book.EARNINGS_EXPENSE, -earning.amount, None, earning.program.pk)]
-
-
-def publish_commission(accrual: Accrual, earning: rules.Earning, event: Event) -> None:
-    outbox.publish(outbox.COMMISSION_CREATED, account_id=earning.beneficiary_id, data={
-        "accrual": accrual.pk, "program": earning.program.key, "rule": earning.rule,
-        "amount": format_exact(earning.amount), "held": earning.held,
-        "book": Book.PENDING if earning.held else earning.destination, "event": event.external_id})
-
-
-def publish_conversion(referral: Referral, account: Account, event: Event) -> None:
-    outbox.publish(outbox.REFERRAL_CONVERTED, account_id=referral.referrer_id, data={
-        "referral": referral.pk, "referred": account.external_id, "occurred_at": event.occurred_at.isoformat()})
 
 
 __all__ = ["MONEY_TYPES", "EventRejected", "Programs", "accrual_legs", "accrual_of", "apply_events", "known_types",

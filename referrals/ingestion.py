@@ -17,6 +17,8 @@ twice or out of order. Small batches are applied inside the request; larger ones
 `apply_stored_events`, a task queued on commit.
 """
 import logging
+from dataclasses import dataclass
+from datetime import datetime
 
 from celery import current_app, shared_task
 from django.conf import settings
@@ -24,14 +26,90 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from . import bulk, engine, services
+from . import bulk, engine
 from . import events as ev
+from .engine import EventRejected
 from .models import Account, Event, Template
-from .services import IngestResult
 
 log = logging.getLogger(__name__)
 
-BULK_TYPES = frozenset({ev.USAGE_CHARGED, ev.CREDITS_PURCHASED, ev.PLAN_PURCHASED})
+BULK_TYPES = engine.MONEY_TYPES
+
+
+@dataclass
+class IngestResult:
+    id: str
+    status: str  # accepted | duplicate | rejected
+    code: str = ""
+    message: str = ""
+    fields: dict | None = None
+    warnings: list | None = None
+
+    def as_dict(self) -> dict:
+        out = {"id": self.id, "status": self.status}
+        if self.status == "rejected":
+            out["error"] = {"code": self.code, "message": self.message, "fields": self.fields or {}}
+        if self.warnings:
+            out["warnings"] = self.warnings
+        return out
+
+
+
+
+def ingest_event(raw, *, source: str = Event.Source.API, now: datetime | None = None) -> IngestResult:
+    """Validate, deduplicate and apply one external event atomically."""
+    raw_id = raw.get("id") if isinstance(raw, dict) else None
+    result_id = raw_id if isinstance(raw_id, str) else ""
+    try:
+        valid = ev.validate_event(raw, now=now)
+    except ev.EventInvalid as exc:
+        return IngestResult(result_id, "rejected", exc.code, str(exc), exc.fields)
+    return ingest_valid_event(valid, source=source)
+
+
+def ingest_valid_event(valid: ev.ValidEvent, *, source: str = Event.Source.API) -> IngestResult:
+    """Deduplicate and apply one validated event atomically (the synchronous path)."""
+    known = _known_outcome(valid)
+    if known:
+        return known
+    # Events of this account that a batch stored and a task has not applied yet come first,
+    # so this one is checked against their effects (and applied in id order, as in a replay).
+    account_id = Account.objects.filter(external_id=valid.account).values_list("pk", flat=True).first()
+    if account_id is not None:
+        apply_pending(account_id=account_id)
+    try:
+        with transaction.atomic():
+            if account_id is not None:
+                # The account's lock before the event's id: per account, ids then follow the order
+                # events are applied in, which is the order a replay (and a milestone's "spend up to
+                # this charge") uses. Without it, two racing charges could each count only itself.
+                list(Account.objects.select_for_update().filter(pk=account_id).values_list("pk", flat=True))
+            event = Event.objects.create(
+                external_id=valid.external_id, type=valid.type, source=source, occurred_at=valid.occurred_at,
+                account_id=account_id,
+                payload=valid.raw, content_hash=valid.content_hash, amount=valid.amount,
+                product=valid.product, runtime_seconds=valid.runtime_seconds, warnings=valid.warnings or None,
+            )
+            engine.apply_events([event], on_error=None)
+    except EventRejected as exc:
+        return IngestResult(valid.external_id, "rejected", exc.code, str(exc), exc.fields)
+    except IntegrityError:
+        # Two senders raced on the same id: the loser answers like a plain duplicate.
+        known = _known_outcome(valid)
+        if known:
+            return known
+        raise
+    return IngestResult(valid.external_id, "accepted", warnings=event.warnings or None)
+
+
+def _known_outcome(valid: ev.ValidEvent) -> IngestResult | None:
+    stored_hash = Event.objects.filter(external_id=valid.external_id).values_list("content_hash", flat=True).first()
+    if stored_hash is None:
+        return None
+    if stored_hash == valid.content_hash:
+        return IngestResult(valid.external_id, "duplicate")
+    reason = "already used by an event with different content"
+    return IngestResult(valid.external_id, "rejected", "id_conflict", f"id: {reason}", {"id": reason})
 
 
 def ingest_batch(raws: list, *, source: str = Event.Source.API, now=None) -> list[IngestResult]:
@@ -97,7 +175,7 @@ def _repeat(valid: ev.ValidEvent, stored_hash: str) -> IngestResult:
 
 def _ingest_one(valid: ev.ValidEvent, *, source: str, now) -> IngestResult:
     try:
-        return services.ingest_valid_event(valid, source=source)
+        return ingest_valid_event(valid, source=source)
     except Exception:
         log.exception("event %s could not be ingested", valid.external_id)
         return _internal_error(valid.raw)
