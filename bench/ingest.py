@@ -5,8 +5,9 @@ and the latency of a single-event POST (stored and applied inside the request).
     DATABASE_URL=postgres://... .venv/bin/python bench/ingest.py [--batches 10] [--accounts 5000] [--referrers 50]
 
 The database must be a scratch one (e.g. `scripts/pg-throwaway.sh start DIR`): the script
-migrates it, loads the `runpod` preset, signs up `--referrers` referrers and `--accounts`
-accounts referred by them (round robin), and writes events (all prefixed with a per-run tag, so
+migrates it, loads the `runpod` preset, signs up `--referrers` referrers (through the API's
+ingestion) and writes `--accounts` accounts referred by them (round robin; rows written in bulk,
+as their sign-ups would leave them), and writes events (all prefixed with a per-run tag, so
 runs do not collide). Sign-ups are set-up, outside every timing.
 
 Each round sends one 1000-event batch of `usage.charged` spread at random over all the accounts
@@ -51,10 +52,11 @@ from django.db import connection  # noqa: E402
 from django.test import Client  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
+from ledger.services import open_books  # noqa: E402
 from referrals import events as ev  # noqa: E402
 from referrals.api.keys import api_key_create  # noqa: E402
 from referrals.ingestion import apply_pending, ingest_batch  # noqa: E402
-from referrals.models import Account, Event  # noqa: E402
+from referrals.models import Account, Event, Referral  # noqa: E402
 from referrals.presets import load_preset  # noqa: E402
 from referrals.verification import check_integrity  # noqa: E402
 
@@ -115,12 +117,19 @@ def sign_up(tag: str, referrers: int, accounts: int) -> list[str]:
     ingest_batch([{"id": f"{name}-signup", "type": ev.ACCOUNT_CREATED, "account": name,
                    "occurred_at": START.isoformat(), "email": f"{name}@example.com"} for name in names])
     codes = list(Account.objects.filter(external_id__in=names).order_by("id").values_list("referral_code", flat=True))
+    referrer_ids = list(Account.objects.filter(external_id__in=names).order_by("id").values_list("pk", flat=True))
+    assert len(codes) == len(referrer_ids) == referrers
+    # The referred accounts and their referrals are written in bulk (sign-ups one by one would
+    # take most of the run): the rows an attributed `account.created` leaves, without its event.
     referred = [f"bench-{tag}-{i}" for i in range(accounts)]
-    for start in range(0, accounts, BATCH):
-        ingest_batch([{"id": f"{name}-signup", "type": ev.ACCOUNT_CREATED, "account": name,
-                       "occurred_at": START.isoformat(), "email": f"{name}@example.com",
-                       "referral_code": codes[(start + i) % len(codes)]}
-                      for i, name in enumerate(referred[start:start + BATCH])])
+    created = Account.objects.bulk_create([
+        Account(external_id=name, email=f"{name}@example.com", email_normalized=f"{name}@example.com",
+                signed_up_at=START) for name in referred])
+    ids = [a.pk for a in created] if created[0].pk else list(
+        Account.objects.filter(external_id__in=referred).order_by("id").values_list("pk", flat=True))
+    open_books(ids)
+    Referral.objects.bulk_create([Referral(referrer_id=referrer_ids[i % referrers], referred_id=pk, created_at=START)
+                                  for i, pk in enumerate(ids)])
     return referred
 
 
