@@ -14,7 +14,7 @@ from backoffice.selectors import account_summary, application_review
 from ledger.admin import BigTableAdmin, ReadOnlyAdmin, ValuesFilter
 from ledger.money import format_cents, format_exact, to_units
 
-from . import clicks, services
+from . import clicks, engine, services
 from .api.keys import ApiKeyInvalid, api_key_create, api_key_revoke, validate_api_key_request
 from .models import (
     Account,
@@ -57,7 +57,7 @@ class EventTypeFilter(ValuesFilter):
 
     def lookups(self, request, model_admin):
         # The types with a handler are every type that can be stored; listing them needs no query.
-        return [(t, t) for t in sorted(services._HANDLERS)]
+        return [(t, t) for t in engine.known_types()]
 
 
 class AuditObjectFilter(ValuesFilter):

@@ -66,6 +66,9 @@ class ValidEvent:
     # The canonical JSON text the hash is taken of: stored as the payload by batch ingestion
     # (the database keeps JSON parsed, so key order and spacing do not matter there).
     canonical_json: str = ""
+    # Fields accepted but ignored, each {"field", "code", "message"} (a malformed referral code
+    # of a sign-up: the account is created unattributed rather than lost).
+    warnings: list = field(default_factory=list)
 
 
 class EventInvalid(Exception):
@@ -197,6 +200,12 @@ def validate_event(raw, *, now: datetime | None = None) -> ValidEvent:
         event.extra["email"] = email
         if code := event.extra.get("referral_code"):
             event.extra["referral_code"] = code.lower()
+        for name, code in (("referral_code", "malformed_code"), ("click_id", "malformed_click")):
+            if name in errors:
+                event.warnings.append({"field": name, "code": code,
+                                       "message": f"{errors.pop(name)}; it is ignored and the account is not "
+                                                  "attributed through it"})
+                event.extra.pop(name, None)
         ip = raw.get("ip")
         if ip not in (None, ""):
             try:

@@ -11,26 +11,105 @@ one transaction), so they can still be answered `rejected`; everything stored be
 applied first, so they see its effects.
 
 Stored events are applied per account, in id order, under a lock on the account row: runs of
-plain money events set-based (`referrals.batch_apply`), anything else one by one, each in its
+plain money events set-based (`referrals.engine`), anything else one by one, each in its
 own savepoint. Two appliers at once (a request and the task, two tasks) never apply an event
 twice or out of order. Small batches are applied inside the request; larger ones by
 `apply_stored_events`, a task queued on commit.
 """
 import logging
+from dataclasses import dataclass
+from datetime import datetime
 
 from celery import current_app, shared_task
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
-from . import batch_apply, bulk, services
+from . import bulk, engine
 from . import events as ev
+from .engine import EventRejected
 from .models import Account, Event, Template
-from .services import IngestResult
 
 log = logging.getLogger(__name__)
 
-BULK_TYPES = frozenset({ev.USAGE_CHARGED, ev.CREDITS_PURCHASED, ev.PLAN_PURCHASED})
+BULK_TYPES = engine.MONEY_TYPES
+
+
+@dataclass
+class IngestResult:
+    id: str
+    status: str  # accepted | duplicate | rejected
+    code: str = ""
+    message: str = ""
+    fields: dict | None = None
+    warnings: list | None = None
+
+    def as_dict(self) -> dict:
+        out = {"id": self.id, "status": self.status}
+        if self.status == "rejected":
+            out["error"] = {"code": self.code, "message": self.message, "fields": self.fields or {}}
+        if self.warnings:
+            out["warnings"] = self.warnings
+        return out
+
+
+
+
+def ingest_event(raw, *, source: str = Event.Source.API, now: datetime | None = None) -> IngestResult:
+    """Validate, deduplicate and apply one external event atomically."""
+    raw_id = raw.get("id") if isinstance(raw, dict) else None
+    result_id = raw_id if isinstance(raw_id, str) else ""
+    try:
+        valid = ev.validate_event(raw, now=now)
+    except ev.EventInvalid as exc:
+        return IngestResult(result_id, "rejected", exc.code, str(exc), exc.fields)
+    return ingest_valid_event(valid, source=source)
+
+
+def ingest_valid_event(valid: ev.ValidEvent, *, source: str = Event.Source.API) -> IngestResult:
+    """Deduplicate and apply one validated event atomically (the synchronous path)."""
+    known = _known_outcome(valid)
+    if known:
+        return known
+    # Events of this account that a batch stored and a task has not applied yet come first,
+    # so this one is checked against their effects (and applied in id order, as in a replay).
+    account_id = Account.objects.filter(external_id=valid.account).values_list("pk", flat=True).first()
+    if account_id is not None:
+        apply_pending(account_id=account_id)
+    try:
+        with transaction.atomic():
+            if account_id is not None:
+                # The account's lock before the event's id: per account, ids then follow the order
+                # events are applied in, which is the order a replay (and a milestone's "spend up to
+                # this charge") uses. Without it, two racing charges could each count only itself.
+                list(Account.objects.select_for_update().filter(pk=account_id).values_list("pk", flat=True))
+            event = Event.objects.create(
+                external_id=valid.external_id, type=valid.type, source=source, occurred_at=valid.occurred_at,
+                account_id=account_id,
+                payload=valid.raw, content_hash=valid.content_hash, amount=valid.amount,
+                product=valid.product, runtime_seconds=valid.runtime_seconds, warnings=valid.warnings or None,
+            )
+            engine.apply_events([event], on_error=None)
+    except EventRejected as exc:
+        return IngestResult(valid.external_id, "rejected", exc.code, str(exc), exc.fields)
+    except IntegrityError:
+        # Two senders raced on the same id: the loser answers like a plain duplicate.
+        known = _known_outcome(valid)
+        if known:
+            return known
+        raise
+    return IngestResult(valid.external_id, "accepted", warnings=event.warnings or None)
+
+
+def _known_outcome(valid: ev.ValidEvent) -> IngestResult | None:
+    stored_hash = Event.objects.filter(external_id=valid.external_id).values_list("content_hash", flat=True).first()
+    if stored_hash is None:
+        return None
+    if stored_hash == valid.content_hash:
+        return IngestResult(valid.external_id, "duplicate")
+    reason = "already used by an event with different content"
+    return IngestResult(valid.external_id, "rejected", "id_conflict", f"id: {reason}", {"id": reason})
 
 
 def ingest_batch(raws: list, *, source: str = Event.Source.API, now=None) -> list[IngestResult]:
@@ -96,7 +175,7 @@ def _repeat(valid: ev.ValidEvent, stored_hash: str) -> IngestResult:
 
 def _ingest_one(valid: ev.ValidEvent, *, source: str, now) -> IngestResult:
     try:
-        return services.ingest_valid_event(valid, source=source)
+        return ingest_valid_event(valid, source=source)
     except Exception:
         log.exception("event %s could not be ingested", valid.external_id)
         return _internal_error(valid.raw)
@@ -194,90 +273,43 @@ def _event(valid: ev.ValidEvent, account_id: int, source: str) -> Event:
 
 
 def apply_pending(*, event_ids: list[int] | None = None, account_id: int | None = None) -> int:
-    """Apply stored events not applied yet (all of them, or those of some events' accounts),
-    per account in id order; returns how many were applied.
+    """Apply every accepted event not applied yet (or those among `event_ids`, or of one
+    account); returns how many were applied. This is the entry point of the task, the sweeper
+    and the synchronous path (which first applies what its account has pending).
 
-    Accounts are taken in the order of their oldest pending event, each with its events up to
-    the last one seen; that is the replay's id order wherever it matters, because events of
-    different accounts commute, except those that touch another account's state in an
-    order-dependent way (`_orders_across_accounts`). Those are applied at their place in id
-    order: other accounts' events before them first, then they (with their own account's
-    events around them), then the rest.
+    Batches of up to `APPLY_BATCH_MAX` events in id order, across any number of accounts, each
+    in one transaction: their accounts' rows are locked (in id order, so two appliers never
+    deadlock; the second waits, then finds the events applied), every pending event of those
+    accounts up to the batch's last id is claimed (so per account no event is skipped or
+    applied out of id order), and the engine applies them (`referrals.engine.apply_events`).
     """
-    pending = Event.objects.filter(applied_at__isnull=True, apply_error="")
-    if event_ids is not None:
-        if not event_ids:
-            return 0
-        pending = pending.filter(pk__in=event_ids)
-    if account_id is not None:
-        pending = pending.filter(account_id=account_id)
-    rows = list(pending.order_by("id").values_list("pk", "account_id", "type", "payload"))
-    wanted = {payload.get("template") for *_, payload in rows if isinstance(payload, dict) and payload.get("template")}
-    unqualified = set(Template.objects.filter(external_id__in=wanted, qualified_at__isnull=True)
-                      .values_list("external_id", flat=True)) if wanted else set()
-    applied = 0
-    segment: dict[int, int] = {}  # account -> its last pending event of the segment, by oldest first
-    pinned = False  # the segment holds an order-sensitive event: only its own account may join
-    for pk, account, event_type, payload in rows:
-        sensitive = _orders_across_accounts(event_type, payload, unqualified)
-        if (sensitive or pinned) and segment.keys() - {account}:
-            applied += sum(_apply_account(a, up_to=last) for a, last in segment.items())
-            segment, pinned = {}, False
-        segment[account] = pk
-        pinned = pinned or sensitive
-    return applied + sum(_apply_account(a, up_to=last) for a, last in segment.items())
-
-
-def _orders_across_accounts(event_type: str, payload, unqualified_templates: set[str]) -> bool:
-    """A charge on a template not qualified yet adds to runtime that other accounts' charges
-    add to as well, and the charge that reaches the gate qualifies the template and releases
-    its held earnings; a purchase with a payment fingerprint may flag other accounts'
-    referrals. Both must be applied in id order relative to other accounts' events."""
-    if not isinstance(payload, dict):
-        return False
-    if payload.get("template") in unqualified_templates:
-        return True
-    return event_type == ev.CREDITS_PURCHASED and bool(payload.get("payment_fingerprint"))
-
-
-def _apply_account(account_id: int, *, up_to: int | None = None) -> int:
-    applied = 0
-    events = Event.objects.filter(account_id=account_id, applied_at__isnull=True, apply_error="").order_by("id")
-    if up_to is not None:
-        events = events.filter(pk__lte=up_to)
-    with transaction.atomic():
-        # The account row is the applier's claim: a second applier waits here, then finds
-        # these events applied. Per account, events are applied in id order, as in a replay.
-        # (.exists() would not do: Django drops FOR UPDATE from an EXISTS query.)
-        list(Account.objects.select_for_update().filter(pk=account_id).values_list("pk", flat=True))
-        events = list(events)
-        position = 0
-        while position < len(events):
-            # Runs of plain money events set-based; whatever needs more, one by one in between.
-            run = batch_apply.apply_run(account_id, events[position:])
-            if not run.applied:
-                applied += sum(_apply_one(event) for event in run.events)
-            elif run.events:
-                applied += len(run.events)
-            position += len(run.events)
-    return applied
-
-
-def _apply_one(event: Event) -> int:
-    try:
-        with transaction.atomic():
-            # Claim before applying: an applier that read this event before the other
-            # committed finds it taken and skips it, so no event is applied twice.
-            if not Event.objects.filter(pk=event.pk, applied_at__isnull=True).update(applied_at=timezone.now()):
-                return 0
-            services.apply_event(event)
-        return 1
-    except Exception as exc:
-        # Accepted but not applicable (a bug, or state that changed under it): kept
-        # out of the ledger and of replays, visible in the admin with its reason.
-        log.exception("stored event %s could not be applied", event.external_id)
-        Event.objects.filter(pk=event.pk).update(apply_error=f"{type(exc).__name__}: {exc}"[:2000])
+    if event_ids is not None and not event_ids:
         return 0
+    size = settings.APPLY_BATCH_MAX
+    applied = 0
+    while True:
+        pending = Event.objects.filter(applied_at__isnull=True, apply_error="")
+        if event_ids is not None:
+            pending = pending.filter(pk__in=event_ids)
+        if account_id is not None:
+            pending = pending.filter(account_id=account_id)
+        head = list(pending.order_by("id").values_list("pk", "account_id")[:size])
+        if not head:
+            return applied
+        with transaction.atomic():
+            accounts = sorted({account for _, account in head if account is not None})
+            # The accounts' rows are the appliers' claim. (.exists() would not do: Django drops
+            # FOR UPDATE from an EXISTS query.)
+            list(Account.objects.select_for_update().filter(pk__in=accounts).order_by("pk")
+                 .values_list("pk", flat=True))
+            events = list(Event.objects.filter(applied_at__isnull=True, apply_error="", pk__lte=head[-1][0])
+                          .filter(Q(account_id__in=accounts) | Q(pk__in=[pk for pk, _ in head]))
+                          .order_by("id"))
+            if events:
+                Event.objects.filter(pk__in=[e.pk for e in events]).update(applied_at=timezone.now())
+                applied += engine.apply_events(events)
+        if len(head) < size:
+            return applied
 
 
 @shared_task(name="referrals.apply_stored_events", ignore_result=True)

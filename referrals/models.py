@@ -380,6 +380,9 @@ class Event(models.Model):
     # applied in the transaction that stores it, hence the default.
     applied_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
     apply_error = models.TextField(blank=True, help_text="Why applying a stored event failed (it is then skipped).")
+    # Fields of an accepted event that were ignored, as answered to the sender ({"field", "code",
+    # "message"}): a replay ignores them too (referrals.steps, account.created).
+    warnings = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ["id"]

@@ -10,6 +10,7 @@ from ledger.money import net_sum
 from ledger.selectors import ledger_sums_by_book, projection_by_book, unbalanced_transactions
 from ledger.services import allow_rebuild
 
+from .engine import apply_events
 from .models import (
     Account,
     Accrual,
@@ -23,7 +24,8 @@ from .models import (
     Template,
     TrackChange,
 )
-from .services import apply_event
+
+REPLAY_CHUNK = 2000  # events the engine replays per call
 
 
 class _Rollback(Exception):
@@ -75,13 +77,18 @@ def replay_differences() -> list[str]:
         with transaction.atomic():
             allow_rebuild()
             _reset_derived_state()
-            # Stored events a batch has not applied yet are not part of the state either.
+            # The same engine as live, over the log in id order. Stored events a batch has not
+            # applied yet are not part of the state either.
+            def failed(event, exc):  # a replay failure is itself a finding; report it and go on
+                differences.append(f"event {event.external_id} ({event.type}) failed on replay: {exc}")
+
+            chunk: list[Event] = []
             for event in Event.objects.filter(applied_at__isnull=False).order_by("id").iterator(chunk_size=2000):
-                try:
-                    with transaction.atomic():
-                        apply_event(event, replay=True)
-                except Exception as exc:  # a replay failure is itself a finding; report it and go on
-                    differences.append(f"event {event.external_id} ({event.type}) failed on replay: {exc}")
+                chunk.append(event)
+                if len(chunk) == REPLAY_CHUNK:
+                    apply_events(chunk, replay=True, on_error=failed)
+                    chunk = []
+            apply_events(chunk, replay=True, on_error=failed)
             after = _state()
             raise _Rollback
     except _Rollback:

@@ -168,6 +168,8 @@ API_THROTTLE_REDIS_URL = env.str("API_THROTTLE_REDIS_URL", default=env.str("REDI
 # A batch with more stateless money events than this is applied by a task queued on commit
 # instead of in the request (referrals.ingestion).
 INGEST_INLINE_APPLY_MAX = env.int("INGEST_INLINE_APPLY_MAX", default=200)
+# Events one applier transaction takes at most (referrals.ingestion.apply_pending).
+APPLY_BATCH_MAX = env.int("APPLY_BATCH_MAX", default=1000)
 # Outbound webhooks (integrations app).
 WEBHOOKS = {
     "TIMEOUT_SECONDS": env.float("WEBHOOK_TIMEOUT_SECONDS", default=5.0),

@@ -3,8 +3,14 @@ import os
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import connection
+from hypothesis import settings as hypothesis_settings
 
 from referrals.presets import load_preset
+
+# `HYPOTHESIS_PROFILE=deep` (make test-deep): property tests run at least 1,000 examples each
+# (tests.helpers.examples for those that set their own count).
+hypothesis_settings.register_profile("deep", max_examples=1000, deadline=None)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """Building events the way an integration sends them, and pushing them through the real service."""
 import itertools
+import os
 from datetime import UTC, datetime, timedelta
 
 from ledger.money import to_units
@@ -7,6 +8,14 @@ from referrals.models import Account
 from referrals.services import ingest_event
 
 _ids = itertools.count(1)
+# HYPOTHESIS_PROFILE=deep (make test-deep) runs every property test with at least 1,000 examples.
+DEEP_EXAMPLES = 1000
+
+
+def examples(n: int) -> int:
+    """A property test's example count: `n`, or at least DEEP_EXAMPLES in the deep profile.
+    (An explicit @settings(max_examples=...) wins over the loaded profile, hence this.)"""
+    return max(n, DEEP_EXAMPLES) if os.environ.get("HYPOTHESIS_PROFILE") == "deep" else n
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 

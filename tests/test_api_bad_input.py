@@ -32,6 +32,7 @@ from referrals.models import (
     Template,
     TrackChange,
 )
+from referrals.verification import check_integrity, replay_differences
 from tests.helpers import at, buy_credits, event, signup, spend
 
 
@@ -154,21 +155,50 @@ def test_it_rejects_an_event_for_an_unknown_account(api, alice):
                      "fields": {"account": "unknown account 'mallory'"}}
 
 
-def test_it_rejects_a_sign_up_with_an_unknown_referral_code_and_creates_no_account(api, alice):
-    with changes_nothing():
-        error = rejected(post_event(api, event("account.created", "bob", email="bob@example.com",
-                                               referral_code="zzzz9999")))
-    assert error["code"] == "unknown_code"
-    assert error["fields"] == {"referral_code": "unknown referral code 'zzzz9999'"}
-    assert not Account.objects.filter(external_id="bob").exists()
+@pytest.mark.parametrize(("fields", "field", "code"), [
+    ({"referral_code": "zzzz9999"}, "referral_code", "unknown_code"),
+    ({"referral_code": 12345}, "referral_code", "malformed_code"),
+    ({"referral_code": "x" * 300}, "referral_code", "malformed_code"),
+    ({"click_id": "00000000-0000-4000-8000-000000000000"}, "click_id", "unknown_click"),
+    ({"click_id": ["not", "a", "click"]}, "click_id", "malformed_click"),
+])
+def test_a_sign_up_with_a_bad_code_or_click_is_accepted_unattributed_with_a_warning(api, alice, fields, field,
+                                                                                       code):
+    response = post_event(api, event("account.created", "bob", email="bob@example.com", **fields))
+    assert response.status_code == 200
+    (result,) = response.json()["results"]
+    assert result["status"] == "accepted" and "error" not in result
+    (warning,) = result["warnings"]
+    assert warning["field"] == field and warning["code"] == code and warning["message"]
+    bob = Account.objects.get(external_id="bob")
+    assert not Referral.objects.filter(referred=bob).exists()
+    # The account is kept: its later events are applied, and the log replays the same.
+    assert post_event(api, event("usage.charged", "bob", amount="5.00", product="pods")).json()[
+        "results"][0]["status"] == "accepted"
+    assert Referral.objects.count() == 0
+    assert check_integrity() == [] and replay_differences() == []
 
 
-def test_it_rejects_a_sign_up_with_a_disabled_referral_code(api, alice):
+def test_a_sign_up_with_a_disabled_referral_code_is_accepted_unattributed_with_a_warning(api, alice):
     Account.objects.filter(pk=alice.pk).update(code_enabled=False)
-    with changes_nothing():
-        error = rejected(post_event(api, event("account.created", "bob", email="bob@example.com",
-                                               referral_code=alice.referral_code)))
-    assert error["fields"] == {"referral_code": "this referral code is disabled"}
+    response = post_event(api, event("account.created", "bob", email="bob@example.com",
+                                     referral_code=alice.referral_code))
+    (result,) = response.json()["results"]
+    assert result["status"] == "accepted"
+    assert result["warnings"] == [{"field": "referral_code", "code": "disabled_code",
+                                   "message": "this referral code is disabled; the account is not attributed"}]
+    assert Account.objects.filter(external_id="bob").exists() and not Referral.objects.exists()
+    # Enabled again later: the replay still leaves the sign-up unattributed, as it was answered.
+    Account.objects.filter(pk=alice.pk).update(code_enabled=True)
+    assert replay_differences() == []
+
+
+def test_a_clean_sign_up_answers_no_warnings(api, alice):
+    response = post_event(api, event("account.created", "bob", email="bob@example.com",
+                                     referral_code=alice.referral_code))
+    (result,) = response.json()["results"]
+    assert result == {"id": result["id"], "status": "accepted"}
+    assert Referral.objects.get().referrer == alice
 
 
 def test_it_rejects_a_second_sign_up_of_the_same_account(api, alice):
@@ -323,10 +353,13 @@ def test_it_isolates_an_event_that_trips_an_internal_error(api, alice, monkeypat
     ]
 
 
-def test_it_rejects_a_click_id_that_is_not_ascii_digits(api, alice):
-    with changes_nothing():
-        error = rejected(post_event(api, event("account.created", "bob", email="bob@example.com", click_id="²")))
-    assert error["fields"] == {"click_id": "unknown click '²'"}
+def test_it_ignores_a_click_id_that_is_not_ascii_digits_with_a_warning(api, alice):
+    (result,) = post_event(api, event("account.created", "bob", email="bob@example.com", click_id="²")).json()[
+        "results"]
+    assert result["status"] == "accepted"
+    assert result["warnings"] == [{"field": "click_id", "code": "unknown_click",
+                                   "message": "unknown click '²'; it is ignored"}]
+    assert not Referral.objects.exists()
 
 
 # --------------------------------------------------------------------------- bodies

@@ -17,7 +17,7 @@ from referrals.models import Account, Accrual, Application, Event, Program
 from referrals.presets import load_preset
 from referrals.services import account_change_track, application_approve, ingest_event
 from referrals.verification import check_integrity, replay_differences
-from tests.helpers import T0
+from tests.helpers import T0, examples
 
 amounts = st.decimals(min_value=Decimal("0.000001"), max_value=Decimal("2000"), places=6).map(str)
 days = st.integers(min_value=0, max_value=60)
@@ -96,7 +96,7 @@ class History:
                                  track=self.data.draw(st.sampled_from(["basic", "partner"])))
 
 
-def _assert_invariants():
+def assert_invariants(*, replay: bool = True):
     assert check_integrity() == []
     assert Entry.objects.aggregate(total=Sum("amount"))["total"] in (None, 0)
     assert not Balance.objects.filter(book__in=[Book.PENDING, Book.RESERVED], amount__lt=0).exists()
@@ -111,10 +111,11 @@ def _assert_invariants():
     earned = Accrual.objects.filter(program=revenue_share).exclude(state="void") \
         .aggregate(net=net_sum("amount", "reversed"))["net"] or 0
     assert earned == percent_of(referred_spend, revenue_share.rate)
-    assert replay_differences() == []
+    if replay:
+        assert replay_differences() == []
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
 @given(data=st.data())
 def test_random_histories_keep_the_ledger_exact_and_replayable(db, data):
@@ -134,4 +135,4 @@ def test_random_histories_keep_the_ledger_exact_and_replayable(db, data):
             application_approve(application=application, actor=None)
         for _ in range(data.draw(st.integers(min_value=0, max_value=10))):
             history.step()
-        _assert_invariants()
+        assert_invariants()

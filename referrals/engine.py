@@ -1,0 +1,398 @@
+"""The engine: applying logged events to accounts, the ledger, rollups and the outbox.
+
+`apply_events(events)` applies a list of logged events, in id order, across any number of
+accounts. It is the only way an event takes effect: a stored batch (`ingestion.apply_pending`),
+one event of the synchronous path (a batch of one), a staff action, a periodic job and the
+replay of `verify_ledger` all call it.
+
+Money events (`MONEY_TYPES`: usage charges, credit and plan purchases) are applied set-based,
+a run of them at a time whatever the number of accounts in it, with a number of SQL statements
+that does not grow with the run:
+
+1. load what the rules need for all the run's accounts at once (accounts, their referrals,
+   the referrers' tracks and approvals, milestones paid and spend so far, templates, and the
+   programme configuration through the one loader `load_programs`);
+2. compute every event's effects in Python, in id order, with the pure `referrals.rules`;
+3. write them with a few bulk statements: accruals, credit grants, milestone awards,
+   referral / account / template figures (`bulk_update`), ledger transactions, entries and
+   the balance projection (`bulk.post_each`). The dashboard rollups follow the accrual and
+   referral rows through their database triggers (`referrals.rollups`), in the same
+   statements. Outbox messages are queued for after commit, in the order the events imply.
+
+Every other event type is applied by its step (`_STEPS`, and the steps other apps register
+with `register_step`), one event at a time inside the same call.
+
+Ordering:
+
+- Per account, events are applied in id order (the caller holds the accounts' row locks, see
+  `ingestion.apply_pending`), which is the order of a replay.
+- Across accounts, a run is planned in global id order: a template's runtime grows charge by
+  charge in id order whichever account the charge is of, and a milestone is decided on the
+  referred account's own charges in id order. Effects that reach other accounts in an
+  order-dependent way end the set-based run and are applied on their own, at their place in id
+  order: the charge that makes a template reach its runtime gate (it qualifies the template
+  and releases the held earnings of every account on it), and a credit purchase with a
+  payment fingerprint (it may flag referrals of other accounts). Events of other types are
+  applied at their place in id order too.
+- A run that fails as a whole (a database error) is retried event by event; an event that
+  fails on its own is recorded with its error (`on_error`) and left out, the rest go on.
+"""
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+
+from django.db import transaction
+
+from ledger.money import net_sum
+
+from . import bulk, rules, steps
+from . import events as ev
+from .configuration import Programs, load_programs
+from .models import (
+    Account,
+    Accrual,
+    Application,
+    CreditGrant,
+    Event,
+    MilestoneAward,
+    Program,
+    Referral,
+    Template,
+    Track,
+    TrackChange,
+)
+from .steps import (
+    EventRejected,
+    accrual_legs,
+    accrual_of,
+    check_payment_fingerprint,
+    publish_commission,
+    publish_conversion,
+    qualify_template,
+)
+
+log = logging.getLogger(__name__)
+
+MONEY_TYPES = frozenset({ev.USAGE_CHARGED, ev.CREDITS_PURCHASED, ev.PLAN_PURCHASED})
+
+# Longest set-based run planned at once (bounds the statements' parameter lists).
+RUN_MAX = 2000
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+Step = Callable[[Event, bool], int]
+_STEPS: dict[str, Step] = dict(steps.STEPS)
+
+
+def register_step(event_type: str, step: Step) -> None:
+    """Apps register the step of the internal events they write (payouts, adjustments, jobs)."""
+    _STEPS[event_type] = step
+
+
+def known_types() -> list[str]:
+    return sorted({*MONEY_TYPES, *_STEPS})
+
+
+def _record_error(event: Event, exc: Exception) -> None:
+    """Accepted but not applicable (a bug, or state that changed under it): kept out of the
+    ledger and of replays, visible in the admin with its reason."""
+    log.exception("stored event %s could not be applied", event.external_id)
+    Event.objects.filter(pk=event.pk).update(applied_at=None, apply_error=f"{type(exc).__name__}: {exc}"[:2000])
+
+
+def apply_events(events: list[Event], *, replay: bool = False,
+                 on_error: Callable[[Event, Exception], None] | None = _record_error) -> int:
+    """Apply `events` (id order; their accounts locked by the caller); returns the effect count.
+
+    With `on_error=None` the first failure propagates (and rolls back with the caller's
+    transaction): the synchronous path answers such an event `rejected`."""
+    programs = load_programs(events)
+    effect = 0
+    position = 0
+    while position < len(events):
+        event = events[position]
+        if event.type in MONEY_TYPES:
+            run = events[position:position + RUN_MAX]
+            try:
+                with transaction.atomic():
+                    done = _apply_money_run(run, programs, replay=replay, strict=on_error is None)
+            except Exception as exc:
+                if on_error is None:
+                    raise
+                if len(run) == 1:
+                    on_error(event, exc)
+                    position += 1
+                    continue
+                log.exception("set-based run of %d events failed; applying them one by one", len(run))
+                done = 0
+            if done:
+                effect += done
+                position += done
+                continue
+        effect += _apply_one(event, programs, replay=replay, on_error=on_error)
+        position += 1
+    return effect
+
+
+def _apply_one(event: Event, programs: Programs, *, replay: bool, on_error) -> int:
+    try:
+        with transaction.atomic():
+            if event.type in MONEY_TYPES:
+                done = _apply_money_run([event], programs, replay=replay, strict=True)
+                if done:
+                    return done
+            return _STEPS[event.type](event, replay) or 0
+    except Exception as exc:
+        if on_error is None:
+            raise
+        on_error(event, exc)
+        return 0
+
+
+# --------------------------------------------------------------------------- money events, set-based
+
+
+@dataclass
+class _State:
+    """What the rules need for the run's accounts, loaded once, then carried event to event."""
+
+    accounts: dict[int, Account]
+    referrals: dict[int, Referral]  # by referred account
+    templates: dict[str, Template]  # by external id
+    tracks: dict[int, list[tuple]]  # referrer -> [(effective_at, id, track)]
+    approved: set[tuple[int, int]]  # (referrer, program)
+    awarded: set[tuple[int, int]]  # (referral, program)
+    spend: dict[tuple[int, str], int]  # (account, product) -> net usage spend applied so far
+    changed_accounts: set[int] = field(default_factory=set)
+    changed_referrals: set[int] = field(default_factory=set)
+    changed_templates: set[int] = field(default_factory=set)
+
+
+def _load(run: list[Event], programs: list[Program]) -> _State:
+    account_ids = {e.account_id for e in run}
+    accounts = {a.pk: a for a in Account.objects.filter(pk__in=account_ids).only(
+        "id", "external_id", "purchased_credits")}
+    referrals = {r.referred_id: r for r in Referral.objects.select_for_update().filter(referred_id__in=account_ids)}
+    wanted = {e.payload.get("template") for e in run if e.payload.get("template")}
+    templates = ({t.external_id: t for t in Template.objects.select_for_update().filter(external_id__in=wanted)}
+                 if wanted else {})
+    referrers = {r.referrer_id for r in referrals.values()}
+    tracks: dict[int, list[tuple]] = defaultdict(list)
+    approved: set[tuple[int, int]] = set()
+    awarded: set[tuple[int, int]] = set()
+    spend: dict[tuple[int, str], int] = defaultdict(int)
+    if referrers and any(p.kind == Program.Kind.PURCHASE_COMMISSION and p.partner_rate is not None
+                         for p in programs):
+        for account_id, effective_at, pk, track in TrackChange.objects.filter(account_id__in=referrers).values_list(
+                "account_id", "effective_at", "id", "track"):
+            tracks[account_id].append((effective_at, pk, track))
+    if referrers and any(p.requires_approval for p in programs):
+        approved = set(Application.objects.filter(account_id__in=referrers, status=Application.Status.APPROVED)
+                       .values_list("account_id", "program_id"))
+    milestones = [p for p in programs if p.kind == Program.Kind.MILESTONE]
+    if referrals and milestones:
+        awarded = set(MilestoneAward.objects.filter(referral_id__in=[r.pk for r in referrals.values()],
+                                                    program__in=milestones).values_list("referral_id", "program_id"))
+        # Net usage spend applied before this run: what a milestone's "spend up to this charge" adds to.
+        open_accounts = {referred for referred, r in referrals.items()
+                         if any((r.pk, p.pk) not in awarded for p in milestones)}
+        if open_accounts:
+            rows = (Event.objects.filter(account_id__in=open_accounts, type=ev.USAGE_CHARGED,
+                                         applied_at__isnull=False, pk__lt=run[-1].pk)
+                    .exclude(pk__in=[e.pk for e in run if e.account_id in open_accounts])
+                    .order_by().values_list("account_id", "product").annotate(net=net_sum("amount", "refunded")))
+            for account_id, product, net in rows:
+                spend[(account_id, product)] += int(net or 0)
+    return _State(accounts=accounts, referrals=referrals, templates=templates, tracks=tracks, approved=approved,
+                  awarded=awarded, spend=spend)
+
+
+def _track_at(tracks: list[tuple], at) -> str:
+    effective = [change for change in tracks if change[0] <= at]
+    return max(effective)[2] if effective else Track.BASIC
+
+
+def _set_based(event: Event, state: _State, first: bool) -> bool:
+    """Whether the event can join the run (see the module docstring, "Ordering")."""
+    payload = event.payload
+    account = state.accounts.get(event.account_id)
+    if event.type not in MONEY_TYPES or event.amount is None or account is None:
+        return False
+    if payload.get("account") != account.external_id:
+        return False
+    if event.type == ev.CREDITS_PURCHASED and payload.get("payment_fingerprint") and not first:
+        return False  # its fraud checks run before it, on the state the events before it left
+    return not payload.get("template") or payload["template"] in state.templates  # else: unknown template
+
+
+def _apply_money_run(run: list[Event], programs: Programs, *, replay: bool, strict: bool) -> int:
+    """Apply the longest prefix of `run` that can go set-based; returns its length (0: none)."""
+    rate_programs = programs.enabled(*rules.RATE_KINDS, Program.Kind.MILESTONE)
+    head = []
+    for event in run:
+        if event.type not in MONEY_TYPES:
+            break
+        head.append(event)
+    if not head:
+        return 0
+    first = head[0]
+    if fingerprint := first.type == ev.CREDITS_PURCHASED and first.payload.get("payment_fingerprint"):
+        # A shared payment method may flag referrals of this account and of others, and this
+        # purchase's own commission is then held: the check comes before the purchase is planned.
+        account = Account.objects.filter(pk=first.account_id, external_id=first.payload.get("account")).first()
+        if account is not None:
+            check_payment_fingerprint(account, fingerprint, first)
+    state = _load(head, rate_programs)
+    if strict:
+        _check_single(first, state)
+
+    planned: list[Event] = []
+    earnings: list[tuple[Event, rules.Earning]] = []
+    awards: list[MilestoneAward] = []
+    conversions: list[Event] = []
+    event_templates: list[Event] = []
+    qualified: list[tuple[Template, Program, Event]] = []
+    for event in head:
+        if qualified or not _set_based(event, state, first=event is first):
+            break
+        account = state.accounts[event.account_id]
+        referral = state.referrals.get(account.pk)
+        template = state.templates.get(event.payload["template"]) if event.payload.get("template") else None
+        if event.type == ev.CREDITS_PURCHASED:
+            account.purchased_credits += event.amount
+            state.changed_accounts.add(account.pk)
+        elif event.type == ev.USAGE_CHARGED:
+            # Usage is paid from the account's own purchased credits first.
+            if account.purchased_credits:
+                account.purchased_credits = max(account.purchased_credits - event.amount, 0)
+                state.changed_accounts.add(account.pk)
+            state.spend[(account.pk, event.product)] += event.amount
+        if referral is not None:
+            if event.type == ev.USAGE_CHARGED:
+                referral.spend += event.amount
+            else:
+                referral.purchases += event.amount
+            if referral.converted_at is None:
+                referral.converted_at = event.occurred_at
+                if referral.status == Referral.Status.PENDING:
+                    referral.status = Referral.Status.CONVERTED
+                    conversions.append(event)
+            state.changed_referrals.add(referral.referred_id)
+        if template is not None:
+            event.template = template
+            event_templates.append(event)
+            if event.runtime_seconds:
+                template.runtime_seconds += event.runtime_seconds
+                state.changed_templates.add(template.pk)
+
+        ctx = rules.Context(
+            event_type=event.type, occurred_at=event.occurred_at, amount=event.amount, product=event.product,
+            account_id=account.pk,
+            referrer_id=referral.referrer_id if referral else None, referral_id=referral.pk if referral else None,
+            referral_ineligible=bool(referral and referral.status == Referral.Status.INELIGIBLE),
+            referrer_track=_track_at(state.tracks.get(referral.referrer_id, []), event.occurred_at)
+            if referral else Track.BASIC,
+            template_id=template.pk if template else None,
+            template_creator_id=template.creator_id if template else None,
+            template_qualified=bool(template and template.qualified_at),
+        )
+        for program in programs.enabled(*rules.RATE_KINDS, Program.Kind.MILESTONE, at=event.occurred_at):
+            if program.kind == Program.Kind.TEMPLATE_SHARE:
+                if (template is not None and template.qualified_at is None
+                        and template.runtime_seconds >= template_gate_seconds(program)):
+                    # This charge reaches the runtime gate: the template qualifies (after the
+                    # run's writes, releasing its held earnings) and the run ends with it.
+                    template.qualified_at = event.occurred_at
+                    qualified.append((template, program, event))
+                    ctx = replace(ctx, template_qualified=True)
+                earned = rules.template_share(program, ctx)
+            elif program.kind == Program.Kind.MILESTONE:
+                earned = _milestone(program, event, referral, state, awards)
+            else:
+                approved = not program.requires_approval or (
+                    referral is not None and (referral.referrer_id, program.pk) in state.approved)
+                earned = rules.commission(program, ctx, approved=approved)
+            earnings += [(event, earning) for earning in earned]
+        planned.append(event)
+    if not planned:
+        return 0
+    _write(planned, state, earnings, awards, conversions, event_templates)
+    for template, program, event in qualified:
+        qualify_template(template, program, event=event, at=event.occurred_at)
+    return len(planned)
+
+
+def _check_single(event: Event, state: _State) -> None:
+    """A batch of one answers the synchronous path: its reasons to reject, named by field."""
+    account = state.accounts.get(event.account_id)
+    if account is None or event.payload.get("account") != account.external_id:
+        raise EventRejected({"account": f"unknown account {event.payload.get('account')!r}"}, "unknown_account")
+    if (template_id := event.payload.get("template")) and template_id not in state.templates:
+        raise EventRejected({"template": f"unknown template {template_id!r}"}, "unknown_template")
+
+
+def _milestone(program: Program, event: Event, referral: Referral | None, state: _State,
+               awards: list[MilestoneAward]) -> list[rules.Earning]:
+    if referral is None or event.type not in program.event_types or (
+            program.product and program.product != event.product):
+        return []
+    if (referral.pk, program.pk) in state.awarded:
+        return []
+    account_id = event.account_id
+    if program.product:
+        after = state.spend[(account_id, program.product)]
+    else:
+        after = sum(amount for (a, _), amount in state.spend.items() if a == account_id)
+    if not rules.milestone_crossed(program, after - event.amount, after):
+        return []
+    state.awarded.add((referral.pk, program.pk))
+    awards.append(MilestoneAward(program=program, referral=referral, event=event))
+    return rules.milestone_bonuses(
+        program, referrer_id=referral.referrer_id, referred_id=referral.referred_id, referral_id=referral.pk,
+        ineligible=referral.status == Referral.Status.INELIGIBLE, occurred_at=event.occurred_at)
+
+
+def template_gate_seconds(program: Program) -> int:
+    return int(program.template_min_runtime_hours * 3600)
+
+
+def _write(planned, state: _State, earnings, awards, conversions, event_templates) -> None:
+    if event_templates:
+        Event.objects.bulk_update(event_templates, ["template"])
+    if state.changed_templates:
+        Template.objects.bulk_update([t for t in state.templates.values() if t.pk in state.changed_templates],
+                                     ["runtime_seconds"])
+    if state.changed_accounts:
+        Account.objects.bulk_update([state.accounts[a] for a in state.changed_accounts], ["purchased_credits"])
+    if state.changed_referrals:
+        Referral.objects.bulk_update([state.referrals[a] for a in state.changed_referrals],
+                                     ["spend", "purchases", "converted_at", "status"])
+    if awards:
+        MilestoneAward.objects.bulk_create(awards)
+    accruals = Accrual.objects.bulk_create([accrual_of(earning, event) for event, earning in earnings])
+    grants = [CreditGrant(account_id=a.beneficiary_id, accrual_id=a.pk, amount=a.amount, remaining=a.amount,
+                          expires_at=a.created_at + timedelta(days=a.expires_days))
+              for a, (_, earning) in zip(accruals, earnings, strict=True) if earning.expires_days and not earning.held]
+    if grants:
+        CreditGrant.objects.bulk_create(grants)
+    bulk.post_each(kind="accrual", postings=[(earning.rule, event, accrual_legs(earning))
+                                             for event, earning in earnings])
+
+    # The messages, in the order applying the events one by one publishes them (after commit).
+    created = defaultdict(list)
+    for accrual, (event, earning) in zip(accruals, earnings, strict=True):
+        created[event.pk].append((accrual, earning))
+    converted = {event.pk for event in conversions}
+    for event in planned:
+        if event.pk in converted:
+            publish_conversion(state.referrals[event.account_id], state.accounts[event.account_id], event)
+        for accrual, earning in created[event.pk]:
+            publish_commission(accrual, earning, event)
+
+
+__all__ = ["MONEY_TYPES", "EventRejected", "Programs", "accrual_legs", "accrual_of", "apply_events", "known_types",
+           "load_programs", "publish_commission", "publish_conversion", "register_step", "template_gate_seconds"]
