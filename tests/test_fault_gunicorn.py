@@ -173,7 +173,9 @@ def test_killed_worker_and_restarted_database_lose_no_accepted_event(tmp_path):
     port = _free_port()
     env = {**os.environ, "DATABASE_URL": database_url(), "DJANGO_SETTINGS_MODULE": "referrals_site.settings",
            "CELERY_TASK_ALWAYS_EAGER": "true", "CELERY_BROKER_URL": "memory://", "REDIS_URL": "",
-           "API_THROTTLE_REDIS_URL": "", "API_RATE_LIMIT": "1000000/minute", "INGEST_INLINE_APPLY_MAX": "1000"}
+           "API_THROTTLE_REDIS_URL": "", "API_RATE_LIMIT": "1000000/minute", "INGEST_INLINE_APPLY_MAX": "1000",
+           # Many small apply transactions per batch, so a kill can land between two of them.
+           "APPLY_BATCH_MAX": "10"}
     log = open(tmp_path / "gunicorn.log", "w")  # noqa: SIM115 - closed below
     server = subprocess.Popen(  # noqa: S603 - our own fixed command line
         [GUNICORN, "referrals_site.wsgi", "-c", str(config), "--bind", f"127.0.0.1:{port}", "--workers", "2",

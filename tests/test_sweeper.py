@@ -54,8 +54,8 @@ def database_url() -> str:
     return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
 
 
-def python(script: str, *args: str, log) -> subprocess.Popen:
-    env = {**os.environ, "DATABASE_URL": database_url(), "DJANGO_SETTINGS_MODULE": "referrals_site.settings",
+def python(script: str, *args: str, log, **settings) -> subprocess.Popen:
+    env = {**os.environ, **settings, "DATABASE_URL": database_url(), "DJANGO_SETTINGS_MODULE": "referrals_site.settings",
            "CELERY_TASK_ALWAYS_EAGER": "true", "CELERY_BROKER_URL": "memory://"}
     return subprocess.Popen([sys.executable, "-c", script, *args], cwd=ROOT, env=env,  # noqa: S603 - fixed
                             stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
@@ -97,7 +97,9 @@ def test_a_process_killed_mid_batch_leaves_events_the_sweeper_applies_exactly_on
     path = tmp_path / "batch.json"
     path.write_text(json.dumps(raws))
     log = open(tmp_path / "ingest.log", "w")  # noqa: SIM115 - closed below
-    proc = python(INGEST, str(path), log=log)
+    # The engine applies a batch of APPLY_BATCH_MAX events per transaction: small ones here, so
+    # the kill lands between committed parts of the apply, not before the first or after the last.
+    proc = python(INGEST, str(path), log=log, APPLY_BATCH_MAX="20")
     batch = Event.objects.filter(external_id__startswith="kill-")
     deadline = time.monotonic() + 60
     # Killed once the batch is stored and its apply is under way (about 0.3 s into it).
