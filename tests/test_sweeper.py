@@ -55,7 +55,8 @@ def database_url() -> str:
 
 
 def python(script: str, *args: str, log, **settings) -> subprocess.Popen:
-    env = {**os.environ, **settings, "DATABASE_URL": database_url(), "DJANGO_SETTINGS_MODULE": "referrals_site.settings",
+    env = {**os.environ, **settings, "DATABASE_URL": database_url(),
+           "DJANGO_SETTINGS_MODULE": "referrals_site.settings",
            "CELERY_TASK_ALWAYS_EAGER": "true", "CELERY_BROKER_URL": "memory://"}
     return subprocess.Popen([sys.executable, "-c", script, *args], cwd=ROOT, env=env,  # noqa: S603 - fixed
                             stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
