@@ -10,4 +10,4 @@ class IntegrationsConfig(AppConfig):
 
         from . import services
 
-        outbox.subscribe(services.on_outbox_message)
+        outbox.subscribe(services.on_outbox_message, many=services.on_outbox_messages)

@@ -61,6 +61,34 @@ def on_outbox_message(kind: str, *, account_id: int, data: dict) -> list[Webhook
     return deliveries
 
 
+def on_outbox_messages(messages: list[tuple[str, int, dict]]) -> list[WebhookDelivery]:
+    """The same for a batch of messages (the engine's): the endpoints and the accounts' ids are
+    read once for all of them, and the deliveries written with one INSERT."""
+    messages = [message for message in messages if message[0] in WEBHOOK_KINDS]
+    if not messages:
+        return []
+    active = list(WebhookEndpoint.objects.filter(is_active=True))
+    if not active:
+        return []
+    wanted = [(message, [e for e in active if e.wants(message[0], message[1])]) for message in messages]
+    wanted = [(message, endpoints) for message, endpoints in wanted if endpoints]
+    if not wanted:
+        return []
+    external = dict(Account.objects.filter(pk__in={message[1] for message, _ in wanted})
+                    .values_list("pk", "external_id"))
+    rows = []
+    for (kind, account_id, data), endpoints in wanted:
+        message_id = uuid.uuid4()
+        payload = {"id": str(message_id), "type": kind, "created_at": timezone.now().isoformat(),
+                   "account": external.get(account_id), "data": data}
+        rows += [WebhookDelivery(endpoint=endpoint, message_id=message_id, kind=kind, payload=payload)
+                 for endpoint in endpoints]
+    deliveries = WebhookDelivery.objects.bulk_create(rows)
+    for delivery in deliveries:
+        queue(delivery.pk)
+    return deliveries
+
+
 def queue(delivery_id: int, *, at: datetime | None = None) -> None:
     from .tasks import deliver_webhook
 

@@ -47,7 +47,7 @@ from django.db import transaction
 
 from ledger.money import net_sum
 
-from . import bulk, rules, steps
+from . import bulk, outbox, rules, steps
 from . import events as ev
 from .configuration import Programs, load_programs
 from .models import (
@@ -68,8 +68,9 @@ from .steps import (
     accrual_legs,
     accrual_of,
     check_payment_fingerprint,
+    commission_message,
+    conversion_message,
     publish_commission,
-    publish_conversion,
     qualify_template,
 )
 
@@ -362,15 +363,15 @@ def template_gate_seconds(program: Program) -> int:
 
 def _write(planned, state: _State, earnings, awards, conversions, event_templates) -> None:
     if event_templates:
-        Event.objects.bulk_update(event_templates, ["template"])
+        bulk.update_rows(Event, event_templates, ["template"])
     if state.changed_templates:
-        Template.objects.bulk_update([t for t in state.templates.values() if t.pk in state.changed_templates],
-                                     ["runtime_seconds"])
+        bulk.update_rows(Template, [t for t in state.templates.values() if t.pk in state.changed_templates],
+                         ["runtime_seconds"])
     if state.changed_accounts:
-        Account.objects.bulk_update([state.accounts[a] for a in state.changed_accounts], ["purchased_credits"])
+        bulk.update_rows(Account, [state.accounts[a] for a in state.changed_accounts], ["purchased_credits"])
     if state.changed_referrals:
-        Referral.objects.bulk_update([state.referrals[a] for a in state.changed_referrals],
-                                     ["spend", "purchases", "converted_at", "status"])
+        bulk.update_rows(Referral, [state.referrals[a] for a in state.changed_referrals],
+                         ["spend", "purchases", "converted_at", "status"])
     if awards:
         MilestoneAward.objects.bulk_create(awards)
     accruals = Accrual.objects.bulk_create([accrual_of(earning, event) for event, earning in earnings])
@@ -387,12 +388,14 @@ def _write(planned, state: _State, earnings, awards, conversions, event_template
     for accrual, (event, earning) in zip(accruals, earnings, strict=True):
         created[event.pk].append((accrual, earning))
     converted = {event.pk for event in conversions}
+    messages = []
     for event in planned:
         if event.pk in converted:
-            publish_conversion(state.referrals[event.account_id], state.accounts[event.account_id], event)
-        for accrual, earning in created[event.pk]:
-            publish_commission(accrual, earning, event)
+            messages.append(conversion_message(state.referrals[event.account_id], state.accounts[event.account_id],
+                                               event))
+        messages += [commission_message(accrual, earning, event) for accrual, earning in created[event.pk]]
+    outbox.publish_many(messages)
 
 
 __all__ = ["MONEY_TYPES", "EventRejected", "Programs", "accrual_legs", "accrual_of", "apply_events", "known_types",
-           "load_programs", "publish_commission", "publish_conversion", "register_step", "template_gate_seconds"]
+           "load_programs", "publish_commission", "register_step", "template_gate_seconds"]

@@ -85,16 +85,21 @@ def accrual_legs(earning: rules.Earning) -> list[Leg]:
             Leg(Book.EARNINGS_EXPENSE, -earning.amount, None, earning.program.pk)]
 
 
-def publish_commission(accrual: Accrual, earning: rules.Earning, event: Event) -> None:
-    outbox.publish(outbox.COMMISSION_CREATED, account_id=earning.beneficiary_id, data={
+def commission_message(accrual: Accrual, earning: rules.Earning, event: Event) -> tuple[str, int, dict]:
+    return (outbox.COMMISSION_CREATED, earning.beneficiary_id, {
         "accrual": accrual.pk, "program": earning.program.key, "rule": earning.rule,
         "amount": format_exact(earning.amount), "held": earning.held,
         "book": Book.PENDING if earning.held else earning.destination, "event": event.external_id})
 
 
-def publish_conversion(referral: Referral, account: Account, event: Event) -> None:
-    outbox.publish(outbox.REFERRAL_CONVERTED, account_id=referral.referrer_id, data={
+def conversion_message(referral: Referral, account: Account, event: Event) -> tuple[str, int, dict]:
+    return (outbox.REFERRAL_CONVERTED, referral.referrer_id, {
         "referral": referral.pk, "referred": account.external_id, "occurred_at": event.occurred_at.isoformat()})
+
+
+def publish_commission(accrual: Accrual, earning: rules.Earning, event: Event) -> None:
+    kind, account_id, data = commission_message(accrual, earning, event)
+    outbox.publish(kind, account_id=account_id, data=data)
 
 
 # --------------------------------------------------------------------------- helpers

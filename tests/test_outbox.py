@@ -15,7 +15,7 @@ def received():
 
     outbox.subscribe(consumer)
     yield messages
-    outbox._consumers.remove(consumer)
+    outbox.unsubscribe(consumer)
 
 
 def test_it_publishes_referral_conversion_and_commission_after_commit(
