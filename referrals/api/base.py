@@ -115,6 +115,32 @@ class NewestFirstPagination(CursorPagination):
                 {self.cursor_query_param: "is not a valid cursor; follow the next/previous links"})
 
 
+def batch_items(body, *, noun: str, marker: str, limit: int) -> list:
+    """The items of a body that is one object or a batch `{"<noun>s": [...]}` of up to `limit`
+    (events, clicks); anything else is a 400 naming what is wrong. An object without a batch key
+    is one item if it has its `marker` field ("type" of an event, "code" of a click)."""
+    key = f"{noun}s"
+    shape = f'send one {noun} object, or {{"{key}": [...]}}'
+    if not isinstance(body, dict):
+        raise exceptions.ValidationError({"body": f"must be a JSON object: {shape}"})
+    if key in body:
+        extra = {name: f"is not a field of a batch ({shape})" for name in body if name != key}
+        if extra:
+            raise exceptions.ValidationError(extra)
+        items = body[key]
+        if not isinstance(items, list):
+            raise exceptions.ValidationError({key: f"must be a list of {noun} objects"})
+        if len(items) > limit:
+            raise exceptions.ValidationError(
+                {key: f"at most {limit} {key} per batch (got {len(items)}); split the batch"})
+        return items
+    if marker not in body:
+        article = "an" if noun[0] in "aeiou" else "a"
+        raise exceptions.ValidationError(
+            {"body": f'is neither {article} {noun} (no "{marker}") nor a batch: {shape}'})
+    return [body]
+
+
 def db_int(value: int) -> int:
     """A path id that fits the database's integer, or a 404 (SQLite raises on larger ones)."""
     if value > MAX_DB_INT:

@@ -17,7 +17,7 @@ from referrals.middleware import hash_ip
 from referrals_site.client_ip import client_ip
 
 from .auth import CanWriteEvents, counters
-from .base import ApiView, JsonBodyParser, StrictInput
+from .base import ApiView, JsonBodyParser, StrictInput, batch_items
 from .errors import error_body, flatten
 from .schema import ERROR_TEXT, ErrorDetailSerializer, ErrorSerializer, error_responses
 
@@ -247,23 +247,7 @@ class ClicksView(ApiView):
 
 
 def _clicks_from(body) -> list:
-    shape = 'send one click object, or {"clicks": [...]}'
-    if not isinstance(body, dict):
-        raise exceptions.ValidationError({"body": f"must be a JSON object: {shape}"})
-    if "clicks" in body:
-        extra = {name: f"is not a field of a batch ({shape})" for name in body if name != "clicks"}
-        if extra:
-            raise exceptions.ValidationError(extra)
-        items = body["clicks"]
-        if not isinstance(items, list):
-            raise exceptions.ValidationError({"clicks": "must be a list of click objects"})
-        if len(items) > MAX_BATCH:
-            raise exceptions.ValidationError(
-                {"clicks": f"at most {MAX_BATCH} clicks per batch (got {len(items)}); split the batch"})
-        return items
-    if "code" not in body:
-        raise exceptions.ValidationError({"body": f"is neither a click (no \"code\") nor a batch: {shape}"})
-    return [body]
+    return batch_items(body, noun="click", marker="code", limit=MAX_BATCH)
 
 
 def _record_server_click(item) -> dict:

@@ -23,7 +23,7 @@ from referrals.models import Application, Event, Referral, Track
 
 from . import reads
 from .auth import CanRead, CanWriteEvents, IsStaffKey
-from .base import ApiView, CentsField, ExactMoneyField, NewestFirstPagination, StrictInput, db_int
+from .base import ApiView, CentsField, ExactMoneyField, NewestFirstPagination, StrictInput, batch_items, db_int
 from .keys import api_key_audit
 from .schema import (
     CURSOR_PARAMETER,
@@ -63,23 +63,7 @@ class EventsView(ApiView):
 
 def _events_from(body) -> list:
     """The events of a body: one event object or {"events": [...]}; anything else is a 400."""
-    shape = 'send one event object, or {"events": [...]}'
-    if not isinstance(body, dict):
-        raise exceptions.ValidationError({"body": f"must be a JSON object: {shape}"})
-    if "events" in body:
-        extra = {name: f"is not a field of a batch ({shape})" for name in body if name != "events"}
-        if extra:
-            raise exceptions.ValidationError(extra)
-        events = body["events"]
-        if not isinstance(events, list):
-            raise exceptions.ValidationError({"events": "must be a list of event objects"})
-        if len(events) > MAX_BATCH:
-            raise exceptions.ValidationError(
-                {"events": f"at most {MAX_BATCH} events per batch (got {len(events)}); split the batch"})
-        return events
-    if "type" not in body:
-        raise exceptions.ValidationError({"body": f"is neither an event (no \"type\") nor a batch: {shape}"})
-    return [body]
+    return batch_items(body, noun="event", marker="type", limit=MAX_BATCH)
 
 
 # --------------------------------------------------------------------------- reading
