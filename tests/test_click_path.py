@@ -323,9 +323,12 @@ def test_it_writes_a_buffered_click_after_all_when_the_sign_up_naming_it_is_refu
     assert Click.objects.get().public_id == uuid.UUID(public_id), "still buffered, so not lost"
 
 
-def test_it_refuses_a_click_id_that_is_neither_a_row_id_nor_a_public_id(alice):
+def test_it_accepts_unattributed_a_click_id_that_is_neither_a_row_id_nor_a_public_id(alice):
+    # SPEC "Referral links": a bad click id never loses the account; the warning names the field.
     result = ingest_event(event("account.created", "bob", email="bob@example.com", click_id="not-a-click"))
-    assert result.status == "rejected" and result.fields == {"click_id": "unknown click 'not-a-click'"}
+    assert result.status == "accepted"
+    assert [warning["field"] for warning in result.warnings] == ["click_id"]
+    assert not Referral.objects.filter(referred__external_id="bob").exists()
 
 
 def _pending(referrer, path: str = "/", user_agent: str = "Mozilla/5.0") -> clicks.PendingClick:
