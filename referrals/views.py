@@ -60,7 +60,7 @@ def signup(request):
     if request.method == "POST" and form.is_valid():
         try:
             user = portal_sign_up(email=form.cleaned_data["email"], password=form.cleaned_data["password1"],
-                           ip=_client_ip(request), device_id=existing_visitor_id(request), attribution=attribution)
+                           ip=client_ip(request), device_id=existing_visitor_id(request), attribution=attribution)
         except SignupFailed as exc:
             form.add_error(None, str(exc))
         else:
@@ -84,11 +84,6 @@ def _welcome_offers() -> list[str]:
     return [f"{money_text(to_units(p.signup_credit))} of credit"
             + (f", valid {p.credit_valid_days} days" if p.credit_valid_days else "")
             for p in Program.objects.filter(enabled=True, kind=Program.Kind.SIGNUP_CREDIT) if p.signup_credit > 0]
-
-
-def _client_ip(request) -> str:
-    # Behind a proxy: the visitor's address, not the proxy's (referrals_site/client_ip.py).
-    return client_ip(request)
 
 
 def _account(request) -> Account | None:

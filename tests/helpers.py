@@ -1,6 +1,8 @@
 """Building events the way an integration sends them, and pushing them through the real service."""
 import itertools
 import os
+import socket
+import time
 from datetime import UTC, datetime, timedelta
 
 from ledger.money import to_units
@@ -57,3 +59,21 @@ def buy_plan(account: str, amount: str, *, plan: str = "pro", when=None) -> str:
 
 def usd(value: str) -> int:
     return to_units(value)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a server a test starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, *, timeout: float, what: str, every: float = 0.1):
+    """Poll `predicate` until it returns something truthy (returned), or fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

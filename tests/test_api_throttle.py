@@ -12,13 +12,7 @@ from rest_framework.test import APIClient
 
 from referrals.api.auth import Counters, parse_rate
 from referrals.api.keys import api_key_create
-from tests.helpers import signup
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import free_port, signup
 
 
 @pytest.fixture
@@ -26,7 +20,7 @@ def redis_url(tmp_path):
     redis_server = shutil.which("redis-server")
     if redis_server is None:
         pytest.skip(reason="needs redis-server on the PATH (apt-get install redis-server; make test installs it)")
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(  # noqa: S603 - our own fixed command line
         [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path), "--save", "",
          "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -103,6 +97,6 @@ def test_it_counts_atomically_in_the_local_cache_without_redis(db, settings):
 
 
 def test_it_lets_requests_through_when_redis_is_unreachable(reader, settings):
-    settings.API_THROTTLE_REDIS_URL = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens there
+    settings.API_THROTTLE_REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"api_key": "1/minute"}}
     assert [reader.get("/api/v1/accounts/alice").status_code for _ in range(2)] == [200, 200]

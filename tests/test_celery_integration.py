@@ -28,7 +28,7 @@ from referrals.presets import load_preset
 from referrals.services import CREDITS_EXPIRED
 from referrals.verification import check_integrity, replay_differences
 from referrals_site.celery import app
-from tests.helpers import signup, usd
+from tests.helpers import free_port, signup, usd, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 CELERY = str(Path(sys.executable).with_name("celery"))
@@ -36,20 +36,6 @@ CELERY = str(Path(sys.executable).with_name("celery"))
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(predicate, *, timeout: float, what: str, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _database_url() -> str:
@@ -65,7 +51,7 @@ def redis_url(tmp_path):
         pytest.skip(reason="needs redis-server on the PATH (apt-get install redis-server; make test installs it)")
     if connection.vendor != "postgresql":
         pytest.skip(reason="needs PostgreSQL shared with the worker: set DATABASE_URL (make test provisions it)")
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(  # noqa: S603 - our own fixed command line
         [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path), "--save", "",
          "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -78,7 +64,7 @@ def redis_url(tmp_path):
         except OSError:
             return False
 
-    _wait(answers, timeout=15, what="redis-server")
+    wait_until(answers, timeout=15, what="redis-server")
     yield f"redis://127.0.0.1:{port}/0"
     server.terminate()
     server.wait(timeout=10)
@@ -169,7 +155,7 @@ def test_it_runs_a_scheduled_job_with_beat_and_a_worker_and_the_ledger_shows_it(
     celery_processes.worker()
     celery_processes.start("beat", "--max-interval=1")
     try:
-        run = _wait(lambda: JobRun.objects.filter(name="expire_credits", finished_at__isnull=False,
+        run = wait_until(lambda: JobRun.objects.filter(name="expire_credits", finished_at__isnull=False,
                                                   counts__grants_expired__gt=0).first(),
                     timeout=90, what="beat to schedule expire_credits and the worker to run it")
     except AssertionError:
@@ -179,7 +165,7 @@ def test_it_runs_a_scheduled_job_with_beat_and_a_worker_and_the_ledger_shows_it(
     assert sum(expired.values_list("amount", flat=True)) == 5 * usd("2.50")
     assert _expiry_effect("alice")["credits_left"] == 0
     # Later ticks find nothing left: still one expiry event and its transactions only.
-    _wait(lambda: JobRun.objects.filter(name="expire_credits", finished_at__isnull=False).count() >= 3,
+    wait_until(lambda: JobRun.objects.filter(name="expire_credits", finished_at__isnull=False).count() >= 3,
           timeout=30, what="more beat ticks")
     assert Event.objects.filter(type=CREDITS_EXPIRED).count() == 1
     assert check_integrity() == [] and replay_differences() == []
@@ -198,7 +184,7 @@ def test_a_worker_killed_mid_job_and_restarted_leaves_the_same_result_as_an_undi
         # The undisturbed run: the first cohort's credits.
         worker = celery_processes.worker()
         queue("2026-02-05T00:00:00+00:00")
-        _wait(lambda: JobRun.objects.filter(finished_at__isnull=False).count() == 1, timeout=60,
+        wait_until(lambda: JobRun.objects.filter(finished_at__isnull=False).count() == 1, timeout=60,
               what="the undisturbed run")
         undisturbed = _expiry_effect("calm")
         assert undisturbed["expired"] == n and undisturbed["expired_units"] == n * usd("2.50")
@@ -216,14 +202,14 @@ def test_a_worker_killed_mid_job_and_restarted_leaves_the_same_result_as_an_undi
                                    "AND datname = current_database()").fetchone()[0]
 
         try:
-            _wait(job_waits_on_the_lock, timeout=60, what="the job to reach the locked grant")
+            wait_until(job_waits_on_the_lock, timeout=60, what="the job to reach the locked grant")
         except AssertionError:
             pytest.fail(celery_processes.logs())
         celery_processes.kill(worker)
         blocker.rollback()
         blocker.close()
         # The killed worker's database session rolls back; nothing of the half-run stays.
-        _wait(lambda: not job_waits_on_the_lock() and watcher.execute(
+        wait_until(lambda: not job_waits_on_the_lock() and watcher.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction' "
             "AND datname = current_database()").fetchone()[0] == 0, timeout=30, what="the dead session to end")
         watcher.close()
@@ -237,7 +223,7 @@ def test_a_worker_killed_mid_job_and_restarted_leaves_the_same_result_as_an_undi
         time.sleep(4)
         celery_processes.worker()
         try:
-            _wait(lambda: JobRun.objects.filter(at=datetime(2026, 3, 1, tzinfo=UTC), finished_at__isnull=False)
+            wait_until(lambda: JobRun.objects.filter(at=datetime(2026, 3, 1, tzinfo=UTC), finished_at__isnull=False)
                   .exists(), timeout=120, what="the redelivered job to run")
         except AssertionError:
             pytest.fail(celery_processes.logs())

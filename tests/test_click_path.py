@@ -37,7 +37,7 @@ from referrals import clicks
 from referrals.middleware import read_referral_cookie
 from referrals.models import Account, Click, Referral, Template
 from referrals.services import ingest_event
-from tests.helpers import event, push, signup
+from tests.helpers import event, free_port, push, signup
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "Sturdy-pass-9911"
@@ -438,7 +438,7 @@ def test_it_writes_buffered_clicks_when_a_gunicorn_worker_is_stopped(tmp_path, p
         capture_output=True,
         text=True,
     ).stdout.strip()
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [
             str(Path(python).parent / "gunicorn"),
@@ -469,13 +469,6 @@ def test_it_writes_buffered_clicks_when_a_gunicorn_worker_is_stopped(tmp_path, p
         server.wait(timeout=60)
     assert _click_rows(database) == 20, "every worker wrote its buffer on the way out"
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _answers(port: int) -> bool:

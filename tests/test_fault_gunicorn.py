@@ -29,7 +29,7 @@ from referrals.api.keys import api_key_create
 from referrals.models import Event, Referral
 from referrals.presets import load_preset
 from referrals.verification import verify
-from tests.helpers import at, signup
+from tests.helpers import at, free_port, signup, wait_until
 from tests.test_sweeper import database_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,21 +49,6 @@ def post_fork(server, worker):
 """
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(predicate, *, timeout: float, what: str, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class Cluster:
@@ -170,7 +155,7 @@ def test_killed_worker_and_restarted_database_lose_no_accepted_event(tmp_path):
     cluster = Cluster()
     config = tmp_path / "gunicorn.conf.py"
     config.write_text(GUNICORN_CONFIG)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "DATABASE_URL": database_url(), "DJANGO_SETTINGS_MODULE": "referrals_site.settings",
            "CELERY_TASK_ALWAYS_EAGER": "true", "CELERY_BROKER_URL": "memory://", "REDIS_URL": "",
            "API_THROTTLE_REDIS_URL": "", "API_RATE_LIMIT": "1000000/minute", "INGEST_INLINE_APPLY_MAX": "1000",
@@ -201,7 +186,7 @@ def test_killed_worker_and_restarted_database_lose_no_accepted_event(tmp_path):
             except OSError:
                 return False
 
-        _wait(serves, timeout=30, what="gunicorn to serve", every=0.2)
+        wait_until(serves, timeout=30, what="gunicorn to serve", every=0.2)
         for sender in senders:
             sender.start()
 
@@ -210,17 +195,17 @@ def test_killed_worker_and_restarted_database_lose_no_accepted_event(tmp_path):
             pids = _active_worker_pids() if _mid_apply() else []
             return pids[:1]
 
-        killed = _wait(victim, timeout=30, what="a batch stored and being applied")[0]
+        killed = wait_until(victim, timeout=30, what="a batch stored and being applied")[0]
         os.kill(killed, signal.SIGKILL)
         after_kill = [s.batches_done for s in senders]
 
         # 2. PostgreSQL restarts while both clients keep sending (the master has forked a new worker).
-        _wait(lambda: all(s.batches_done > n for s, n in zip(senders, after_kill, strict=True)),
+        wait_until(lambda: all(s.batches_done > n for s, n in zip(senders, after_kill, strict=True)),
               timeout=60, what="batches answered after the kill")
         connection.close()
         cluster.restart()
         after_restart = [s.batches_done for s in senders]
-        _wait(lambda: all(s.batches_done > n or s.error for s, n in zip(senders, after_restart, strict=True)),
+        wait_until(lambda: all(s.batches_done > n or s.error for s, n in zip(senders, after_restart, strict=True)),
               timeout=60, what="batches answered after the restart")
     finally:
         stop.set()
