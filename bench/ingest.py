@@ -3,6 +3,7 @@ ledger, next to COPY and a raw multi-row INSERT of the same rows, in the same ru
 and the latency of a single-event POST (stored and applied inside the request).
 
     DATABASE_URL=postgres://... .venv/bin/python bench/ingest.py [--batches 10] [--accounts 5000] [--referrers 50]
+        [--profile FILE]   # cProfile of the timed batches, for `python -m pstats FILE`
 
 The database must be a scratch one (e.g. `scripts/pg-throwaway.sh start DIR`): the script
 migrates it, loads the `runpod` preset, signs up `--referrers` referrers (through the API's
@@ -28,6 +29,7 @@ Then `--singles` single-event POSTs (one request each, applied inline) give the 
 Finally the ledger is checked (balanced, projection equal to the entries, pending = held).
 """
 import argparse
+import cProfile
 import json
 import os
 import random
@@ -35,6 +37,8 @@ import statistics
 import sys
 import time
 import uuid
+from collections import defaultdict
+from contextlib import nullcontext
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -76,6 +80,43 @@ def make_batch(tag: str, accounts: list[str], number: int, rng: random.Random) -
 
 COLUMNS = ("external_id", "type", "source", "account_id", "occurred_at", "received_at", "payload",
            "content_hash", "amount", "product", "refunded", "runtime_seconds", "applied_at", "apply_error")
+
+
+class StatementTimes:
+    """An `execute_wrapper` adding up the time of each statement (by its first 90 characters,
+    counted from the first keyword after any WITH), for `--statements`."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+
+    def __call__(self, execute, sql, params, many, context):
+        started = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            key = " ".join(sql.split())[:90]
+            self.seconds[key] += time.perf_counter() - started
+            self.calls[key] += 1
+
+    def commits(self):
+        """Count COMMIT (where the deferred triggers and foreign-key checks run) as a statement."""
+        original = connection._commit
+
+        def timed_commit():
+            started = time.perf_counter()
+            try:
+                return original()
+            finally:
+                self.seconds["COMMIT"] += time.perf_counter() - started
+                self.calls["COMMIT"] += 1
+        connection._commit = timed_commit
+
+    def report(self, top: int = 15) -> None:
+        total = sum(self.seconds.values())
+        print(f"SQL statements of the timed batches: {sum(self.calls.values())} taking {total:.2f} s; the longest:")
+        for key, seconds in sorted(self.seconds.items(), key=lambda kv: -kv[1])[:top]:
+            print(f"  {seconds:6.3f} s {self.calls[key]:5d} x  {key}")
 
 
 def copy_rows(batch: list[dict], prefix: str, account_ids: dict[str, int]) -> list[tuple]:
@@ -140,6 +181,10 @@ def main() -> None:
     parser.add_argument("--referrers", type=int, default=50, help="referrers sharing them (default 50)")
     parser.add_argument("--singles", type=int, default=200, help="single-event POSTs timed one by one (default 200)")
     parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--profile", metavar="FILE",
+                        help="write a cProfile of the timed batches (POST + apply) to FILE (pstats format)")
+    parser.add_argument("--statements", action="store_true",
+                        help="print the SQL statements of the timed batches that took the most time")
     args = parser.parse_args()
     if connection.vendor != "postgresql":
         sys.exit("bench/ingest.py measures PostgreSQL: set DATABASE_URL=postgres://... (a scratch database)")
@@ -168,12 +213,22 @@ def main() -> None:
 
     seconds = {"store": 0.0, "applied": 0.0, "copy": 0.0, "insert": 0.0}
     applied = 0
+    profiler = cProfile.Profile() if args.profile else None
+    statements = StatementTimes()
+    if args.statements:
+        statements.commits()
     for number in range(args.batches + 1):  # batch 0 warms up (imports, plans), outside the timing
-        t0 = time.perf_counter()
-        post(client, bodies[number])
-        t1 = time.perf_counter()
-        done = apply_pending()
-        t2 = time.perf_counter()
+        if profiler and number:
+            profiler.enable()
+        timing = connection.execute_wrapper(statements) if args.statements and number else nullcontext()
+        with timing:
+            t0 = time.perf_counter()
+            post(client, bodies[number])
+            t1 = time.perf_counter()
+            done = apply_pending()
+            t2 = time.perf_counter()
+        if profiler:
+            profiler.disable()
         assert done == BATCH, f"{done} of {BATCH} events applied"
         copy_in(copies[number])
         t3 = time.perf_counter()
@@ -185,6 +240,9 @@ def main() -> None:
             seconds["applied"] += t2 - t0
             seconds["copy"] += t3 - t2
             seconds["insert"] += t4 - t3
+
+    if profiler:
+        profiler.dump_stats(args.profile)
 
     latencies = []
     for i in range(args.singles):
@@ -210,6 +268,8 @@ def main() -> None:
     print(f"raw multi-row INSERT of the same rows:     {rate['insert']:,.0f} events/s ({seconds['insert']:.2f} s)")
     print(f"ratio applied / COPY: {rate['applied'] / rate['copy']:.3f}; applied / INSERT: "
           f"{rate['applied'] / rate['insert']:.3f}")
+    if args.statements:
+        statements.report()
     print(f"single-event POST ({args.singles}, applied inline): p50 {statistics.median(latencies) * 1000:.1f} ms, "
           f"p99 {latencies[int(len(latencies) * 0.99) - 1] * 1000:.1f} ms")
 

@@ -9,12 +9,14 @@ row count, the same on SQLite and PostgreSQL.
   moves the balance projection with them, never loading the moves into Python.
 - `post_each` writes many small transactions computed in Python, each exactly as
   `ledger.services.post` would, with three statements whatever their number.
-- `insert_rows` inserts rows given as one array per column (PostgreSQL).
+- `insert_rows` inserts rows given as one array per column (PostgreSQL); `create_rows` is the
+  same on either database, and `update_rows` the UPDATE of many rows by primary key.
 """
 import uuid
 from collections import defaultdict
 
 from django.db import connection
+from django.utils import timezone
 
 from ledger.models import ACCOUNT_BOOKS, Balance, Entry, Transaction
 from ledger.services import UnbalancedTransaction
@@ -166,7 +168,8 @@ def post_each(*, kind: str, postings: list[tuple]) -> int:
     """Write one ledger transaction per `(rule, event, legs)`, as `ledger.services.post` would
     (zero legs dropped, nothing written for none, every one checked balanced), and move the
     balance projection: one INSERT of the transactions, one of their entries and one UPDATE
-    of the balances, whatever their number. Returns how many transactions were written.
+    of the balances, whatever their number (`create_rows`: no model instance per row). Returns
+    how many transactions were written.
 
     Unlike `post_moves`, each transaction keeps its own event and rule: the statement pages
     match accrual legs to their accruals through the transaction's event.
@@ -183,10 +186,15 @@ def post_each(*, kind: str, postings: list[tuple]) -> int:
         kept.append((rule, event, legs))
     if not kept:
         return 0
-    txns = Transaction.objects.bulk_create([Transaction(kind=kind, rule=rule, event=event) for rule, event, _ in kept])
-    Entry.objects.bulk_create([
-        Entry(transaction=txn, account_id=leg.account_id, book=leg.book, program_id=leg.program_id, amount=leg.amount)
-        for txn, (_, _, legs) in zip(txns, kept, strict=True) for leg in legs])
+    txn_ids = create_rows(Transaction, {"rule": [rule for rule, _, _ in kept],
+                                        "event_id": [event.pk if event else None for _, event, _ in kept]},
+                          {"kind": kind, "memo": "", "created_at": timezone.now()})
+    legs_of = [(txn_id, leg) for txn_id, (_, _, legs) in zip(txn_ids, kept, strict=True) for leg in legs]
+    create_rows(Entry, {"transaction_id": [txn_id for txn_id, _ in legs_of],
+                        "account_id": [leg.account_id for _, leg in legs_of],
+                        "book": [leg.book for _, leg in legs_of],
+                        "program_id": [leg.program_id for _, leg in legs_of],
+                        "amount": [leg.amount for _, leg in legs_of]}, returning=())
     deltas: dict[tuple[int, str], int] = defaultdict(int)
     for _, _, legs in kept:
         for leg in legs:
@@ -226,6 +234,8 @@ def update_rows(model, objs, fields: list[str]) -> int:
     meta = model._meta
     columns = [meta.get_field(name) for name in fields]
     postgres = is_postgres()
+    if postgres and not any(field.get_internal_type() == "JSONField" for field in columns):
+        return _update_unnest(model, objs, columns)
 
     def slot(field) -> str:
         return f"CAST(%s AS {field.db_type(connection)})" if postgres else "%s"
@@ -246,6 +256,35 @@ def update_rows(model, objs, fields: list[str]) -> int:
             params, names=names, rows=", ".join([row] * len(chunk)), table=table(model),
             assignments=assignments, pk=meta.pk.column)
     return written
+
+
+def _update_unnest(model, objs, columns) -> int:
+    """PostgreSQL's `update_rows`: one array parameter per column, unnested server-side, so the
+    statement's text and its client-side parsing stay the same size whatever the row count."""
+    meta = model._meta
+    fields = [meta.pk, *columns]
+    arrays = ", ".join(f"%s::{field.db_type(connection)}[]" for field in fields)
+    names = ", ".join(["row_pk", *(f"v_{field.column}" for field in columns)])
+    assignments = ", ".join(f"{field.column} = v.v_{field.column}" for field in columns)
+    values = [[meta.pk.get_db_prep_value(obj.pk, connection) for obj in objs]]
+    values += [[field.get_db_prep_save(getattr(obj, field.attname), connection) for obj in objs] for field in columns]
+    return execute("UPDATE {table} SET {assignments} FROM UNNEST({arrays}) AS v({names}) WHERE {table}.{pk} = v.row_pk",
+                   values, table=table(model), assignments=assignments, arrays=arrays, names=names, pk=meta.pk.column)
+
+
+def create_rows(model, columns: dict[str, list], constants: dict | None = None, *,
+                returning: tuple[str, ...] = ("id",)) -> list:
+    """Insert rows given as one list per column (database column names, values as stored) plus
+    `constants` shared by every row; returns the ids of the rows in their order (nothing with
+    `returning=()`). PostgreSQL: `insert_rows`, one statement and no model instance per row;
+    SQLite: `bulk_create`."""
+    constants = constants or {}
+    if is_postgres():
+        return [row[0] for row in insert_rows(model, columns, constants, returning=returning)]
+    count = len(next(iter(columns.values()), []))
+    objs = [model(**{name: values[i] for name, values in columns.items()}, **constants) for i in range(count)]
+    created = model.objects.bulk_create(objs)
+    return [obj.pk for obj in created] if returning else []
 
 
 def insert_rows(model, columns: dict[str, list], constants: dict | None = None, *, unique: str = "",
@@ -271,16 +310,17 @@ def insert_rows(model, columns: dict[str, list], constants: dict | None = None, 
     values = ["[" + ",".join(columns[name]) + "]" if db_types[name] == "jsonb" else columns[name] for name in names]
     shared = "".join(f", %s::{db_types[name]}" for name in constants)
     conflict = f" ON CONFLICT ({unique}) DO NOTHING" if unique else ""
+    returned = f" RETURNING {', '.join(returning)}" if returning else ""
     # Ids are drawn in insertion order, so they follow the rows' order.
     statement = sql(
         "INSERT INTO {table} ({columns}) SELECT {values}{shared} FROM UNNEST({arrays}) WITH ORDINALITY "
-        "AS u({names}, n) ORDER BY u.n{conflict} RETURNING {returning}",
+        "AS u({names}, n) ORDER BY u.n{conflict}{returned}",
         table=table(model), columns=", ".join([*names, *constants]), values=", ".join(f"u.{n}" for n in names),
-        shared=shared, arrays=arrays, names=", ".join(names), conflict=conflict, returning=", ".join(returning))
+        shared=shared, arrays=arrays, names=", ".join(names), conflict=conflict, returned=returned)
     with connection.cursor() as cursor:
         cursor.execute(statement, [*constants.values(), *values])
-        return cursor.fetchall()
+        return cursor.fetchall() if returning else []
 
 
-__all__ = ["Batch", "db_datetime", "execute", "insert_rows", "job_lock", "lock_clause", "move_balances", "post_each",
-           "post_moves", "queryset_sql", "rows", "scalar", "sql", "table", "update_rows"]
+__all__ = ["Batch", "create_rows", "db_datetime", "execute", "insert_rows", "job_lock", "lock_clause", "move_balances",
+           "post_each", "post_moves", "queryset_sql", "rows", "scalar", "sql", "table", "update_rows"]

@@ -67,6 +67,7 @@ from .steps import (
     EventRejected,
     accrual_legs,
     accrual_of,
+    accrual_values,
     check_payment_fingerprint,
     commission_message,
     conversion_message,
@@ -373,28 +374,36 @@ def _write(planned, state: _State, earnings, awards, conversions, event_template
         bulk.update_rows(Referral, [state.referrals[a] for a in state.changed_referrals],
                          ["spend", "purchases", "converted_at", "status"])
     if awards:
-        MilestoneAward.objects.bulk_create(awards)
-    accruals = Accrual.objects.bulk_create([accrual_of(earning, event) for event, earning in earnings])
-    grants = [CreditGrant(account_id=a.beneficiary_id, accrual_id=a.pk, amount=a.amount, remaining=a.amount,
-                          expires_at=a.created_at + timedelta(days=a.expires_days))
-              for a, (_, earning) in zip(accruals, earnings, strict=True) if earning.expires_days and not earning.held]
+        bulk.create_rows(MilestoneAward, _columns([{"program_id": award.program.pk, "referral_id": award.referral.pk,
+                                                     "event_id": award.event.pk} for award in awards]), returning=())
+    accrual_ids = bulk.create_rows(Accrual, _columns([accrual_values(earning, event) for event, earning in earnings])) \
+        if earnings else []
+    grants = [{"account_id": earning.beneficiary_id, "accrual_id": accrual_id, "amount": earning.amount,
+               "remaining": earning.amount, "expires_at": event.occurred_at + timedelta(days=earning.expires_days)}
+              for accrual_id, (event, earning) in zip(accrual_ids, earnings, strict=True)
+              if earning.expires_days and not earning.held]
     if grants:
-        CreditGrant.objects.bulk_create(grants)
+        bulk.create_rows(CreditGrant, _columns(grants), returning=())
     bulk.post_each(kind="accrual", postings=[(earning.rule, event, accrual_legs(earning))
                                              for event, earning in earnings])
 
     # The messages, in the order applying the events one by one publishes them (after commit).
     created = defaultdict(list)
-    for accrual, (event, earning) in zip(accruals, earnings, strict=True):
-        created[event.pk].append((accrual, earning))
+    for accrual_id, (event, earning) in zip(accrual_ids, earnings, strict=True):
+        created[event.pk].append((accrual_id, earning))
     converted = {event.pk for event in conversions}
     messages = []
     for event in planned:
         if event.pk in converted:
             messages.append(conversion_message(state.referrals[event.account_id], state.accounts[event.account_id],
                                                event))
-        messages += [commission_message(accrual, earning, event) for accrual, earning in created[event.pk]]
+        messages += [commission_message(accrual_id, earning, event) for accrual_id, earning in created[event.pk]]
     outbox.publish_many(messages)
+
+
+def _columns(rows: list[dict]) -> dict[str, list]:
+    """Rows by column, as `bulk.create_rows` takes them."""
+    return {name: [row[name] for row in rows] for name in rows[0]}
 
 
 __all__ = ["MONEY_TYPES", "EventRejected", "Programs", "accrual_legs", "accrual_of", "apply_events", "known_types",

@@ -63,20 +63,25 @@ class EventRejected(Exception):
         super().__init__("; ".join(f"{k}: {v}" for k, v in fields.items()))
 
 
+def accrual_values(earning: rules.Earning, event: Event) -> dict:
+    """The accrual row of an earning, by column."""
+    return {
+        # `earning.program` is the version in force at the event's time (referrals.configuration).
+        "program_id": earning.program.pk, "program_version": earning.program.version, "rule": earning.rule,
+        "beneficiary_id": earning.beneficiary_id, "event_id": event.pk,
+        "referral_id": earning.referral_id, "template_id": earning.template_id, "amount": earning.amount,
+        "reversed": 0, "destination": earning.destination, "track": earning.track,
+        "state": Accrual.State.HELD if earning.held else Accrual.State.RELEASED,
+        "held_for_gate": earning.held_for_gate, "held_for_template": earning.held_for_template,
+        "held_for_fraud": earning.held_for_fraud, "held_until": earning.held_until,
+        "expires_days": earning.expires_days, "created_at": event.occurred_at,
+        "released_at": None if earning.held else event.occurred_at,
+    }
+
+
 def accrual_of(earning: rules.Earning, event: Event) -> Accrual:
     """The (unsaved) accrual of an earning."""
-    return Accrual(
-        # `earning.program` is the version in force at the event's time (referrals.configuration).
-        program=earning.program, program_version=earning.program.version, rule=earning.rule,
-        beneficiary_id=earning.beneficiary_id, event=event,
-        referral_id=earning.referral_id, template_id=earning.template_id, amount=earning.amount,
-        destination=earning.destination, track=earning.track,
-        state=Accrual.State.HELD if earning.held else Accrual.State.RELEASED,
-        held_for_gate=earning.held_for_gate, held_for_template=earning.held_for_template,
-        held_for_fraud=earning.held_for_fraud, held_until=earning.held_until,
-        expires_days=earning.expires_days, created_at=event.occurred_at,
-        released_at=None if earning.held else event.occurred_at,
-    )
+    return Accrual(**accrual_values(earning, event))
 
 
 def accrual_legs(earning: rules.Earning) -> list[Leg]:
@@ -85,9 +90,9 @@ def accrual_legs(earning: rules.Earning) -> list[Leg]:
             Leg(Book.EARNINGS_EXPENSE, -earning.amount, None, earning.program.pk)]
 
 
-def commission_message(accrual: Accrual, earning: rules.Earning, event: Event) -> tuple[str, int, dict]:
+def commission_message(accrual_id: int, earning: rules.Earning, event: Event) -> tuple[str, int, dict]:
     return (outbox.COMMISSION_CREATED, earning.beneficiary_id, {
-        "accrual": accrual.pk, "program": earning.program.key, "rule": earning.rule,
+        "accrual": accrual_id, "program": earning.program.key, "rule": earning.rule,
         "amount": format_exact(earning.amount), "held": earning.held,
         "book": Book.PENDING if earning.held else earning.destination, "event": event.external_id})
 
@@ -98,7 +103,7 @@ def conversion_message(referral: Referral, account: Account, event: Event) -> tu
 
 
 def publish_commission(accrual: Accrual, earning: rules.Earning, event: Event) -> None:
-    kind, account_id, data = commission_message(accrual, earning, event)
+    kind, account_id, data = commission_message(accrual.pk, earning, event)
     outbox.publish(kind, account_id=account_id, data=data)
 
 
