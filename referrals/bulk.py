@@ -12,6 +12,7 @@ row count, the same on SQLite and PostgreSQL.
 - `insert_rows` inserts rows given as one array per column (PostgreSQL); `create_rows` is the
   same on either database, and `update_rows` the UPDATE of many rows by primary key.
 """
+import json
 import uuid
 from collections import defaultdict
 
@@ -234,7 +235,7 @@ def update_rows(model, objs, fields: list[str]) -> int:
     meta = model._meta
     columns = [meta.get_field(name) for name in fields]
     postgres = is_postgres()
-    if postgres and not any(field.get_internal_type() == "JSONField" for field in columns):
+    if postgres:
         return _update_unnest(model, objs, columns)
 
     def slot(field) -> str:
@@ -258,16 +259,26 @@ def update_rows(model, objs, fields: list[str]) -> int:
     return written
 
 
+# One JSON array text as an array of jsonb documents, in order.
+_JSON_ARRAY = "ARRAY(SELECT e FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS x(e, i) ORDER BY i)"
+
+
 def _update_unnest(model, objs, columns) -> int:
     """PostgreSQL's `update_rows`: one array parameter per column, unnested server-side, so the
     statement's text and its client-side parsing stay the same size whatever the row count."""
     meta = model._meta
     fields = [meta.pk, *columns]
-    arrays = ", ".join(f"%s::{field.db_type(connection)}[]" for field in fields)
+    # A JSON column travels as one JSON array text, as in `insert_rows`.
+    arrays = ", ".join(_JSON_ARRAY if field.db_type(connection) == "jsonb" else f"%s::{field.db_type(connection)}[]"
+                       for field in fields)
     names = ", ".join(["row_pk", *(f"v_{field.column}" for field in columns)])
     assignments = ", ".join(f"{field.column} = v.v_{field.column}" for field in columns)
     values = [[meta.pk.get_db_prep_value(obj.pk, connection) for obj in objs]]
-    values += [[field.get_db_prep_save(getattr(obj, field.attname), connection) for obj in objs] for field in columns]
+    for field in columns:
+        if field.db_type(connection) == "jsonb":
+            values.append(json.dumps([getattr(obj, field.attname) for obj in objs], cls=field.encoder))
+        else:
+            values.append([field.get_db_prep_save(getattr(obj, field.attname), connection) for obj in objs])
     return execute("UPDATE {table} SET {assignments} FROM UNNEST({arrays}) AS v({names}) WHERE {table}.{pk} = v.row_pk",
                    values, table=table(model), assignments=assignments, arrays=arrays, names=names, pk=meta.pk.column)
 
@@ -304,9 +315,7 @@ def insert_rows(model, columns: dict[str, list], constants: dict | None = None, 
     names = list(columns)
     # A JSON column travels as one JSON array text: as an array of texts, every quote in every
     # document would be escaped one by one on the way (most of the statement's client time).
-    arrays = ", ".join(
-        "ARRAY(SELECT e FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS x(e, i) ORDER BY i)"
-        if db_types[name] == "jsonb" else f"%s::{db_types[name]}[]" for name in names)
+    arrays = ", ".join(_JSON_ARRAY if db_types[name] == "jsonb" else f"%s::{db_types[name]}[]" for name in names)
     values = ["[" + ",".join(columns[name]) + "]" if db_types[name] == "jsonb" else columns[name] for name in names]
     shared = "".join(f", %s::{db_types[name]}" for name in constants)
     conflict = f" ON CONFLICT ({unique}) DO NOTHING" if unique else ""

@@ -45,8 +45,6 @@ from datetime import timedelta
 
 from django.db import transaction
 
-from ledger.money import net_sum
-
 from . import bulk, outbox, rules, steps
 from . import events as ev
 from .configuration import Programs, load_programs
@@ -199,16 +197,11 @@ def _load(run: list[Event], programs: list[Program]) -> _State:
     if referrals and milestones:
         awarded = set(MilestoneAward.objects.filter(referral_id__in=[r.pk for r in referrals.values()],
                                                     program__in=milestones).values_list("referral_id", "program_id"))
-        # Net usage spend applied before this run: what a milestone's "spend up to this charge" adds to.
-        open_accounts = {referred for referred, r in referrals.items()
-                         if any((r.pk, p.pk) not in awarded for p in milestones)}
-        if open_accounts:
-            rows = (Event.objects.filter(account_id__in=open_accounts, type=ev.USAGE_CHARGED,
-                                         applied_at__isnull=False, pk__lt=run[-1].pk)
-                    .exclude(pk__in=[e.pk for e in run if e.account_id in open_accounts])
-                    .order_by().values_list("account_id", "product").annotate(net=net_sum("amount", "refunded")))
-            for account_id, product, net in rows:
-                spend[(account_id, product)] += int(net or 0)
+    # Net usage spend applied before this run, per product: what a milestone's "spend up to
+    # this charge" adds to. It is kept on the referral row (locked above), not summed from the log.
+    for referred, referral in referrals.items():
+        for product, amount in referral.spend_by_product.items():
+            spend[(referred, product)] = amount
     return _State(accounts=accounts, referrals=referrals, templates=templates, tracks=tracks, approved=approved,
                   awarded=awarded, spend=spend)
 
@@ -276,6 +269,7 @@ def _apply_money_run(run: list[Event], programs: Programs, *, replay: bool, stri
         if referral is not None:
             if event.type == ev.USAGE_CHARGED:
                 referral.spend += event.amount
+                referral.spend_by_product[event.product] = state.spend[(account.pk, event.product)]
             else:
                 referral.purchases += event.amount
             if referral.converted_at is None:
@@ -344,11 +338,8 @@ def _milestone(program: Program, event: Event, referral: Referral | None, state:
         return []
     if (referral.pk, program.pk) in state.awarded:
         return []
-    account_id = event.account_id
-    if program.product:
-        after = state.spend[(account_id, program.product)]
-    else:
-        after = sum(amount for (a, _), amount in state.spend.items() if a == account_id)
+    # Spend up to and including this charge: of the milestone's product, or all usage.
+    after = state.spend[(event.account_id, program.product)] if program.product else referral.spend
     if not rules.milestone_crossed(program, after - event.amount, after):
         return []
     state.awarded.add((referral.pk, program.pk))
@@ -372,7 +363,7 @@ def _write(planned, state: _State, earnings, awards, conversions, event_template
         bulk.update_rows(Account, [state.accounts[a] for a in state.changed_accounts], ["purchased_credits"])
     if state.changed_referrals:
         bulk.update_rows(Referral, [state.referrals[a] for a in state.changed_referrals],
-                         ["spend", "purchases", "converted_at", "status"])
+                         ["spend", "spend_by_product", "purchases", "converted_at", "status"])
     if awards:
         bulk.create_rows(MilestoneAward, _columns([{"program_id": award.program.pk, "referral_id": award.referral.pk,
                                                      "event_id": award.event.pk} for award in awards]), returning=())

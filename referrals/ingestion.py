@@ -302,14 +302,30 @@ def apply_pending(*, event_ids: list[int] | None = None, account_id: int | None 
             # FOR UPDATE from an EXISTS query.)
             list(Account.objects.select_for_update().filter(pk__in=accounts).order_by("pk")
                  .values_list("pk", flat=True))
-            events = list(Event.objects.filter(applied_at__isnull=True, apply_error="", pk__lte=head[-1][0])
-                          .filter(Q(account_id__in=accounts) | Q(pk__in=[pk for pk, _ in head]))
-                          .order_by("id"))
+            events = _claim(accounts, [pk for pk, _ in head], head[-1][0])
             if events:
-                Event.objects.filter(pk__in=[e.pk for e in events]).update(applied_at=timezone.now())
                 applied += engine.apply_events(events)
         if len(head) < size:
             return applied
+
+
+def _claim(accounts: list[int], ids: list[int], last: int) -> list[Event]:
+    """Mark applied, and return in id order, the pending events up to id `last` that are among
+    `ids` or of `accounts`: on PostgreSQL one `UPDATE ... RETURNING` (the rows come back as
+    they were claimed, with their new `applied_at`)."""
+    now = timezone.now()
+    if bulk.is_postgres():
+        columns = ", ".join(field.column for field in Event._meta.concrete_fields)
+        claimed = Event.objects.raw(bulk.sql(
+            "UPDATE {event} SET applied_at = %s WHERE applied_at IS NULL AND apply_error = '' AND id <= %s "
+            "AND (account_id = ANY(%s) OR id = ANY(%s)) RETURNING {columns}",
+            event=bulk.table(Event), columns=columns), [now, last, accounts, ids])
+        return sorted(claimed, key=lambda event: event.pk)
+    events = list(Event.objects.filter(applied_at__isnull=True, apply_error="", pk__lte=last)
+                  .filter(Q(account_id__in=accounts) | Q(pk__in=ids)).order_by("id"))
+    if events:
+        Event.objects.filter(pk__in=[e.pk for e in events]).update(applied_at=now)
+    return events
 
 
 @shared_task(name="referrals.apply_stored_events", ignore_result=True)

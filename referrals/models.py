@@ -275,6 +275,10 @@ class Referral(models.Model):
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
     ineligible_reason = models.CharField(max_length=200, blank=True)
     spend = models.BigIntegerField(default=0, help_text="Net usage spend (ledger units).")
+    spend_by_product = models.JSONField(
+        default=dict, db_default=models.Value({}, output_field=models.JSONField()), blank=True,
+        help_text="Net usage spend per product (ledger units): what a product milestone counts, kept by the engine "
+                  "and refunds so that applying a charge never sums the account's history.")
     purchases = models.BigIntegerField(default=0, help_text="Net purchases (ledger units).")
     converted_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField()

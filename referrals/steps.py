@@ -429,8 +429,14 @@ def _on_refund(event: Event, replay: bool) -> int:
 
     referral = _referral_for(account)
     if referral is not None:
-        field = "spend" if target.type == ev.USAGE_CHARGED else "purchases"
-        Referral.objects.filter(pk=referral.pk).update(**{field: F(field) - event.amount})
+        if target.type == ev.USAGE_CHARGED:
+            # The referral row is locked (`_referral_for`): its per-product spend is updated in place.
+            by_product = referral.spend_by_product
+            by_product[target.product] = by_product.get(target.product, 0) - event.amount
+            Referral.objects.filter(pk=referral.pk).update(spend=F("spend") - event.amount,
+                                                           spend_by_product=by_product)
+        else:
+            Referral.objects.filter(pk=referral.pk).update(purchases=F("purchases") - event.amount)
     if target.type == ev.CREDITS_PURCHASED:
         Account.objects.filter(pk=account.pk).update(
             purchased_credits=Greatest(F("purchased_credits") - event.amount, Value(0)))

@@ -1,5 +1,6 @@
 """Ledger verification: the ledger must balance, match its projection and be reproducible
 from the event log. `verify_ledger` (the command) and the property tests use this."""
+import json
 from collections import defaultdict
 
 from django.db import transaction
@@ -43,7 +44,8 @@ def _state() -> dict:
     return {
         "ledger": {k: v for k, v in ledger_sums_by_book().items() if v},
         "accruals": {k: v for k, v in accruals.items() if v},
-        "referrals": set(Referral.objects.values_list("referrer_id", "referred_id", "status", "spend", "purchases")),
+        "referrals": {(*row[:5], json.dumps(row[5], sort_keys=True)) for row in Referral.objects.values_list(
+            "referrer_id", "referred_id", "status", "spend", "purchases", "spend_by_product")},
         "grants": set(CreditGrant.objects.values_list("account_id", "amount", "remaining", "expires_at")),
         "templates": set(Template.objects.values_list("pk", "runtime_seconds", "qualified_at")),
         "accounts": set(Account.objects.values_list("pk", "track", "purchased_credits")),

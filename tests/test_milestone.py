@@ -66,3 +66,26 @@ def test_the_job_awards_milestones_missed_by_event_processing(runpod):
     assert result["milestones"] == {"milestones_awarded": 1}
     assert _credits(bob) == usd("500.00") and _credits(alice) == usd("500.00")
     assert run_jobs(at=at(3), names=["milestones"])["milestones"] == {"milestones_awarded": 0}
+
+
+def test_the_spend_it_counts_is_kept_per_product_on_the_referral_not_summed_from_the_log(runpod):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from referrals.models import Referral
+
+    alice, bob = _pair()
+    charge = spend("bob", "600.00", product="serverless", when=at(2))
+    spend("bob", "70.00", product="pods", when=at(3))
+    push(event("payment.refunded", "bob", when=at(4), amount="200.00", refunds=charge))
+    referral = Referral.objects.get(referred=bob)
+    assert referral.spend_by_product == {"serverless": usd("400.00"), "pods": usd("70.00")}
+    assert referral.spend == usd("470.00")
+    with CaptureQueriesContext(connection) as queries:
+        spend("bob", "600.00", product="serverless", when=at(5))  # net 1000: the milestone is reached
+    assert _credits(bob) == usd("500.00")
+    sums_of_the_log = [q["sql"] for q in queries.captured_queries
+                       if "SUM" in q["sql"] and '"referrals_event"' in q["sql"]]
+    assert sums_of_the_log == []
+    referral.refresh_from_db()
+    assert referral.spend_by_product == {"serverless": usd("1000.00"), "pods": usd("70.00")}
