@@ -28,7 +28,13 @@ STAFF = {  # username: (group, password) — published demo logins, printed on p
 }
 PARTNER = "demo-partner"
 CLIENT_PURCHASES = ["20000.00", "20000.00", "20000.00"]  # 3% x 75% of 60,000 = 1,350.00 of cash
-PAYOUTS = ["45.00", "1200.00"]  # one small, one above the default second-approval limit of 1,000.00
+# One payout per method, so every method's round trip can be shown (`make run` pays them through
+# the local fake providers, payouts/fakes/demo.py); the Stripe one is above the default
+# second-approval limit of 1,000.00.
+PAYOUTS = [("45.00", "paypal"), ("1200.00", "stripe"), ("60.00", "wise")]
+PARTNER_METHODS = {"paypal": {"email": "partner.payouts@example.com"}, "wise": {"recipient": "40001350"},
+                   # Registered as an integration would after Stripe's onboarding: ready for transfers.
+                   "stripe": {"connected_account": "acct_demopartner"}}
 
 
 class Command(BaseCommand):
@@ -77,11 +83,12 @@ class Command(BaseCommand):
 
         if partner.payouts.exists():
             return
-        services.payout_method_set(account=partner, type="paypal", email="partner.payouts@example.com")
-        for amount in PAYOUTS:
-            payout = services.payout_request(account=partner, amount=amount, method="paypal")
+        for method, details in PARTNER_METHODS.items():
+            services.payout_method_set(account=partner, type=method, **details)
+        for amount, method in PAYOUTS:
+            payout = services.payout_request(account=partner, amount=amount, method=method)
             needs = " (needs two approvals)" if services.needs_second_approval(payout.amount) else ""
-            self.stdout.write(f"payout #{payout.pk} of {format_cents(payout.amount)} requested{needs}")
+            self.stdout.write(f"payout #{payout.pk} of {format_cents(payout.amount)} by {method} requested{needs}")
 
     def _push(self, event_id: str, event_type: str, account: str, when, **fields) -> None:
         raw = {"id": event_id, "type": event_type, "account": account, "occurred_at": when.isoformat(), **fields}
