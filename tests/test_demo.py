@@ -21,6 +21,26 @@ def test_runpod_demo_loads_no_other_preset_and_requests_no_payouts(runpod, capsy
     assert "no demo payouts" in capsys.readouterr().out
 
 
+def test_the_runpod_demo_partner_earns_credits_and_the_fraud_desk_says_there_is_no_cash(runpod, client):
+    from referrals.models import FraudFlag
+    from referrals.selectors import account_balances
+
+    call_command("seed_demo", "--preset", "runpod")
+    call_command("seed_staff_demo")
+    partner = Account.objects.get(external_id="demo-partner")
+    balances = account_balances(partner)
+    # Three clients' $1,500.00 of serverless spend: $500.00 of milestone credits each, and 2% revenue
+    # share ($90.00) held until the partner passes the 25-referral gate.
+    assert balances.credits == 3 * 500 * 10**10 and balances.pending == 90 * 10**10
+    assert balances.cash_available == 0
+    client.force_login(get_user_model().objects.get(username="sue"))
+    flag = FraudFlag.objects.get(referral__referrer=partner)
+    page = client.get(f"/admin/referrals/fraudflag/{flag.pk}/change/").content.decode()
+    assert "every enabled programme pays in platform credits" in page
+    assert "Cash available for payouts" not in page
+    assert "$1,500.00" in page and "$90.00" in page
+
+
 def test_vast_demo_after_a_runpod_one_shows_vast_only(runpod, vast, capsys):
     call_command("seed_demo", "--preset", "vast")
     call_command("seed_staff_demo")
