@@ -112,7 +112,7 @@ def test_finance_approves_an_application_and_two_people_pay_a_large_payout(brows
         expect(page.get_by_role("heading", name="Payouts desk")).to_be_visible()
         _shoot(page, "payouts")
         page.get_by_role("row").filter(has_text="gina").get_by_role("link", name=str(payout.pk)).click()
-        expect(page.locator(".desk-banner")).to_contain_text("needs two approvals")
+        expect(page.locator(".desk-banner")).to_contain_text("This payout is above $20.00: it needs two approvals")
         # The account review: per programme, available = earned - held - paid - reserved.
         review = page.locator('tr[data-program="vast-credit-commission"]')
         expect(review.locator('[data-figure="reserved"]')).to_have_text("$30.00")
