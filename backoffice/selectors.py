@@ -6,7 +6,8 @@ from django.apps import apps
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
-from referrals.models import Accrual, Application, FraudFlag, JobRun, Referral
+from referrals.dashboard import pays_cash
+from referrals.models import Accrual, Application, FraudFlag, JobRun, Program, Referral
 from referrals.selectors import (
     FIGURES,
     account_balances,
@@ -71,14 +72,20 @@ def account_summary(account, *, now=None) -> dict:
     stats = referral_stats(account)
     earnings = earnings_by_program(account)
     totals = earnings_totals(earnings)
+    cash = {"Cash available for payouts": balances.cash_available,
+            "Cash blocked by own purchased credits": balances.cash_blocked,
+            "Reserved for payouts in progress": totals["reserved"]}
+    credits_only = not pays_cash(Program.objects.filter(enabled=True))
+    if credits_only:  # rows of $0.00 cash would read as "owed nothing yet"; say why there is none
+        cash = {label: units for label, units in cash.items() if units}
     return {
         "account": account,
         "age_days": (now - account.signed_up_at).days,
-        "balances": {"Cash available for payouts": money_text(balances.cash_available),
-                     "Cash blocked by own purchased credits": money_text(balances.cash_blocked),
-                     "Reserved for payouts in progress": money_text(totals["reserved"]),
+        "balances": {**{label: money_text(units) for label, units in cash.items()},
                      "Platform credits": money_text(balances.credits),
                      "Held (pending) earnings": money_text(balances.pending)},
+        "cash_note": ("No cash: every enabled programme pays in platform credits, which are used on the "
+                      "platform and cannot be withdrawn." if credits_only else ""),
         "earnings": [{**row, **{k: money_text(row[k]) for k in FIGURES}} for row in earnings],
         "earnings_total": {k: money_text(v) for k, v in totals.items()} if len(earnings) > 1 else None,
         "referrals": stats["total_referrals"],

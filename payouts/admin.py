@@ -102,7 +102,7 @@ class PayoutAdmin(DecisionDeskMixin, ReadOnlyAdmin):
         open_flags = (FraudFlag.objects.filter(flags_concerning(payout.account_id), status=FraudFlag.Status.OPEN)
                       .count() if payout is not None else 0)
         extra_context = {**(extra_context or {}), "needs_two_approvals": needs_two, "open_flags": open_flags,
-                         "second_approval_above": format_cents(services.second_approval_above())}
+                         "second_approval_above": money_text(services.second_approval_above())}
         return super().changeform_view(request, object_id, form_url, extra_context)
 
     def decision_applies(self, name: str, obj) -> bool:
@@ -186,7 +186,7 @@ class PayoutAdmin(DecisionDeskMixin, ReadOnlyAdmin):
             self.message_user(request, f"{verb} {done} payout(s).", messages.SUCCESS)
         if waiting:
             self.message_user(request, f"Recorded your approval of {waiting} payout(s) above "
-                                       f"{format_cents(services.second_approval_above())}: a second staff member "
+                                       f"{money_text(services.second_approval_above())}: a second staff member "
                                        "must approve before they are sent.", messages.WARNING)
 
     @admin.action(description="Approve selected payouts (sends them to the provider)", permissions=["decide"])

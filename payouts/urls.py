@@ -1,6 +1,6 @@
 """Portal routes of the payouts page and the provider webhooks, mounted under /payouts/."""
 from django.conf import settings
-from django.urls import path
+from django.urls import path, re_path
 
 from . import views
 
@@ -17,11 +17,9 @@ urlpatterns = [
     path("webhooks/stripe", views.stripe_webhook, name="stripe-webhook"),
 ]
 
-if settings.DEBUG and settings.PAYOUT_DEMO_FAKE_PAYPAL:  # `make run`'s demo only (see demo_provider.py)
-    from . import demo_provider
+if settings.DEBUG and settings.PAYOUT_DEMO_FAKES:  # `make run`'s demo only (see payouts/fakes/demo.py)
+    from .fakes import demo
 
     urlpatterns += [
-        path("dev/fake-paypal/v1/oauth2/token", demo_provider.token),
-        path("dev/fake-paypal/v1/payments/payouts", demo_provider.create_batch),
-        path("dev/fake-paypal/v1/payments/payouts/<str:batch_id>", demo_provider.read_batch),
+        re_path(r"^dev/fake-(?P<provider>stripe|paypal|wise)/(?P<path>.+)$", demo.serve),
     ]

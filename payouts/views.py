@@ -55,6 +55,7 @@ def _render(request, account, *, request_form=None, paypal_form=None, wise_form=
         "balances": balances,
         "methods": methods,
         "has_stripe": any(m.type == MethodType.STRIPE for m in methods),
+        "stripe_ready": any(m.type == MethodType.STRIPE and m.ready for m in methods),
         "cannot_request": cannot if request_form is None else [],
         "request_form": request_form or PayoutRequestForm(methods=ready),
         "paypal_form": paypal_form or PayPalForm(),
@@ -157,8 +158,12 @@ def request_payout(request):
             words = f"Amount {text}." if field == "amount" else f"{text[:1].upper()}{text[1:]}."
             form.add_error(field if field in form.fields else None, words)
         return _render(request, account, request_form=form, status=400)
-    messages.success(request, f"Your payout of {money_text(payout.amount)} is requested "
-                              f"({payout.get_status_display().lower()}).")
+    if payout.status == Payout.Status.REQUESTED:
+        messages.success(request, f"Your payout of {money_text(payout.amount)} is requested: staff review it "
+                                  "before it is sent.")
+    else:  # auto-approved below the limit
+        messages.success(request, f"Your payout of {money_text(payout.amount)} is requested and "
+                                  f"{payout.get_status_display().lower()}.")
     return redirect("payouts:index")
 
 

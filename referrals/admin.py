@@ -12,7 +12,7 @@ from django.template.loader import render_to_string
 from backoffice.desk import DecisionDeskMixin
 from backoffice.selectors import account_summary, application_review
 from ledger.admin import BigTableAdmin, ReadOnlyAdmin, ValuesFilter
-from ledger.money import format_cents, format_exact, to_units
+from ledger.money import format_exact, to_units
 
 from . import clicks, engine, services
 from .api.keys import ApiKeyInvalid, api_key_create, api_key_revoke, validate_api_key_request
@@ -30,6 +30,7 @@ from .models import (
     Referral,
     Template,
 )
+from .templatetags.figures import money_text
 
 
 class ReasonActionForm(ActionForm):
@@ -147,7 +148,7 @@ class ApplicationAdmin(DecisionDeskMixin, ReadOnlyAdmin):
 
     @admin.display(description="Spend at opening")
     def spend(self, obj):
-        return format_cents(obj.spend_at_open)
+        return money_text(obj.spend_at_open)
 
     @admin.display(description="Referrals (need)", ordering="referral_count")
     def referrals_now(self, obj):
@@ -155,11 +156,11 @@ class ApplicationAdmin(DecisionDeskMixin, ReadOnlyAdmin):
 
     @admin.display(description="Their spend (need)", ordering="spend_total")
     def spend_now(self, obj):
-        return f"{format_cents(obj.spend_total)} / {format_cents(to_units(obj.program.gate_min_spend))}"
+        return f"{money_text(obj.spend_total)} / {money_text(to_units(obj.program.gate_min_spend))}"
 
     @admin.display(description="Held earnings", ordering="held_total")
     def held_now(self, obj):
-        return format_cents(obj.held_total)
+        return money_text(obj.held_total)
 
     @admin.display(description="The account")
     def review(self, obj):
@@ -235,7 +236,7 @@ class FraudFlagAdmin(DecisionDeskMixin, ReadOnlyAdmin):
     def held_now(self, obj):
         if not obj.referral_id:
             return "its payouts"
-        return format_cents(obj.held_total)
+        return money_text(obj.held_total)
 
     @admin.display(description="Account review")
     def review(self, obj):
@@ -264,7 +265,7 @@ class ReferralAdmin(ReadOnlyAdmin):
 
     @admin.display(description="Spend", ordering="spend")
     def spend_display(self, obj):
-        return format_cents(obj.spend)
+        return money_text(obj.spend)
 
 
 @admin.register(Event)

@@ -373,6 +373,12 @@ class Wallet:
     pays_cash: bool = False
 
 
+def pays_cash(programs) -> bool:
+    """Whether any of these programmes pays cash that can be withdrawn (a cash track, or a
+    cash-out share of its credits); runpod's pay in platform credits only."""
+    return any(Program.PaysIn.CASH in (p.pays_in, p.partner_pays_in) or p.cashout_percent for p in programs)
+
+
 def wallet(account: Account, *, now: datetime) -> Wallet:
     grants = list(CreditGrant.objects.filter(account=account, expired_at__isnull=True, remaining__gt=0,
                                              expires_at__gt=now).select_related("accrual__program")[:100])
@@ -404,7 +410,7 @@ def wallet(account: Account, *, now: datetime) -> Wallet:
         grants=grants, held=held_by_reason, cashout_programs=cashout,
         min_payout=max(minimums) if minimums else 0,
         blocked_by_own_credits=account.purchased_credits > 0 and any(p.own_credits_block_cashout for p in programs),
-        pays_cash=any(Program.PaysIn.CASH in (p.pays_in, p.partner_pays_in) or p.cashout_percent for p in programs),
+        pays_cash=pays_cash(programs),
     )
 
 

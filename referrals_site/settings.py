@@ -2,7 +2,6 @@
 
 Production differs from development only by environment variables; see `.env.example`.
 """
-import os
 from pathlib import Path
 
 import environ
@@ -179,10 +178,18 @@ WEBHOOKS = {
 }
 
 # --- Payouts: providers, webhooks, approval (issue 4) ---
-# Stripe Connect. STRIPE_API_BASE is only changed to point tests at a local fake server.
+# The demo (`make run`, DEBUG on) pays through local fakes of Stripe, PayPal and Wise served by the
+# dev server itself (payouts/fakes/demo.py), so demo payouts complete through every method and never
+# reach a real host. A provider whose *_API_BASE is given in the environment is called there instead.
+PAYOUT_DEMO_FAKES = env.bool("PAYOUT_DEMO_FAKES", default=DEBUG)
+_DEMO_FAKE = f"{SITE_URL}/payouts/dev/fake-"
+# Stripe. STRIPE_API_BASE is only changed to point tests at a local fake server; the billing
+# connector uses it. Stripe Connect payouts call STRIPE_CONNECT_API_BASE (the demo's fake, else the same).
 STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="sk_test_dev_only")
 STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="whsec_dev_only")
 STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="https://api.stripe.com")
+STRIPE_CONNECT_API_BASE = env.str("STRIPE_CONNECT_API_BASE",
+                                  default=f"{_DEMO_FAKE}stripe" if PAYOUT_DEMO_FAKES else STRIPE_API_BASE)
 # How old a signed webhook may be (seconds) before it is refused as a replay.
 STRIPE_WEBHOOK_TOLERANCE = env.int("STRIPE_WEBHOOK_TOLERANCE", default=300)
 # Stripe's event bodies are a few KB; a larger delivery is refused (413) unread and unstored.
@@ -192,14 +199,12 @@ STRIPE_WEBHOOK_MAX_BYTES = env.int("STRIPE_WEBHOOK_MAX_BYTES", default=DATA_UPLO
 INSTALLED_APPS += ["billing"]
 STRIPE_BILLING_MAX_BODY_BYTES = env.int("STRIPE_BILLING_MAX_BODY_BYTES", default=512 * 1024)
 # PayPal Payouts REST (OAuth2 client credentials) and Wise REST (API token).
-# The demo (`make run`, DEBUG on, no PAYPAL_API_BASE given) pays through a fake PayPal served by the
-# dev server itself (payouts/demo_provider.py), so demo payouts complete and never reach a real host.
-PAYOUT_DEMO_FAKE_PAYPAL = env.bool("PAYOUT_DEMO_FAKE_PAYPAL", default=DEBUG and "PAYPAL_API_BASE" not in os.environ)
-PAYPAL_API_BASE = env.str("PAYPAL_API_BASE", default=f"{SITE_URL}/payouts/dev/fake-paypal" if PAYOUT_DEMO_FAKE_PAYPAL
+PAYPAL_API_BASE = env.str("PAYPAL_API_BASE", default=f"{_DEMO_FAKE}paypal" if PAYOUT_DEMO_FAKES
                           else "https://api-m.sandbox.paypal.com")
 PAYPAL_CLIENT_ID = env.str("PAYPAL_CLIENT_ID", default="dev-client-id")
 PAYPAL_CLIENT_SECRET = env.str("PAYPAL_CLIENT_SECRET", default="dev-client-secret")
-WISE_API_BASE = env.str("WISE_API_BASE", default="https://api.sandbox.transferwise.tech")
+WISE_API_BASE = env.str("WISE_API_BASE", default=f"{_DEMO_FAKE}wise" if PAYOUT_DEMO_FAKES
+                        else "https://api.sandbox.transferwise.tech")
 WISE_API_TOKEN = env.str("WISE_API_TOKEN", default="dev-wise-token")
 WISE_PROFILE_ID = env.str("WISE_PROFILE_ID", default="0")
 # Seconds before a provider call gives up (connect and read); the payout stays processing and

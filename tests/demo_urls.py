@@ -1,12 +1,10 @@
-"""The portal's URLs plus the demo's fake PayPal, as `make run` (DEBUG) mounts them, for tests/test_demo.py."""
-from django.urls import path
+"""The portal's URLs plus the demo's fake providers, as `make run` (DEBUG) mounts them, for tests/test_demo.py."""
+from django.urls import re_path
 
-from payouts import demo_provider
+from payouts.fakes import demo
 from referrals_site.urls import urlpatterns as portal
 
 urlpatterns = [
-    path("payouts/dev/fake-paypal/v1/oauth2/token", demo_provider.token),
-    path("payouts/dev/fake-paypal/v1/payments/payouts", demo_provider.create_batch),
-    path("payouts/dev/fake-paypal/v1/payments/payouts/<str:batch_id>", demo_provider.read_batch),
+    re_path(r"^payouts/dev/fake-(?P<provider>stripe|paypal|wise)/(?P<path>.+)$", demo.serve),
     *portal,
 ]

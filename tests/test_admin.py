@@ -115,7 +115,7 @@ def test_the_applications_desk_shows_the_figures_and_reopens_a_rejected_one(runp
     alice, application = _open_application()
     listing = admin_client.get("/admin/referrals/application/?status__exact=open").content.decode()
     assert "Applications desk" in listing
-    assert "25 / 25" in listing and "500.00 / 500.00" in listing and "10.00" in listing  # held: 2% of $500
+    assert "25 / 25" in listing and "$500.00 / $500.00" in listing and "$10.00" in listing  # held: 2% of $500
     page = admin_client.get(f"/admin/referrals/application/{application.pk}/change/").content.decode()
     assert "Eligible referred accounts" in page and 'value="approve"' in page and 'value="reopen"' not in page
     admin_client.post("/admin/referrals/application/", {
@@ -164,3 +164,16 @@ def test_it_exports_the_payouts_desk_with_its_computed_columns(vast, admin_clien
     lines = b"".join(response.streaming_content).decode().splitlines()
     assert lines[0].startswith("id,account,amount_display,method_type,state,account_age,open_flags,paid_before")
     assert lines[1].startswith(f"{payout.pk},alice,12.50,paypal,Requested,")
+
+
+def test_the_desks_write_held_earnings_and_spend_with_the_currency_sign(vast, admin_client):
+    alice = signup("alice", email="a@example.com")
+    signup("bob", email="A@example.com", code=alice.referral_code, when=at(1))
+    signup("dora", email="dora@example.com", code=alice.referral_code, when=at(1))  # flagged by nothing
+    signup("alice2", email="a+2@example.com", code=alice.referral_code, when=at(1))  # flagged, spends nothing
+    buy_credits("bob", "100000.00", when=at(2))
+    listing = admin_client.get("/admin/referrals/fraudflag/").content.decode()
+    assert '<td class="field-held_now">$3,000.00</td>' in listing  # 3% of bob's purchase, held
+    assert '<td class="field-held_now">$0.00</td>' in listing
+    referrals = admin_client.get("/admin/referrals/referral/").content.decode()
+    assert '<td class="field-spend_display">$0.00</td>' in referrals

@@ -3,7 +3,7 @@
 A finance staff member logs into /admin/ with the login form, approves an open application from
 the applications desk and sees its held earnings released; then approves a payout above the
 maker-checker limit, a second finance member gives the second approval, and the payout ends paid
-by the fake Stripe server of tests/fakes (real HTTP through the Stripe SDK; nothing patched).
+by the fake Stripe server of payouts/fakes (real HTTP through the Stripe SDK; nothing patched).
 
 Skipped with the reason when /usr/bin/chromium or Playwright is missing (`make test` installs both).
 """
@@ -61,13 +61,13 @@ def desk(live_server, settings, fake_stripe, runpod, vast):
             "fiona": _finance("fiona"), "frank": _finance("frank")}
 
 
-def _logged_in(browser, base_url: str, username: str):
+def _logged_in(browser, base_url: str, username: str, password: str = PASSWORD):
     context = browser.new_context(viewport={"width": 1400, "height": 900}, base_url=base_url)
     context.set_default_timeout(15_000)
     page = context.new_page()
     page.goto("/admin/")
     page.get_by_label("Username").fill(username)
-    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Log in").click()
     sync_api.expect(page.get_by_role("heading", name="Waiting for staff")).to_be_visible()
     return context, page
@@ -112,7 +112,7 @@ def test_finance_approves_an_application_and_two_people_pay_a_large_payout(brows
         expect(page.get_by_role("heading", name="Payouts desk")).to_be_visible()
         _shoot(page, "payouts")
         page.get_by_role("row").filter(has_text="gina").get_by_role("link", name=str(payout.pk)).click()
-        expect(page.locator(".desk-banner")).to_contain_text("needs two approvals")
+        expect(page.locator(".desk-banner")).to_contain_text("This payout is above $20.00: it needs two approvals")
         # The account review: per programme, available = earned - held - paid - reserved.
         review = page.locator('tr[data-program="vast-credit-commission"]')
         expect(review.locator('[data-figure="reserved"]')).to_have_text("$30.00")
@@ -146,3 +146,27 @@ def test_finance_approves_an_application_and_two_people_pay_a_large_payout(brows
     assert len(fake_stripe.transfers) == 1
     transfer = next(iter(fake_stripe.transfers.values()))
     assert transfer["amount"] == 3000
+
+
+def test_support_reviews_the_runpod_demos_fraud_flag_with_credits_and_no_cash(browser, live_server, runpod):
+    """The fraud desk as `make run` shows it (runpod demo, the support login): held earnings with
+    the currency sign, and the account review says there is no cash rather than showing $0.00."""
+    from django.core.management import call_command
+
+    expect = sync_api.expect
+    call_command("seed_demo", "--preset", "runpod")
+    call_command("seed_staff_demo")
+    context, page = _logged_in(browser, live_server.url, "sue", "sue-demo-pass")
+    try:
+        page.get_by_role("link", name="Open fraud flags").click()
+        expect(page.get_by_role("heading", name="Fraud desk")).to_be_visible()
+        row = page.get_by_role("row").filter(has_text="demo-partner-alias")
+        expect(row.locator(".field-held_now")).to_have_text("$0.00")
+        _shoot(page, "fraud")
+        row.get_by_role("link").first.click()
+        expect(page.locator(".desk-review")).to_contain_text("No cash: every enabled programme pays in platform")
+        expect(page.locator(".desk-review")).to_contain_text("$1,500.00")  # milestone credits
+        expect(page.locator(".desk-review")).not_to_contain_text("Cash available for payouts")
+        _shoot(page, "fraud-flag")
+    finally:
+        context.close()

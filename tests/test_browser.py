@@ -256,10 +256,15 @@ def test_it_requests_a_payout_with_errors_in_words(context, gina, width):
     page.get_by_label("Amount").fill("25.00")
     page.get_by_role("button", name="Request payout").click()
     page.wait_for_url("**/payouts/")
-    sync_api.expect(page.get_by_text("Your payout of $25.00 is requested")).to_be_visible()
+    sync_api.expect(page.get_by_text("Your payout of $25.00 is requested: staff review it before it is sent.")
+                    ).to_be_visible()
     history = page.get_by_role("table")
     sync_api.expect(history).to_contain_text("$25.00")
     sync_api.expect(history).to_contain_text("Stripe Connect")
+    # The history fits the screen at both widths (stacked on a phone), its status not cut off.
+    assert history.evaluate("t => t.parentElement.scrollWidth <= t.parentElement.clientWidth")
+    status = history.locator("td", has_text="Requested").last
+    assert status.evaluate("c => c.getBoundingClientRect().right <= document.documentElement.clientWidth")
     _check_and_shoot(page, "payouts", width)
 
 

@@ -389,9 +389,20 @@ def test_it_shows_milestone_progress_per_referral(alice_client, alice):
     page = _text(alice_client.get("/dashboard/referrals/"))
     # dora's serverless spend: 12.34 + 250.00 of the $1,000.00 serverless milestone; erin spent on pods only.
     assert "Serverless milestone: $262.34 of $1,000.00 serverless spend" in page
-    assert "Serverless milestone: $0.00 of $1,000.00 serverless spend" in page
+    # erin has $54.00 of spend on pods, none the milestone counts: said in words, no empty bar.
+    assert "Serverless milestone: no serverless spend yet ($1,000.00 of it earns the bonus)" in page
+    assert "$0.00 of $1,000.00" not in page
     dora = Referral.objects.get(referred__external_id="dora")
     detail = _text(alice_client.get(f"/dashboard/referrals/{dora.pk}/"))
     assert "Serverless milestone: $262.34 of $1,000.00 serverless spend" in detail
     spend("dora", "800.00", product="serverless")
     assert "Serverless milestone: reached" in _text(alice_client.get(f"/dashboard/referrals/{dora.pk}/"))
+
+
+def test_milestone_progress_counts_the_milestones_product_net_of_refunds(alice_client, alice):
+    charge = spend("erin", "300.00", product="serverless")
+    push(event("payment.refunded", "erin", amount="100.00", refunds=charge))
+    erin = Referral.objects.get(referred__external_id="erin")
+    detail = _text(alice_client.get(f"/dashboard/referrals/{erin.pk}/"))
+    # $300.00 - $100.00 refunded; erin's $54.00 on pods does not count towards it.
+    assert "Serverless milestone: $200.00 of $1,000.00 serverless spend" in detail

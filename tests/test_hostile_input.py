@@ -23,13 +23,13 @@ from rest_framework.test import APIClient
 
 from billing.models import Inbound, StripeConnection
 from ledger.models import Balance, Entry
+from payouts.fakes.stripe import event as stripe_event
+from payouts.fakes.stripe import sign
 from payouts.models import Payout, PayoutMethod, StripeWebhook
 from payouts.services import payout_method_set
 from referrals.api.keys import api_key_create
 from referrals.models import Account, Accrual, AuditLog, Click, Event, Referral, Template
 from referrals.presets import load_preset
-from tests.fakes.stripe import event as stripe_event
-from tests.fakes.stripe import sign
 from tests.fakes.stripe_billing import webhook as billing_webhook
 from tests.helpers import buy_credits, event, signup, spend
 

@@ -174,6 +174,15 @@ def test_it_offers_only_the_methods_that_are_set_up(alice_web, alice):
     assert '<option value="stripe"' not in form
 
 
+def test_it_offers_stripe_onboarding_only_until_the_account_is_connected(alice_web, alice):
+    services.payout_method_set(account=alice, type="stripe", connected_account="acct_alice", ready=False)
+    assert "Continue Stripe onboarding" in alice_web.get("/payouts/").content.decode()
+    services.payout_method_set(account=alice, type="stripe", connected_account="acct_alice", ready=True)
+    page = alice_web.get("/payouts/").content.decode()
+    assert "Your Stripe account is connected and can receive payouts." in page
+    assert "Continue Stripe onboarding" not in page
+
+
 def test_it_keeps_other_accounts_payouts_out_of_reach(alice_web, alice, vast):
     carol = signup("carol")
     services.payout_method_set(account=alice, type="paypal", email="alice@paypal.test")

@@ -9,9 +9,9 @@ import pytest
 from ledger.models import Book, Entry, Transaction
 from ledger.selectors import balances_for
 from payouts import services
+from payouts.fakes.stripe import event, sign
 from payouts.models import Payout, PayoutMethod
 from referrals.verification import verify
-from tests.fakes.stripe import event, sign
 from tests.helpers import at, buy_credits, signup, usd
 
 SECRET = "whsec_test_fake"

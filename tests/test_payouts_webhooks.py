@@ -9,10 +9,10 @@ from django.conf import settings
 from ledger.models import Book
 from ledger.selectors import balances_for
 from payouts import services
+from payouts.fakes.stripe import event, sign
 from payouts.models import Payout, PayoutMethod, StripeWebhook
 from payouts.webhooks import REJECTED_BODY_KEPT
 from referrals.verification import verify
-from tests.fakes.stripe import event, sign
 from tests.helpers import at, buy_credits, signup, usd
 
 SECRET = "whsec_test_fake"

@@ -10,7 +10,7 @@ from .base import FAILED, PAID, ProviderError, ProviderResult, cents, currency, 
 
 
 def client() -> stripe_sdk.StripeClient:
-    base = settings.STRIPE_API_BASE
+    base = settings.STRIPE_CONNECT_API_BASE
     return stripe_sdk.StripeClient(
         settings.STRIPE_SECRET_KEY,
         base_addresses={"api": base, "connect": base, "files": base},

@@ -70,7 +70,14 @@ class WiseProvider:
             if funded.get("status") not in ("COMPLETED", None):
                 raise ProviderError(f"Wise: funding the transfer failed ({funded.get('errorCode')})",
                                     retryable=False)
-        return ProviderResult(PROCESSING, str(transfer["id"]))
+            # A transfer funded from the balance may be sent at once (the demo's fake always is):
+            # read it back so that is recorded now, not at the next retry. Without an answer it stays
+            # processing under its reference and the retry asks again.
+            try:
+                transfer = _call("GET", f"/v1/transfers/{transfer['id']}")
+            except ProviderError:
+                return ProviderResult(PROCESSING, str(transfer["id"]))
+        return _result(transfer)
 
     def fetch(self, payout) -> ProviderResult | None:
         if not payout.provider_reference:

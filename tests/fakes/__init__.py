@@ -1,1 +1,2 @@
-"""Local fake provider servers (Stripe, PayPal, Wise) that the payout tests talk to over HTTP."""
+"""The tests' side of the fake providers: fixtures that serve payouts/fakes/ on a port of their
+own, and the fake Stripe extended with billing objects (stripe_billing.py)."""

@@ -1,16 +1,17 @@
-"""Fixtures that start a fake provider and point the settings at it. Import them into a test
+"""Fixtures that start a fake provider (payouts/fakes/, the demo's too) on a port of its own and
+point the settings at it. Import them into a test
 module to use them."""
 import pytest
 
-from .paypal import FakePayPal
-from .stripe import FakeStripe
-from .wise import FakeWise
+from payouts.fakes.paypal import FakePayPal
+from payouts.fakes.stripe import FakeStripe
+from payouts.fakes.wise import FakeWise
 
 
 @pytest.fixture
 def fake_stripe(settings):
     server = FakeStripe(secret_key="sk_test_fake").start()
-    settings.STRIPE_API_BASE = server.url
+    settings.STRIPE_API_BASE = settings.STRIPE_CONNECT_API_BASE = server.url
     settings.STRIPE_SECRET_KEY = "sk_test_fake"
     settings.STRIPE_WEBHOOK_SECRET = "whsec_test_fake"
     settings.PAYOUT_PROVIDER_TIMEOUT = 2.0

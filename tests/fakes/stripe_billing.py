@@ -1,11 +1,11 @@
-"""The fake Stripe of tests/fakes/stripe.py extended with the billing objects the connector reads:
+"""The fake Stripe of payouts/fakes/stripe.py extended with the billing objects the connector reads:
 customers, invoices, charges, refunds and disputes, listed newest first with `created[gte]`,
 `limit`, `starting_after` and `has_more` as Stripe's list endpoints do. The builders below make
 the objects (in the 2025-02-24.acacia shape) that a test both lists here and sends as signed
 webhooks, so both paths see the same Stripe account."""
 import json
 
-from .stripe import FakeStripe, _error, sign
+from payouts.fakes.stripe import FakeStripe, _error, sign
 
 RESOURCES = {"customers": "customer", "invoices": "invoice", "charges": "charge", "refunds": "refund",
              "disputes": "dispute"}

@@ -1,6 +1,7 @@
 """Demo data for the staff desks, on top of `seed_demo`: the support and finance roles with a
 login each (two finance members, so a payout above the maker-checker limit can be approved twice),
-a partner with cash earnings and payouts waiting, and a referral flagged as self-referral.
+a partner with earnings (cash and payouts waiting where a programme pays cash; credits under
+runpod's programmes), and a referral flagged as self-referral.
 
 Demo data follows the preset that is loaded, never another: payouts need a programme that pays
 cash, and when none is enabled (the `runpod` preset pays in credits) there are no demo payouts
@@ -27,8 +28,17 @@ STAFF = {  # username: (group, password) — published demo logins, printed on p
     "sue": ("support", "sue-demo-pass"),
 }
 PARTNER = "demo-partner"
-CLIENT_PURCHASES = ["20000.00", "20000.00", "20000.00"]  # 3% x 75% of 60,000 = 1,350.00 of cash
-PAYOUTS = ["45.00", "1200.00"]  # one small, one above the default second-approval limit of 1,000.00
+CLIENT_PURCHASES = ["20000.00", "20000.00", "20000.00"]  # vast: 3% x 75% of 60,000 = 1,350.00 of cash
+# runpod counts spend, not purchases: each client's serverless spend crosses the $1,000 milestone
+# ($500 of credits each to the partner) and earns 2% revenue share, held until the 25-referral gate.
+CLIENT_SPEND = ("1500.00", "serverless")
+# One payout per method, so every method's round trip can be shown (`make run` pays them through
+# the local fake providers, payouts/fakes/demo.py); the Stripe one is above the default
+# second-approval limit of 1,000.00.
+PAYOUTS = [("45.00", "paypal"), ("1200.00", "stripe"), ("60.00", "wise")]
+PARTNER_METHODS = {"paypal": {"email": "partner.payouts@example.com"}, "wise": {"recipient": "40001350"},
+                   # Registered as an integration would after Stripe's onboarding: ready for transfers.
+                   "stripe": {"connected_account": "acct_demopartner"}}
 
 
 class Command(BaseCommand):
@@ -61,12 +71,18 @@ class Command(BaseCommand):
         base = existing.signed_up_at if existing else (timezone.now() - timedelta(days=40)).replace(microsecond=0)
         self._push("demo-partner-signup", ev.ACCOUNT_CREATED, PARTNER, base, email="partner@example.com")
         partner = Account.objects.get(external_id=PARTNER)
+        counted = {t for types in Program.objects.filter(enabled=True).values_list("event_types", flat=True)
+                   for t in types}
         for n, amount in enumerate(CLIENT_PURCHASES, start=1):
             client = f"{PARTNER}-client-{n}"
             self._push(f"demo-partner-client-{n}", ev.ACCOUNT_CREATED, client, base + timedelta(days=n),
                        email=f"{client}@example.com", referral_code=partner.referral_code)
-            self._push(f"demo-partner-purchase-{n}", ev.CREDITS_PURCHASED, client, base + timedelta(days=n + 1),
-                       amount=amount)
+            if ev.CREDITS_PURCHASED in counted:
+                self._push(f"demo-partner-purchase-{n}", ev.CREDITS_PURCHASED, client,
+                           base + timedelta(days=n + 1), amount=amount)
+            if ev.USAGE_CHARGED in counted:
+                self._push(f"demo-partner-spend-{n}", ev.USAGE_CHARGED, client, base + timedelta(days=n + 1),
+                           amount=CLIENT_SPEND[0], product=CLIENT_SPEND[1])
         # The partner's own second address, signed up through its link: flagged as self-referral.
         self._push("demo-partner-alias", ev.ACCOUNT_CREATED, f"{PARTNER}-alias", base + timedelta(days=5),
                    email="Partner+promo@example.com", referral_code=partner.referral_code)
@@ -77,11 +93,12 @@ class Command(BaseCommand):
 
         if partner.payouts.exists():
             return
-        services.payout_method_set(account=partner, type="paypal", email="partner.payouts@example.com")
-        for amount in PAYOUTS:
-            payout = services.payout_request(account=partner, amount=amount, method="paypal")
+        for method, details in PARTNER_METHODS.items():
+            services.payout_method_set(account=partner, type=method, **details)
+        for amount, method in PAYOUTS:
+            payout = services.payout_request(account=partner, amount=amount, method=method)
             needs = " (needs two approvals)" if services.needs_second_approval(payout.amount) else ""
-            self.stdout.write(f"payout #{payout.pk} of {format_cents(payout.amount)} requested{needs}")
+            self.stdout.write(f"payout #{payout.pk} of {format_cents(payout.amount)} by {method} requested{needs}")
 
     def _push(self, event_id: str, event_type: str, account: str, when, **fields) -> None:
         raw = {"id": event_id, "type": event_type, "account": account, "occurred_at": when.isoformat(), **fields}

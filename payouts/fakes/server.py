@@ -1,4 +1,6 @@
-"""A small threaded HTTP server with scriptable faults, the base of every fake provider."""
+"""The base of every fake provider: its state and `route`, served either by a small threaded
+HTTP server of its own with scriptable faults (the tests) or through a Django view on the dev
+server (`make run`'s demo, payouts/fakes/demo.py). One implementation for both."""
 import contextlib
 import json
 import threading
@@ -8,7 +10,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 
 class FakeServer:
-    """Subclasses implement `route(method, path, query, headers, body) -> (status, dict)`.
+    """Subclasses implement `route(method, path, query, headers, body) -> (status, dict)`; a 3xx
+    status redirects a browser to `payload["location"]` (a hosted page such as Stripe's onboarding).
 
     Faults apply to the next request whose path starts with a prefix:
     - `fail_next(status, body)`: answer with that status instead;
@@ -17,10 +20,38 @@ class FakeServer:
     - `delay_next(seconds)`: do the work after a pause (longer than the client's timeout).
     """
 
-    def __init__(self):
+    def __init__(self, *, base_url: str = ""):
         self.lock = threading.RLock()
         self.faults: list[tuple[str, str, tuple]] = []
         self.requests: list[dict] = []
+        self.httpd: ThreadingHTTPServer | None = None
+        self.base_url = base_url  # where it is mounted when it has no server of its own
+
+    @property
+    def url(self) -> str:
+        if self.httpd is None:
+            return self.base_url
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self, port: int = 0):
+        """Serve on 127.0.0.1 (a free port unless one is given) in a daemon thread."""
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def answer(self, method: str, path: str, query: dict, headers: dict, body: bytes) -> tuple[int, dict]:
+        """One request as the provider answers it, without a transport (the dev server's mount)."""
+        with self.lock:
+            self.requests.append({"method": method, "path": path, "headers": headers, "body": body})
+            return self.route(method, path, query, headers, body)
+
+    def _handler(self):
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -54,6 +85,8 @@ class FakeServer:
             def _answer(self, status, payload):
                 data = json.dumps(payload).encode()
                 self.send_response(status)
+                if 300 <= status < 400:
+                    self.send_header("Location", payload["location"])
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -61,22 +94,7 @@ class FakeServer:
 
             do_GET = do_POST = do_DELETE = _serve
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self):
-        self.thread.start()
-        return self
-
-    def stop(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        return Handler
 
     def _take_fault(self, path: str):
         for index, (prefix, kind, args) in enumerate(self.faults):

@@ -1,6 +1,8 @@
 """A fake of the Stripe API endpoints the payouts use, honouring `Idempotency-Key` like Stripe:
 the same key with the same parameters replays the first answer (no second transfer); the same
-key with other parameters is an idempotency error."""
+key with other parameters is an idempotency error. Its hosted onboarding page
+(`/express/onboarding/<account>`, the account link's url) activates the account's transfers and
+sends the browser back to the link's `return_url`, as finishing Stripe's onboarding does."""
 import hashlib
 import hmac
 import itertools
@@ -28,10 +30,11 @@ def _error(status: int, message: str, *, type_: str = "invalid_request_error", c
 
 
 class FakeStripe(FakeServer):
-    def __init__(self, *, secret_key: str = "sk_test_fake"):
-        super().__init__()
+    def __init__(self, *, secret_key: str = "sk_test_fake", base_url: str = ""):  # noqa: S107 - a fake key
+        super().__init__(base_url=base_url)
         self.secret_key = secret_key
         self.accounts: dict[str, dict] = {}
+        self.return_urls: dict[str, str] = {}  # account -> its latest account link's return_url
         self.transfers: dict[str, dict] = {}
         self.idempotent: dict[str, tuple[str, int, dict]] = {}
         self._ids = itertools.count(1)
@@ -59,6 +62,8 @@ class FakeStripe(FakeServer):
     # ---------------------------------------------------------------- the API
 
     def route(self, method, path, query, headers, body):
+        if method == "GET" and path.startswith("/express/onboarding/"):
+            return self._onboarding_page(path.rsplit("/", 1)[1])
         if headers.get("authorization") != f"Bearer {self.secret_key}":
             return _error(401, "Invalid API Key provided")
         params = _nested(body) if method == "POST" else _nested(
@@ -104,10 +109,19 @@ class FakeStripe(FakeServer):
         if parts[:2] == ["v1", "account_links"] and method == "POST":
             if params.get("account") not in self.accounts:
                 return _error(400, "No such account", code="resource_missing")
+            self.return_urls[params["account"]] = params.get("return_url", "")
             return 200, {"object": "account_link", "created": int(time.time()),
                          "expires_at": int(time.time()) + 300,
                          "url": f"{self.url}/express/onboarding/{params['account']}"}
         return _error(404, f"Unrecognized request URL ({method}: {path})")
+
+    def _onboarding_page(self, account_id: str):
+        # The browser's visit, not an API call: no key. The details a real user would enter are
+        # taken as given; the account can receive transfers afterwards.
+        if account_id not in self.accounts or not self.return_urls.get(account_id):
+            return 404, {"error": {"message": "This onboarding link has expired or is invalid"}}
+        self.activate(account_id)
+        return 302, {"location": self.return_urls[account_id]}
 
     def _create_transfer(self, params):
         destination = params.get("destination")

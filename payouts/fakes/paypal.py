@@ -1,5 +1,7 @@
 """A fake of PayPal's OAuth2 token and Payouts endpoints. `PayPal-Request-Id` replays the first
-answer; a reused `sender_batch_id` under another request id is refused like PayPal does."""
+answer; a reused `sender_batch_id` under another request id is refused like PayPal does.
+`settle_at_once` (the demo) answers a new batch already paid, its items in the answer, as PayPal
+does for a batch it settles synchronously; otherwise a batch stays PENDING until `settle()`."""
 import base64
 import itertools
 import json
@@ -8,8 +10,10 @@ from .server import FakeServer
 
 
 class FakePayPal(FakeServer):
-    def __init__(self, *, client_id: str = "fake-client", client_secret: str = "fake-secret"):
-        super().__init__()
+    def __init__(self, *, client_id: str = "fake-client", client_secret: str = "fake-secret",  # noqa: S107 - a fake credential
+                 settle_at_once: bool = False, base_url: str = ""):
+        super().__init__(base_url=base_url)
+        self.settle_at_once = settle_at_once
         self.credentials = base64.b64encode(f"{client_id}:{client_secret}".encode()).decode()
         self.tokens: set[str] = set()
         self.tokens_issued = 0
@@ -73,5 +77,8 @@ class FakePayPal(FakeServer):
             "items": [{"payout_item_id": f"IT{batch_id}", "transaction_status": "PENDING",
                        "payout_item": item}],
         }
+        if self.settle_at_once:
+            self.settle(batch_id)
+            return 201, self.batches[batch_id]
         return 201, {"batch_header": {"payout_batch_id": batch_id, "batch_status": "PENDING",
                                       "sender_batch_header": body["sender_batch_header"]}}

@@ -1,5 +1,6 @@
 """A fake of the Wise quote, transfer, funding and status endpoints. A repeated
-`customerTransactionId` returns the transfer already created, as Wise does."""
+`customerTransactionId` returns the transfer already created, as Wise does. A funded transfer is
+`processing` until `set_status()`; with `settle_at_once` (the demo) funding sends it at once."""
 import itertools
 import json
 import uuid
@@ -8,10 +9,11 @@ from .server import FakeServer
 
 
 class FakeWise(FakeServer):
-    def __init__(self, *, token: str = "fake-wise-token"):
-        super().__init__()
+    def __init__(self, *, token: str = "fake-wise-token", settle_at_once: bool = False, base_url: str = ""):  # noqa: S107
+        super().__init__(base_url=base_url)
         self.token = token
-        self.recipients: set[str] = set()
+        self.settle_at_once = settle_at_once
+        self.recipients: set[str] = set()  # or any container: `recipient in self.recipients`
         self.quotes: dict[str, dict] = {}
         self.transfers: dict[str, dict] = {}
         self.by_customer_id: dict[str, str] = {}
@@ -54,7 +56,7 @@ class FakeWise(FakeServer):
                 return 404, {"message": "transfer not found"}
             if transfer["status"] != "incoming_payment_waiting":
                 return 409, {"message": "transfer already funded"}
-            transfer["status"] = "processing"
+            transfer["status"] = "outgoing_payment_sent" if self.settle_at_once else "processing"
             return 201, {"type": "BALANCE", "status": "COMPLETED", "errorCode": None}
         if method == "GET" and len(parts) == 3 and parts[:2] == ["v1", "transfers"]:
             transfer = self.transfers.get(parts[2])
