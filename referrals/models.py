@@ -364,10 +364,15 @@ class Event(models.Model):
         STAFF = "staff", "Staff"
         JOB = "job", "Periodic job"
 
-    external_id = models.CharField(max_length=200, unique=True)
-    type = models.CharField(max_length=40, db_index=True)
+    # Every index of the log is written by each stored event and again by its claim (the
+    # `applied_at` UPDATE cannot be HOT: the pending index names it), so the log has no index
+    # it does not need: the unique external id and the type are plain btrees (no `_like`
+    # copies, which only a LIKE would use), and (account, type) serves lookups by account.
+    external_id = models.CharField(max_length=200)
+    type = models.CharField(max_length=40)
     source = models.CharField(max_length=10, choices=Source.choices, default=Source.API)
-    account = models.ForeignKey(Account, null=True, blank=True, on_delete=models.PROTECT, related_name="events")
+    account = models.ForeignKey(Account, null=True, blank=True, on_delete=models.PROTECT, related_name="events",
+                                db_index=False)
     occurred_at = models.DateTimeField()
     received_at = models.DateTimeField(auto_now_add=True)
     payload = models.JSONField(default=dict)
@@ -392,11 +397,13 @@ class Event(models.Model):
         ordering = ["id"]
         indexes = [
             models.Index(fields=["account", "type"]),
+            models.Index(fields=["type"], name="event_type"),
             models.Index(fields=["id"], condition=Q(applied_at__isnull=True), name="event_pending_apply"),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(amount__isnull=True) | Q(amount__gt=0), name="event_amount_positive"),
             models.CheckConstraint(condition=Q(refunded__gte=0), name="event_refunded_non_negative"),
+            models.UniqueConstraint(fields=["external_id"], name="event_external_id_unique"),
         ]
 
     def __str__(self) -> str:
