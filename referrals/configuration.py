@@ -25,7 +25,8 @@ class Programs:
 
         Without `at`: every programme enabled at some event time of the batch (the newest such
         version of each), for loading the state the batch's rules may need."""
-        key = (kinds, at)
+        # Events between the same two version times share their configuration.
+        key = (kinds, None if at is None else self._loaded.epoch(at))
         if key not in self._cache:
             if at is not None:
                 self._cache[key] = self._loaded.at(at, kinds=kinds)

@@ -115,7 +115,13 @@ class Versions:
             by_program.setdefault(program_id, []).append((effective_at, number, config))
         self._versions = {pid: sorted(vs, key=lambda v: (v[0], v[1])) for pid, vs in by_program.items()}
         self._times = {pid: [v[0] for v in vs] for pid, vs in self._versions.items()}
+        self._all_times = sorted(time for times in self._times.values() for time in times)
         self._built: dict[tuple[int, int], Program] = {}
+
+    def epoch(self, at: datetime) -> int:
+        """Which span between two version times `at` falls in: every time of one span has the
+        same configuration in force (a cache key for what `at` returns)."""
+        return bisect.bisect_right(self._all_times, at)
 
     def get(self, program_id: int, at: datetime) -> Program | None:
         """The programme's configuration in force at `at` (None before its first version)."""

@@ -35,7 +35,11 @@ def json_text_problem(value, path: str = "") -> tuple[str, str] | None:
     (its path, e.g. "events.2.email", the reason); None when all text is fine.
 
     Python's json module accepts "\\ud800" and "\\u0000", so this runs after parsing. A loop over
-    an explicit stack, not recursion: parsed JSON can be as deep as the parser allowed."""
+    an explicit stack, not recursion: parsed JSON can be as deep as the parser allowed. Clean
+    text (nearly every request) is walked once without building any path; only a document
+    with a problem is walked again to name where it is."""
+    if _all_text_fine(value):
+        return None
     stack = [(path, value)]
     while stack:
         where, item = stack.pop()
@@ -54,6 +58,23 @@ def json_text_problem(value, path: str = "") -> tuple[str, str] | None:
             stack.extend(reversed([(f"{where}.{index}" if where else str(index), child)
                                    for index, child in enumerate(item)]))
     return None
+
+
+def _all_text_fine(value) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _BAD.search(item):
+                return False
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(key, str) and _BAD_IN_LINE.search(key):
+                    return False
+                stack.append(child)
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
 
 
 def safe_name(name: str) -> str:
