@@ -249,12 +249,17 @@ def _on_account_created(event: Event, replay: bool) -> int:
 
 
 def new_account(event: Event) -> Account:
-    """The (unsaved) account an `account.created` event opens."""
+    """The (unsaved) account an `account.created` event opens, its fields spelled as the database
+    gives them back: the self-referral signals compare it with referrers read from there."""
     payload = event.payload
     email = payload.get("email", "").strip()
+    signup_ip = str(ipaddress.ip_address(payload["ip"].strip())) if payload.get("ip") else None
+    if signup_ip:
+        # The column keeps an IPv4-mapped address dotted (::ffff:198.51.100.4), where Python
+        # spells it in hex (::ffff:c633:6404): compared as is, a referrer's own IP did not match.
+        signup_ip = Account._meta.get_field("signup_ip").to_python(signup_ip)
     return Account(
-        external_id=payload["account"], email=email, email_normalized=ev.normalize_email(email),
-        signup_ip=str(ipaddress.ip_address(payload["ip"].strip())) if payload.get("ip") else None,
+        external_id=payload["account"], email=email, email_normalized=ev.normalize_email(email), signup_ip=signup_ip,
         device_id=payload.get("device_id", ""), signed_up_at=event.occurred_at,
     )
 
