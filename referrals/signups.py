@@ -49,7 +49,7 @@ def apply_signup_run(run: list[Event], programs: Programs, *, replay: bool) -> i
                   .select_related("creator")} if template_ids else {})
 
     # Decide every sign-up in id order, as the step would with the earlier ones applied.
-    planned: list[tuple[Event, Account, Account | None, Template | None]] = []
+    planned: list[tuple[Event, Account, Account | None, Template | None, list[dict]]] = []
     created: list[Account] = []
     seen: set[str] = set()
     for event in head:
@@ -72,20 +72,30 @@ def apply_signup_run(run: list[Event], programs: Programs, *, replay: bool) -> i
             created.append(account)
             by_code.setdefault(account.referral_code, account)
         seen.add(account.external_id)
-        event.warnings = warnings
-        planned.append((event, account, referrer, template))
+        planned.append((event, account, referrer, template, warnings))
     if not planned:
         return 0
+    before = [(event, event.account_id, event.warnings) for event, *_ in planned]
+    try:
+        _write(planned, created, programs)
+    except Exception:
+        # Rolled back: the engine applies the events one by one, as they were handed in.
+        for event, account_id, warnings in before:
+            event.account_id, event.warnings = account_id, warnings
+        raise
+    return len(planned)
 
+
+def _write(planned: list[tuple], created: list[Account], programs: Programs) -> None:
     Account.objects.bulk_create(created)
     open_books([account.pk for account in created])
-    for event, account, *_ in planned:
-        event.account = account  # now that it has its id
+    for event, account, _, _, warnings in planned:
+        event.account, event.warnings = account, warnings  # the account now that it has its id
     bulk.update_rows(Event, [event for event, *_ in planned], ["account", "warnings"])
-    referred = [(event, account, referrer, template) for event, account, referrer, template in planned
+    referred = [(event, account, referrer, template) for event, account, referrer, template, _ in planned
                 if referrer is not None]
     if not referred:
-        return len(planned)
+        return
 
     recent = _recent_clicks([(referrer.pk, account) for _, account, referrer, _ in referred])
     referrals, flags = [], []
@@ -115,7 +125,6 @@ def apply_signup_run(run: list[Event], programs: Programs, *, replay: bool) -> i
         messages.append(referral_created_message(referral, account, event))
         messages += commissions.get(event.pk, [])
     outbox.publish_many(messages)
-    return len(planned)
 
 
 def _left_to_step(event: Event, *, replay: bool, existing: dict[str, Account], seen: set[str]) -> bool:

@@ -276,3 +276,33 @@ def test_it_flags_a_sign_up_from_the_referrers_ipv4_mapped_address_live_as_its_r
     bob = signup("bob", code=alice.referral_code, when=at(1), ip="::ffff:198.51.100.4")
     assert Referral.objects.get(referred=bob).ineligible_reason == "same sign-up IP as the referrer"
     assert replay_differences() == []
+
+
+def test_a_run_that_fails_as_a_whole_is_applied_one_by_one(apimarket, monkeypatch, step_calls, caplog):
+    alice = signup("alice")
+    store(event("account.created", "bob", id="f-1", when=at(1), email="b@example.com", referral_code="zzzz9999"))
+    store(event("account.created", "carol", id="f-2", when=at(1), email="c@example.com",
+                referral_code=alice.referral_code))
+    store(event("account.created", "dan", id="f-3", when=at(1), email="d@example.com",
+                referral_code=alice.referral_code))
+    publish_many = outbox.publish_many
+    failures = iter([RuntimeError("the database went away")])
+
+    def failing_once(messages):
+        if (failure := next(failures, None)) is not None:
+            raise failure
+        publish_many(messages)
+
+    monkeypatch.setattr(outbox, "publish_many", failing_once)
+    step_calls.clear()
+
+    assert apply_pending() == 3
+
+    assert "set-based run of sign-ups failed" in caplog.text
+    assert step_calls == ["f-1"]  # then f-2 and f-3 set-based again
+    assert Event.objects.get(external_id="f-1").warnings == [
+        {"field": "referral_code", "code": "unknown_code",
+         "message": "unknown referral code 'zzzz9999'; the account is not attributed"}]
+    assert set(Referral.objects.values_list("referred__external_id", flat=True)) == {"carol", "dan"}
+    assert Account.objects.filter(external_id__in=["bob", "carol", "dan"]).count() == 3
+    assert check_integrity() == [] and replay_differences() == []
