@@ -19,6 +19,11 @@ that does not grow with the run:
    referral rows through their database triggers (`referrals.rollups`), in the same
    statements. Outbox messages are queued for after commit, in the order the events imply.
 
+Sign-ups (`account.created`) in a row, two or more, are applied set-based too
+(`referrals.signups`): the accounts, their balance rows, referrals, fraud flags, sign-up
+credits and their ledger legs with a few bulk statements, the attribution and self-referral
+signals decided in Python in id order, exactly as the step decides them one by one.
+
 Every other event type is applied by its step (`_STEPS`, and the steps other apps register
 with `register_step`), one event at a time inside the same call.
 
@@ -34,6 +39,13 @@ Ordering:
   and releases the held earnings of every account on it), and a credit purchase with a
   payment fingerprint (it may flag referrals of other accounts). Events of other types are
   applied at their place in id order too.
+- A run of sign-ups ends where the step has to decide alone, and that sign-up is applied by
+  the step at its place: a second sign-up of an account in the run, one whose account exists
+  already (rejected; replayed: one whose account is missing), one with an unknown template
+  (rejected) or an unusable IP, and one attributed through a click (`click_id`: finding the
+  click may write it from the click buffer or wait for another process). A referrer signed up
+  earlier in the run is known from the run itself (its code, e-mail, IP, device). A lone
+  sign-up, and the synchronous path's batch of one (`on_error=None`), take the step.
 - A run that fails as a whole (a database error) is retried event by event; an event that
   fails on its own is recorded with its error (`on_error`) and left out, the rest go on.
 """
@@ -45,7 +57,7 @@ from datetime import timedelta
 
 from django.db import transaction
 
-from . import bulk, outbox, rules, steps
+from . import bulk, outbox, rules, signups, steps
 from . import events as ev
 from .configuration import Programs, load_programs
 from .models import (
@@ -128,6 +140,18 @@ def apply_events(events: list[Event], *, replay: bool = False,
                     position += 1
                     continue
                 log.exception("set-based run of %d events failed; applying them one by one", len(run))
+                done = 0
+            if done:
+                effect += done
+                position += done
+                continue
+        elif on_error is not None and signups.starts_run(events, position):
+            run = events[position:position + RUN_MAX]
+            try:
+                with transaction.atomic():
+                    done = signups.apply_signup_run(run, programs, replay=replay)
+            except Exception:
+                log.exception("set-based run of sign-ups failed; applying them one by one")
                 done = 0
             if done:
                 effect += done

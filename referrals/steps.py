@@ -8,6 +8,7 @@ theirs with `engine.register_step`).
 """
 import ipaddress
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from disposable_email_domains import blocklist as disposable_domains
@@ -21,7 +22,7 @@ from ledger.services import Leg, open_books, post
 
 from . import bulk, clicks, outbox, rules
 from . import events as ev
-from .configuration import load_programs
+from .configuration import Programs, load_programs
 from .models import (
     Account,
     Accrual,
@@ -142,12 +143,17 @@ def _persist(earnings: list[rules.Earning], event: Event) -> None:
         accrual = accrual_of(earning, event)
         accrual.save(force_insert=True)
         post(kind="accrual", rule=earning.rule, event=event, legs=accrual_legs(earning))
-        if not earning.held and earning.expires_days:
-            _grant_credits([accrual])
+        if granted(earning):
+            grant_credits([accrual])
         publish_commission(accrual, earning, event)
 
 
-def _grant_credits(accruals=(), *, batch: str = "") -> None:
+def granted(earning: rules.Earning) -> bool:
+    """Whether an earning opens an expiring credit grant as it accrues (released sign-up credit)."""
+    return not earning.held and bool(earning.expires_days)
+
+
+def grant_credits(accruals=(), *, batch: str = "") -> None:
     """Open the expiring credit grants of released accruals: from a list of Accrual objects, or
     set-based from a temporary table of accrual rows (see `release_ready`)."""
     if batch:
@@ -204,7 +210,7 @@ def release_ready(accruals, *, event: Event, rule: str, at: datetime, clearing: 
         bulk.execute("UPDATE {accrual} SET state = %s, released_at = %s{clear} WHERE id IN (SELECT id FROM {batch})",
                      [Accrual.State.RELEASED, bulk.db_datetime(at)], accrual=bulk.table(Accrual), batch=batch,
                      clear=f", {clearing} = false" if clearing else "")
-        _grant_credits(batch=batch.name)
+        grant_credits(batch=batch.name)
         ready_groups = bulk.rows(groups + " HAVING SUM(amount - reversed) <> 0")
         for beneficiary_id, program_id, destination, amount in ready_groups:
             outbox.publish(outbox.COMMISSION_RELEASED, account_id=beneficiary_id, data={
@@ -218,19 +224,14 @@ def release_ready(accruals, *, event: Event, rule: str, at: datetime, clearing: 
 def _on_account_created(event: Event, replay: bool) -> int:
     payload = event.payload
     external_id = payload["account"]
-    email = payload.get("email", "").strip()
-    signup_ip = str(ipaddress.ip_address(payload["ip"].strip())) if payload.get("ip") else None
     if replay:
         account = Account.objects.get(external_id=external_id)
     else:
         if Account.objects.filter(external_id=external_id).exists():
             raise EventRejected({"account": "account already exists; only new accounts can be referred"},
                                 "account_exists")
-        account = Account.objects.create(
-            external_id=external_id, email=email, email_normalized=ev.normalize_email(email),
-            signup_ip=signup_ip, device_id=payload.get("device_id", ""),
-            signed_up_at=event.occurred_at,
-        )
+        account = new_account(event)
+        account.save(force_insert=True)
         open_books([account.pk])
     event.account = account
     warnings = list(event.warnings or [])
@@ -241,23 +242,58 @@ def _on_account_created(event: Event, replay: bool) -> int:
     if referrer is None:
         return 1
     signals = self_referral_signals(referrer, account, click)
-    referral = Referral.objects.create(
-        referrer=referrer, referred=account, click=click, template=template, created_at=event.occurred_at,
+    referral = new_referral(event, referrer=referrer, referred=account, click=click, template=template,
+                            signals=signals)
+    referral.save(force_insert=True)
+    if signals:
+        FraudFlag.objects.create(referral=referral, signals=signals)
+    kind, account_id, data = referral_created_message(referral, account, event)
+    outbox.publish(kind, account_id=account_id, data=data)
+    _persist(signup_earnings(load_programs([event]), event, referral), event)
+    return 1
+
+
+def new_account(event: Event) -> Account:
+    """The (unsaved) account an `account.created` event opens, its fields spelled as the database
+    gives them back: the self-referral signals compare it with referrers read from there."""
+    payload = event.payload
+    email = payload.get("email", "").strip()
+    signup_ip = str(ipaddress.ip_address(payload["ip"].strip())) if payload.get("ip") else None
+    if signup_ip:
+        # The column keeps an IPv4-mapped address dotted (::ffff:198.51.100.4), where Python
+        # spells it in hex (::ffff:c633:6404): compared as is, a referrer's own IP did not match.
+        signup_ip = Account._meta.get_field("signup_ip").to_python(signup_ip)
+    return Account(
+        external_id=payload["account"], email=email, email_normalized=ev.normalize_email(email), signup_ip=signup_ip,
+        device_id=payload.get("device_id", ""), signed_up_at=event.occurred_at,
+    )
+
+
+def new_referral(event: Event, *, referrer: Account, referred: Account, click: Click | None,
+                 template: Template | None, signals: list[dict]) -> Referral:
+    """The (unsaved) referral of a sign-up: ineligible, with its reasons, when signals fired."""
+    return Referral(
+        referrer=referrer, referred=referred, click=click, template=template, created_at=event.occurred_at,
         status=Referral.Status.INELIGIBLE if signals else Referral.Status.PENDING,
         ineligible_reason=_reason(signals),
     )
-    if signals:
-        FraudFlag.objects.create(referral=referral, signals=signals)
-    outbox.publish(outbox.REFERRAL_CREATED, account_id=referrer.pk, data={
+
+
+def referral_created_message(referral: Referral, account: Account, event: Event) -> tuple[str, int, dict]:
+    return (outbox.REFERRAL_CREATED, referral.referrer_id, {
         "referral": referral.pk, "referred": account.external_id, "status": referral.status,
         "occurred_at": event.occurred_at.isoformat()})
-    ctx = rules.Context(event_type=event.type, occurred_at=event.occurred_at, amount=0, account_id=account.pk,
-                        referrer_id=referrer.pk, referral_id=referral.pk, referral_ineligible=bool(signals))
+
+
+def signup_earnings(programs: Programs, event: Event, referral: Referral) -> list[rules.Earning]:
+    """What a referred sign-up earns (the sign-up credit), under the programmes in force at its time."""
+    ctx = rules.Context(event_type=event.type, occurred_at=event.occurred_at, amount=0,
+                        account_id=referral.referred_id, referrer_id=referral.referrer_id, referral_id=referral.pk,
+                        referral_ineligible=referral.status == Referral.Status.INELIGIBLE)
     earnings = []
-    for program in load_programs([event]).enabled(Program.Kind.SIGNUP_CREDIT, at=event.occurred_at):
+    for program in programs.enabled(Program.Kind.SIGNUP_CREDIT, at=event.occurred_at):
         earnings += rules.signup_credit(program, ctx)
-    _persist(earnings, event)
-    return 1
+    return earnings
 
 
 ATTRIBUTION_WARNED = ("referral_code", "click_id")
@@ -270,14 +306,29 @@ def warning(field_name: str, code: str, message: str) -> dict:
 
 def _attribution(payload: dict, occurred_at: datetime, *, ignored: set[str],
                  warnings: list[dict]) -> tuple[Account | None, Click | None, Template | None]:
+    return attribution(
+        payload, occurred_at, ignored=ignored, warnings=warnings,
+        account_by_code=lambda code: Account.objects.filter(referral_code=code).first(),
+        click_by_id=clicks.find_click,
+        template_by_id=lambda template_id: Template.objects.filter(external_id=template_id)
+        .select_related("creator").first())
+
+
+def attribution(payload: dict, occurred_at: datetime, *, ignored: set[str], warnings: list[dict],
+                account_by_code: Callable[[str], Account | None], click_by_id: Callable[[str], Click | None],
+                template_by_id: Callable[[str], Template | None],
+                ) -> tuple[Account | None, Click | None, Template | None]:
     """Who referred the account. A code or click that cannot attribute it (unknown, malformed,
     disabled, expired, mismatched) is ignored with a warning, never a rejection: losing the
     account would lose every later event of it. Fields in `ignored` (warned about when the event
-    was first applied, or by validation) are skipped, so a replay decides the same."""
+    was first applied, or by validation) are skipped, so a replay decides the same.
+
+    The lookups are given: the step reads each from the database, a set-based run
+    (`referrals.signups`) from what it loaded for the whole run."""
     referrer = click = template = None
     code = payload.get("referral_code") if "referral_code" not in ignored else None
     if code:
-        found = Account.objects.filter(referral_code=code.lower()).first() if isinstance(code, str) else None
+        found = account_by_code(code.lower()) if isinstance(code, str) else None
         if found is None:
             warnings.append(warning("referral_code", "unknown_code",
                                     f"unknown referral code {code!r}; the account is not attributed"))
@@ -288,7 +339,7 @@ def _attribution(payload: dict, occurred_at: datetime, *, ignored: set[str],
             referrer = found
     click_id = payload.get("click_id") if "click_id" not in ignored else None
     if click_id:
-        found = clicks.find_click(click_id) if isinstance(click_id, str) else None  # row id or public id
+        found = click_by_id(click_id) if isinstance(click_id, str) else None  # row id or public id
         window = timedelta(days=settings.REFERRAL["ATTRIBUTION_WINDOW_DAYS"])
         if found is None:
             warnings.append(warning("click_id", "unknown_click", f"unknown click {click_id!r}; it is ignored"))
@@ -305,7 +356,7 @@ def _attribution(payload: dict, occurred_at: datetime, *, ignored: set[str],
             click = found
             referrer = referrer or found.referrer
     if template_id := payload.get("template"):
-        template = Template.objects.filter(external_id=template_id).select_related("creator").first()
+        template = template_by_id(template_id)
         if template is None:
             raise EventRejected({"template": f"unknown template {template_id!r}"}, "unknown_template")
         # A template link refers the visitor to the template's creator.
@@ -315,6 +366,23 @@ def _attribution(payload: dict, occurred_at: datetime, *, ignored: set[str],
 
 def self_referral_signals(referrer: Account, referred: Account, click: Click | None = None) -> list[dict]:
     """Why a referral looks like self-referral or abuse; empty when it does not."""
+    since, until = click_burst_window(referred)
+    return referral_signals(
+        referrer, referred, click=click,
+        click_shared=click is not None and Referral.objects.filter(click=click).exists(),
+        recent_clicks=Click.objects.filter(referrer=referrer, created_at__lte=until, created_at__gte=since).count())
+
+
+def click_burst_window(referred: Account) -> tuple[datetime, datetime]:
+    """The minutes before a sign-up in which many clicks on the referrer's link look like abuse."""
+    return (referred.signed_up_at - timedelta(minutes=settings.REFERRAL["CLICK_BURST_MINUTES"]),
+            referred.signed_up_at)
+
+
+def referral_signals(referrer: Account, referred: Account, *, click: Click | None, click_shared: bool,
+                     recent_clicks: int) -> list[dict]:
+    """`self_referral_signals` given what it reads: whether `click` already brought another
+    sign-up, and how many clicks on the referrer's link fell in `click_burst_window`."""
     signals = []
     if referrer.email_normalized and referrer.email_normalized == referred.email_normalized:
         signals.append({"signal": "same_email", "detail": referred.email_normalized})
@@ -327,12 +395,9 @@ def self_referral_signals(referrer: Account, referred: Account, click: Click | N
     domain = referred.email_normalized.rpartition("@")[2]
     if _is_disposable(domain):
         signals.append({"signal": "disposable_email", "detail": domain})
-    if click is not None and Referral.objects.filter(click=click).exists():
+    if click_shared:
         signals.append({"signal": "shared_click", "detail": f"click {click.pk} already brought another sign-up"})
     burst_minutes = settings.REFERRAL["CLICK_BURST_MINUTES"]
-    recent_clicks = Click.objects.filter(
-        referrer=referrer, created_at__lte=referred.signed_up_at,
-        created_at__gte=referred.signed_up_at - timedelta(minutes=burst_minutes)).count()
     if recent_clicks > settings.REFERRAL["CLICK_BURST_COUNT"]:
         signals.append({"signal": "click_burst",
                         "detail": f"{recent_clicks} clicks on the link in the {burst_minutes} minutes before sign-up"})

@@ -6,7 +6,8 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from ledger.money import to_units
-from referrals.models import Account
+from referrals.events import validate_event
+from referrals.models import Account, Event
 from referrals.services import ingest_event
 
 _ids = itertools.count(1)
@@ -35,6 +36,17 @@ def push(raw: dict, *, now: datetime | None = None) -> str:
     result = ingest_event(raw, now=now)
     assert result.status == "accepted", result.as_dict()
     return result.id
+
+
+def store(raw: dict, *, now: datetime | None = None) -> Event:
+    """Log an event as accepted and not applied yet (as a batch, or an applier killed mid-batch,
+    leaves it), without applying it: `ingestion.apply_pending` applies it."""
+    valid = validate_event(raw, now=now or T0 + timedelta(days=400))
+    account_id = Account.objects.filter(external_id=valid.account).values_list("pk", flat=True).first()
+    return Event.objects.create(
+        external_id=valid.external_id, type=valid.type, occurred_at=valid.occurred_at, account_id=account_id,
+        payload=valid.raw, content_hash=valid.content_hash, amount=valid.amount, product=valid.product,
+        runtime_seconds=valid.runtime_seconds, warnings=valid.warnings or None, applied_at=None)
 
 
 def signup(account: str, *, email: str | None = None, code: str | None = None, when=None, **fields) -> Account:

@@ -54,18 +54,46 @@ class History:
         when = T0 + timedelta(days=self.data.draw(days), seconds=self.n)
         return {"id": f"e{self.n}", "type": type_, "account": account, "occurred_at": when.isoformat(), **fields}
 
+    def open_referrers(self):
+        """The first accounts, the referrers of the others, each with its own sign-up IP and device."""
+        for n, name in enumerate(self.accounts):
+            result = self.send(self.raw(ev.ACCOUNT_CREATED, name, email=f"{name}@example.com",
+                                        ip=self.REFERRER_IPS[n], device_id=f"dev-{n}"))
+            assert result.status == "accepted"
+
+    REFERRER_IPS = ("203.0.113.1", "::ffff:198.51.100.2")
+
+    def signup_fields(self, name: str, referrer: Account) -> dict:
+        """A sign-up referred by code (or a code that does not exist, a template link, nothing),
+        sometimes with the referrer's e-mail, IP or device: the self-referral signals."""
+        draw = self.data.draw
+        same_email = draw(st.booleans())
+        fields = {"email": referrer.email.upper() if same_email and draw(st.booleans()) else f"{name}@example.com"}
+        how = draw(st.sampled_from(["code", "code", "code", "unknown code", "template", "none"]))
+        if how == "code":
+            fields["referral_code"] = referrer.referral_code
+        elif how == "unknown code":
+            fields["referral_code"] = "zzzz0000"  # accepted unattributed, with a warning
+        elif how == "template":
+            fields["template"] = "tpl"  # refers to its creator
+        ip = draw(st.sampled_from([None, "198.51.100.77", referrer.signup_ip]))
+        if ip:
+            fields["ip"] = ip
+        if draw(st.booleans()):
+            fields["device_id"] = draw(st.sampled_from(["dev-0", "dev-1", "dev-9"]))
+        return fields
+
     def step(self):
         kind = self.data.draw(st.sampled_from(
             ["signup", "signup", "usage", "usage", "credits", "plan", "refund", "redeem", "duplicate",
              "jobs", "approve", "track", "template"]))
         account = self.data.draw(st.sampled_from(self.accounts))
         if kind == "signup":
-            name = f"acct-{len(self.accounts)}"
+            # Now and then an account that exists already: rejected, as only new accounts are referred.
+            name = self.data.draw(st.sampled_from(self.accounts)) if self.data.draw(st.integers(0, 7)) == 0 \
+                else f"acct-{len(self.accounts)}"
             referrer = Account.objects.get(external_id=self.data.draw(st.sampled_from(self.accounts[:2])))
-            same_email = self.data.draw(st.booleans())
-            email = referrer.email.upper() if same_email and self.data.draw(st.booleans()) else f"{name}@example.com"
-            if self.send(self.raw(ev.ACCOUNT_CREATED, name, email=email,
-                                  referral_code=referrer.referral_code)).status == "accepted":
+            if self.send(self.raw(ev.ACCOUNT_CREATED, name, **self.signup_fields(name, referrer))).status == "accepted":
                 self.accounts.append(name)
         elif kind in ("usage", "credits", "plan"):
             type_ = {"usage": ev.USAGE_CHARGED, "credits": ev.CREDITS_PURCHASED, "plan": ev.PLAN_PURCHASED}[kind]
@@ -124,8 +152,7 @@ def test_random_histories_keep_the_ledger_exact_and_replayable(db, data):
             load_preset(preset)
         Program.objects.filter(key="runpod-revenue-share").update(gate_min_referrals=2, gate_min_spend=10)
         history = History(data)
-        for name in history.accounts:
-            assert history.send(history.raw(ev.ACCOUNT_CREATED, name, email=f"{name}@example.com")).status == "accepted"
+        history.open_referrers()
         history.send(history.raw(ev.TEMPLATE_PUBLISHED, "ref-a", template="tpl"))
         for _ in range(data.draw(st.integers(min_value=10, max_value=40))):
             history.step()
