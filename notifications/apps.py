@@ -10,6 +10,6 @@ class NotificationsConfig(AppConfig):
         # Explicit subscription (no Django signals): the outbox calls us after commit.
         from referrals import outbox
 
-        from .consumers import on_outbox_message
+        from .consumers import on_outbox_message, on_outbox_messages
 
-        outbox.subscribe(on_outbox_message)
+        outbox.subscribe(on_outbox_message, many=on_outbox_messages)

@@ -28,3 +28,19 @@ def on_outbox_message(kind: str, *, account_id: int, data: dict) -> None:
 
     if wants_email(account_id, MESSAGE_KINDS[kind]):
         send_notification.delay(kind, account_id, data)
+
+
+def on_outbox_messages(messages: list[tuple[str, int, dict]]) -> None:
+    """The same for a batch of messages (the engine's runs publish many at once): who wants
+    each kind is read once per kind, not once per message."""
+    relevant = [(kind, account_id, data) for kind, account_id, data in messages if kind in MESSAGE_KINDS]
+    if not relevant:
+        return
+    from .services import accounts_wanting
+    from .tasks import send_notification
+
+    wanting = {kind: accounts_wanting({a for k, a, _ in relevant if k == kind}, MESSAGE_KINDS[kind])
+               for kind in {kind for kind, _, _ in relevant}}
+    for kind, account_id, data in relevant:
+        if account_id in wanting[kind]:
+            send_notification.delay(kind, account_id, data)

@@ -69,6 +69,18 @@ def _recipient(account_id: int, kind: str):
     return account, user
 
 
+def accounts_wanting(account_ids, kind: str) -> set[int]:
+    """Of these accounts, those whose login wants this kind of e-mail (as `wants_email` decides
+    one by one), with two queries whatever their number: for the outbox's batches."""
+    users = dict(Account.objects.filter(pk__in=set(account_ids), user__is_active=True)
+                 .exclude(user__email="").values_list("pk", "user_id"))
+    if not users:
+        return set()
+    preferences = {p.user_id: p for p in NotificationPreference.objects.filter(user_id__in=set(users.values()))}
+    return {account_id for account_id, user_id in users.items()
+            if (preferences.get(user_id) or NotificationPreference()).wants(kind)}
+
+
 def wants_email(account_id: int, kind: str) -> bool:
     return _recipient(account_id, kind) is not None
 

@@ -13,9 +13,10 @@ from django.utils import timezone
 from notifications.models import NotificationPreference, SentNotification
 from notifications.services import PreferenceError, preferences_update, send_expiry_reminders
 from referrals import outbox
+from referrals.ingestion import apply_pending
 from referrals.models import Account, Application, AuditLog, CreditGrant
 from referrals.services import application_approve, application_reject
-from tests.helpers import signup
+from tests.helpers import event, signup, store
 
 User = get_user_model()
 PASSWORD = "Sturdy-pass-9911"
@@ -196,3 +197,22 @@ def test_it_names_the_field_of_a_bad_setting_and_changes_nothing(alice, values, 
     with pytest.raises(PreferenceError, match=f"^{field}:"):
         preferences_update(user=alice.user, values=values)
     assert not NotificationPreference.objects.exists()
+
+
+def test_a_batch_of_sign_ups_emails_who_wants_it_with_queries_per_kind_not_per_message(
+        alice, mailoutbox, django_capture_on_commit_callbacks, django_assert_max_num_queries):
+    carol = _with_login(signup("carol", email="carol@example.com"), "carol@example.com")
+    preferences_update(user=carol.user, values={"referral_signed_up": False})
+    bob = signup("bob", email="bob@example.com")  # no login: no e-mail
+    referrers = [alice, carol, bob] * 4
+    for n, referrer in enumerate(referrers):
+        store(event("account.created", f"new-{n}", email=f"new-{n}@example.com",
+                    referral_code=referrer.referral_code))
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        assert apply_pending() == len(referrers)
+    # Two reads decide the whole batch, each e-mail sent reads its recipient again (the task
+    # checks when it runs, 2), and the webhooks read their endpoints once: 29 one by one.
+    with django_assert_max_num_queries(2 + 4 * 2 + 1):
+        for callback in callbacks:
+            callback()
+    assert sorted(mail.to[0] for mail in mailoutbox) == ["alice@example.com"] * 4
