@@ -32,6 +32,7 @@ from referrals import bulk, outbox
 from referrals import events as ev
 from referrals.models import Account, Event, FraudFlag, Program
 from referrals.services import ActionRefused, apply_event, flag_account, on_account_flag_decided, register_handler
+from referrals.templatetags.figures import money_text
 
 from . import selectors
 from .models import MethodType, Payout, PayoutMethod, PayoutTransition, mask, mask_email
@@ -389,7 +390,7 @@ def payout_request(*, account: Account, amount, method: str, actor=None, source:
     allocation = allocate(allowed, units)
     minimum = max((to_units(programs[pid].min_payout) for pid, _ in allocation), default=0)
     if units < minimum:
-        raise PayoutInvalid({"amount": f"is below the minimum payout of {format_cents(minimum)}"})
+        raise PayoutInvalid({"amount": f"is below the minimum payout of {money_text(minimum)}"})
 
     payout = Payout.objects.create(account=account, method=payout_method, method_type=method, amount=units,
                                    allocation=allocation, requested_at=at,

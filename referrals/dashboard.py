@@ -97,29 +97,25 @@ def _page_number(paginator: Paginator, page) -> int:
 
 def milestone_progress(referrals: list[Referral]) -> dict[int, list[dict]]:
     """Per referral, where its referred account stands against each enabled milestone programme:
-    net spend of the programme's product (applied charges, net of refunds, as the rule counts it),
-    the threshold, and whether the bonus was awarded. One query per milestone programme for the
-    whole list, whatever its length."""
+    net spend of the programme's product as the engine counts it (`Referral.spend_by_product`,
+    applied charges net of refunds; all usage for a programme without a product), the threshold,
+    and whether the bonus was awarded. An ineligible referral earns nothing, so it shows none.
+    One query for the whole list, whatever its length."""
     programs = [p for p in Program.objects.filter(enabled=True, kind=Program.Kind.MILESTONE) if p.milestone_threshold]
     out: dict[int, list[dict]] = {r.pk: [] for r in referrals}
-    if not programs or not referrals:
+    counted = [r for r in referrals if r.status != Referral.Status.INELIGIBLE]
+    if not programs or not counted:
         return out
-    referred = {r.referred_id: r.pk for r in referrals}
-    awarded = set(Accrual.objects.filter(referral__in=list(out), program__in=programs)
+    awarded = set(Accrual.objects.filter(referral__in=counted, program__in=programs)
                   .exclude(state=Accrual.State.VOID).values_list("referral_id", "program_id"))
     for program in programs:
-        charges = models.Event.objects.filter(account_id__in=list(referred), type=ev.USAGE_CHARGED,
-                                              applied_at__isnull=False)
-        if program.product:
-            charges = charges.filter(product=program.product)
-        spend = dict(charges.values("account_id").annotate(net=net_sum("amount", "refunded"))
-                     .values_list("account_id", "net"))
         threshold = to_units(program.milestone_threshold)
-        for account_id, referral_id in referred.items():
-            spent = max(int(spend.get(account_id) or 0), 0)
-            out[referral_id].append({
+        for referral in counted:
+            spent = referral.spend_by_product.get(program.product, 0) if program.product else referral.spend
+            spent = max(int(spent), 0)
+            out[referral.pk].append({
                 "program": program, "spend": spent, "threshold": threshold,
-                "reached": (referral_id, program.pk) in awarded or spent >= threshold,
+                "reached": (referral.pk, program.pk) in awarded or spent >= threshold,
                 "value": min(spent, threshold) // (UNITS // 100), "max": threshold // (UNITS // 100),
             })
     return out

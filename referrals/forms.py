@@ -79,6 +79,9 @@ class AccountPasswordResetForm(PasswordResetForm):
     reset link is how such an account sets its first password. Django's form only mails users
     with a usable password; here a login without one is created and linked to the account."""
 
+    email = forms.EmailField(label="E-mail", max_length=254,
+                             widget=forms.EmailInput(attrs={"autocomplete": "email"}))
+
     def get_users(self, email):
         email = email.strip().lower()
         _login_for_event_account(email)

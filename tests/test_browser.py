@@ -219,6 +219,10 @@ def test_it_passes_axe_on_every_page_and_saves_screenshots(context, alice, width
         response = page.goto(path)
         assert response.status == 200, f"{path}: {response.status}"
         _check_and_shoot(page, name, width)
+        # Every table fits the screen (stacked on a phone): no column cut off, nothing to scroll sideways.
+        cut = page.evaluate("() => [...document.querySelectorAll('.table-wrap')]"
+                            ".filter(w => w.scrollWidth > w.clientWidth).map(w => w.innerText.slice(0, 60))")
+        assert cut == [], f"{path} at {width}: tables wider than the screen: {cut}"
 
 
 @pytest.fixture

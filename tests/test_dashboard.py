@@ -17,7 +17,7 @@ from django.utils import timezone
 from ledger.models import Entry
 from referrals.models import Account, Application, AuditLog, Referral, Template, TrackChange
 from referrals.services import account_change_track, application_reject
-from tests.helpers import buy_credits, buy_plan, event, push, signup, spend
+from tests.helpers import buy_credits, buy_plan, event, push, signup, spend, usd
 
 User = get_user_model()
 PASSWORD = "Sturdy-pass-9911"
@@ -406,3 +406,20 @@ def test_milestone_progress_counts_the_milestones_product_net_of_refunds(alice_c
     detail = _text(alice_client.get(f"/dashboard/referrals/{erin.pk}/"))
     # $300.00 - $100.00 refunded; erin's $54.00 on pods does not count towards it.
     assert "Serverless milestone: $200.00 of $1,000.00 serverless spend" in detail
+
+
+def test_an_ineligible_referral_shows_no_milestone_progress(alice_client, alice):
+    spend("alias", "300.00", product="serverless")  # alias signed up from alice's own IP: ineligible
+    alias = Referral.objects.get(referred__external_id="alias")
+    assert alias.status == Referral.Status.INELIGIBLE
+    detail = _text(alice_client.get(f"/dashboard/referrals/{alias.pk}/"))
+    assert "It earns nothing unless staff clear it" in detail
+    assert "Serverless milestone" not in detail
+
+
+def test_an_exact_amount_leaves_no_space_before_the_punctuation_that_follows_it(db):
+    from django.template.loader import render_to_string
+
+    for units in (usd("0.64"), usd("0.64") + 1234):  # to the cent, and with sub-cent digits (a <details>)
+        shown = render_to_string("portal/_exact.html", {"units": units})
+        assert shown == shown.rstrip() and shown.startswith(("$0.64", "<details"))

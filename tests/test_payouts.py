@@ -112,7 +112,7 @@ def test_it_refuses_a_payout_below_the_programme_minimum(apimarket):
     services.payout_method_set(account=alice, type="stripe", connected_account="acct_1Alice0001")
     with pytest.raises(PayoutInvalid) as caught:
         services.payout_request(account=alice, amount="24.99", method="stripe")
-    assert caught.value.fields == {"amount": "is below the minimum payout of 25.00"}
+    assert caught.value.fields == {"amount": "is below the minimum payout of $25.00"}
     payout = services.payout_request(account=alice, amount="25.00", method="stripe")
     assert payout.amount == usd("25.00")
 
