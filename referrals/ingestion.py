@@ -10,11 +10,13 @@ codes and clicks, ...) keep the synchronous path (`services.ingest_event`: store
 one transaction), so they can still be answered `rejected`; everything stored before them is
 applied first, so they see its effects.
 
-Stored events are applied per account, in id order, under a lock on the account row: runs of
-plain money events set-based (`referrals.engine`), anything else one by one, each in its
-own savepoint. Two appliers at once (a request and the task, two tasks) never apply an event
-twice or out of order. Small batches are applied inside the request; larger ones by
-`apply_stored_events`, a task queued on commit.
+Stored events are applied by `apply_pending`: batches of up to `APPLY_BATCH_MAX` in id order
+across any number of accounts, each in one transaction that locks the batch's accounts (in id
+order), claims their pending events with one UPDATE and hands them to the engine
+(`referrals.engine.apply_events`). Two appliers at once (a request and the task, two tasks, the
+sweeper) never apply an event twice or out of order. Small batches are applied inside the
+request; larger ones by `apply_stored_events`, a task queued on commit; whatever an interrupted
+apply leaves, the sweeper applies.
 """
 import logging
 from dataclasses import dataclass
