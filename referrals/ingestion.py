@@ -120,7 +120,7 @@ def ingest_batch(raws: list, *, source: str = Event.Source.API, now=None) -> lis
     results: list[IngestResult | None] = [None] * len(raws)
     chunk: list[tuple[int, ev.ValidEvent]] = []
     chunk_ids: set[str] = set()
-    stored_ids: list[int] = []
+    stored: list[tuple[int, int]] = []  # (event id, account id) of the events stored and not applied yet
     for index, raw in enumerate(raws):
         try:
             valid = ev.validate_event(raw, now=now)
@@ -134,7 +134,7 @@ def ingest_batch(raws: list, *, source: str = Event.Source.API, now=None) -> lis
         if valid.external_id in chunk_ids:
             # The same id twice among stateless events: store the first, then judge this one
             # against it (the INSERT finds it taken).
-            stored_ids += _store(chunk, results, source=source)
+            stored += _store(chunk, results, source=source)
             chunk, chunk_ids = [], set()
         if valid.type in BULK_TYPES:
             chunk.append((index, valid))
@@ -142,17 +142,17 @@ def ingest_batch(raws: list, *, source: str = Event.Source.API, now=None) -> lis
         else:
             # A stateful event sees everything stored before it applied; it is deduplicated
             # and applied on its own (and may still be rejected).
-            stored_ids += _store(chunk, results, source=source)
+            stored += _store(chunk, results, source=source)
             chunk, chunk_ids = [], set()
-            apply_pending(event_ids=stored_ids)
-            stored_ids = []
+            apply_pending(stored=stored)
+            stored = []
             results[index] = _ingest_one(valid, source=source, now=now)
-    stored_ids += _store(chunk, results, source=source)
-    if stored_ids:
-        if len(stored_ids) <= settings.INGEST_INLINE_APPLY_MAX:
-            apply_pending(event_ids=stored_ids)
+    stored += _store(chunk, results, source=source)
+    if stored:
+        if len(stored) <= settings.INGEST_INLINE_APPLY_MAX:
+            apply_pending(stored=stored)
         else:
-            transaction.on_commit(lambda ids=stored_ids: queue_apply(ids))
+            transaction.on_commit(lambda ids=[pk for pk, _ in stored]: queue_apply(ids))
     return results
 
 
@@ -187,9 +187,9 @@ def _rejected(valid: ev.ValidEvent, field: str, reason: str, code: str) -> Inges
     return IngestResult(valid.external_id, "rejected", code, f"{field}: {reason}", {field: reason})
 
 
-def _store(chunk: list[tuple[int, ev.ValidEvent]], results: list, *, source: str) -> list[int]:
+def _store(chunk: list[tuple[int, ev.ValidEvent]], results: list, *, source: str) -> list[tuple[int, int]]:
     """Store stateless money events with one INSERT that also finds the ids already in the log
-    (answered duplicate or conflict); returns the new events' ids."""
+    (answered duplicate or conflict); returns the new events' (id, account id)."""
     if not chunk:
         return []
     accounts = dict(Account.objects.filter(external_id__in={valid.account for _, valid in chunk})
@@ -213,12 +213,12 @@ def _store(chunk: list[tuple[int, ev.ValidEvent]], results: list, *, source: str
     stored_hashes = dict(Event.objects.filter(external_id__in=taken).values_list("external_id", "content_hash")
                          ) if taken else {}
     stored = []
-    for (index, valid, _), event_id in zip(rows, ids, strict=True):
+    for (index, valid, account_id), event_id in zip(rows, ids, strict=True):
         if event_id is None:
             results[index] = _repeat(valid, stored_hashes[valid.external_id])
         else:
             results[index] = IngestResult(valid.external_id, "accepted")
-            stored.append(event_id)
+            stored.append((event_id, account_id))
     return stored
 
 
@@ -274,10 +274,13 @@ def _event(valid: ev.ValidEvent, account_id: int, source: str) -> Event:
 # --------------------------------------------------------------------------- applying
 
 
-def apply_pending(*, event_ids: list[int] | None = None, account_id: int | None = None) -> int:
+def apply_pending(*, event_ids: list[int] | None = None, account_id: int | None = None,
+                  stored: list[tuple[int, int]] | None = None) -> int:
     """Apply every accepted event not applied yet (or those among `event_ids`, or of one
     account); returns how many were applied. This is the entry point of the task, the sweeper
-    and the synchronous path (which first applies what its account has pending).
+    and the synchronous path (which first applies what its account has pending). `stored` is
+    the (id, account id) of events this request just stored: applying them needs no lookup
+    first (the claim still skips any that another applier took meanwhile).
 
     Batches of up to `APPLY_BATCH_MAX` events in id order, across any number of accounts, each
     in one transaction: their accounts' rows are locked (in id order, so two appliers never
@@ -285,17 +288,22 @@ def apply_pending(*, event_ids: list[int] | None = None, account_id: int | None 
     accounts up to the batch's last id is claimed (so per account no event is skipped or
     applied out of id order), and the engine applies them (`referrals.engine.apply_events`).
     """
+    if stored is not None:
+        event_ids = [pk for pk, _ in stored]
     if event_ids is not None and not event_ids:
         return 0
     size = settings.APPLY_BATCH_MAX
     applied = 0
     while True:
-        pending = Event.objects.filter(applied_at__isnull=True, apply_error="")
-        if event_ids is not None:
-            pending = pending.filter(pk__in=event_ids)
-        if account_id is not None:
-            pending = pending.filter(account_id=account_id)
-        head = list(pending.order_by("id").values_list("pk", "account_id")[:size])
+        if stored is not None and len(stored) <= size:
+            head, stored = sorted(stored), None
+        else:
+            pending = Event.objects.filter(applied_at__isnull=True, apply_error="")
+            if event_ids is not None:
+                pending = pending.filter(pk__in=event_ids)
+            if account_id is not None:
+                pending = pending.filter(account_id=account_id)
+            head = list(pending.order_by("id").values_list("pk", "account_id")[:size])
         if not head:
             return applied
         with transaction.atomic():
