@@ -22,7 +22,10 @@ that does not grow with the run:
 Sign-ups (`account.created`) in a row, two or more, are applied set-based too
 (`referrals.signups`): the accounts, their balance rows, referrals, fraud flags, sign-up
 credits and their ledger legs with a few bulk statements, the attribution and self-referral
-signals decided in Python in id order, exactly as the step decides them one by one.
+signals decided in Python in id order, exactly as the step decides them one by one. So are
+refunds (`payment.refunded`) in a row (`referrals.refunds`): the refunded events, referral
+spend or purchases, purchased credits, the claw-back of the payments' accruals and its ledger
+legs, computed in id order on the rows in memory with the step's own pieces.
 
 Every other event type is applied by its step (`_STEPS`, and the steps other apps register
 with `register_step`), one event at a time inside the same call.
@@ -46,6 +49,12 @@ Ordering:
   click may write it from the click buffer or wait for another process). A referrer signed up
   earlier in the run is known from the run itself (its code, e-mail, IP, device). A lone
   sign-up, and the synchronous path's batch of one (`on_error=None`), take the step.
+- A run of refunds sees its own effects (two refunds of one payment: the second claws back
+  from what the first left) and ends where the step would reject or write alone, and that
+  refund is applied by the step at its place: one larger than what is left to refund (after
+  the run's earlier refunds), of an unknown account or of an event that is unknown, of another
+  account or not refundable, and one logged under another account id than its payload's. A
+  lone refund and the batch of one take the step.
 - A run that fails as a whole (a database error) is retried event by event; an event that
   fails on its own is recorded with its error (`on_error`) and left out, the rest go on.
 """
@@ -54,10 +63,11 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from typing import NamedTuple
 
 from django.db import transaction
 
-from . import bulk, outbox, rules, signups, steps
+from . import bulk, outbox, refunds, rules, signups, steps
 from . import events as ev
 from .configuration import Programs, load_programs
 from .models import (
@@ -116,6 +126,20 @@ def _record_error(event: Event, exc: Exception) -> None:
     Event.objects.filter(pk=event.pk).update(applied_at=None, apply_error=f"{type(exc).__name__}: {exc}"[:2000])
 
 
+class _SetBasedRun(NamedTuple):
+    """An event type that also goes set-based in runs (of two or more): sign-ups, refunds."""
+
+    starts: Callable[[list[Event], int], bool]
+    apply: Callable[..., int]
+    name: str
+
+
+_RUNS = {
+    ev.ACCOUNT_CREATED: _SetBasedRun(signups.starts_run, signups.apply_signup_run, "sign-ups"),
+    ev.PAYMENT_REFUNDED: _SetBasedRun(refunds.starts_run, refunds.apply_refund_run, "refunds"),
+}
+
+
 def apply_events(events: list[Event], *, replay: bool = False,
                  on_error: Callable[[Event, Exception], None] | None = _record_error) -> int:
     """Apply `events` (id order; their accounts locked by the caller); returns the effect count.
@@ -145,13 +169,13 @@ def apply_events(events: list[Event], *, replay: bool = False,
                 effect += done
                 position += done
                 continue
-        elif on_error is not None and signups.starts_run(events, position):
+        elif on_error is not None and (kind := _RUNS.get(event.type)) and kind.starts(events, position):
             run = events[position:position + RUN_MAX]
             try:
                 with transaction.atomic():
-                    done = signups.apply_signup_run(run, programs, replay=replay)
+                    done = kind.apply(run, programs, replay=replay)
             except Exception:
-                log.exception("set-based run of sign-ups failed; applying them one by one")
+                log.exception("set-based run of %s failed; applying them one by one", kind.name)
                 done = 0
             if done:
                 effect += done

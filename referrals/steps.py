@@ -13,8 +13,7 @@ from datetime import datetime, timedelta
 
 from disposable_email_domains import blocklist as disposable_domains
 from django.conf import settings
-from django.db.models import F, Q, Sum, Value
-from django.db.models.functions import Greatest
+from django.db.models import F, Q, Sum
 
 from ledger.models import Balance, Book
 from ledger.money import format_exact, share_of
@@ -475,10 +474,30 @@ def _on_account_fraud_confirmed(event: Event, replay: bool) -> int:
 
 def _on_refund(event: Event, replay: bool) -> int:
     account = _account_for(event)
-    target_id = event.payload["refunds"]
-    target = Event.objects.select_for_update().filter(external_id=target_id).first()
+    target = Event.objects.select_for_update().filter(external_id=event.payload["refunds"]).first()
+    check_refund(event, account, target)
+    referral = _referral_for(account)
+    referral_fields, account_changed = refund_figures(event, target, referral, account)
+    event.save(update_fields=["refunds"])
+    target.save(update_fields=["refunded"])
+    if referral_fields:
+        Referral.objects.filter(pk=referral.pk).update(**{name: getattr(referral, name) for name in referral_fields})
+    if account_changed:
+        Account.objects.filter(pk=account.pk).update(purchased_credits=account.purchased_credits)
+    legs = []
+    for accrual in clawed_back(target.accruals.all()):
+        if accrual_legs := claw_back(accrual, target):
+            legs += accrual_legs
+            Accrual.objects.filter(pk=accrual.pk).update(reversed=accrual.reversed)
+    post(kind="reversal", rule="refund", event=event, legs=legs)
+    return 1
+
+
+def check_refund(event: Event, account: Account, target: Event | None) -> None:
+    """A refund's reasons to be rejected, on the state it is applied to: the refunded event
+    (`target`, looked up by the payload's `refunds`) and what is left to refund of it."""
     if target is None:
-        raise EventRejected({"refunds": f"unknown event {target_id!r}"}, "unknown_event")
+        raise EventRejected({"refunds": f"unknown event {event.payload['refunds']!r}"}, "unknown_event")
     if target.account_id != account.pk:
         raise EventRejected({"refunds": "belongs to a different account"}, "wrong_account")
     if target.type not in ev.REFUNDABLE_TYPES:
@@ -487,40 +506,47 @@ def _on_refund(event: Event, replay: bool) -> int:
     if event.amount > refundable:
         raise EventRejected({"amount": f"is larger than what is left to refund ({format_exact(refundable)})"},
                             "refund_too_large")
-    event.refunds = target
-    event.save(update_fields=["refunds"])
-    target.refunded += event.amount
-    target.save(update_fields=["refunded"])
 
-    referral = _referral_for(account)
+
+def refund_figures(event: Event, target: Event, referral: Referral | None,
+                   account: Account) -> tuple[list[str], bool]:
+    """A checked refund's figures, on the rows in memory (locked, or carried through a run):
+    the refunded total of the payment, the referral's usage spend or purchases, the account's
+    purchased credits. Returns the referral fields it changed and whether the account changed."""
+    event.refunds = target
+    target.refunded += event.amount
+    referral_fields = []
     if referral is not None:
         if target.type == ev.USAGE_CHARGED:
-            # The referral row is locked (`_referral_for`): its per-product spend is updated in place.
-            by_product = referral.spend_by_product
-            by_product[target.product] = by_product.get(target.product, 0) - event.amount
-            Referral.objects.filter(pk=referral.pk).update(spend=F("spend") - event.amount,
-                                                           spend_by_product=by_product)
+            referral.spend -= event.amount
+            referral.spend_by_product[target.product] = referral.spend_by_product.get(target.product, 0) - event.amount
+            referral_fields = ["spend", "spend_by_product"]
         else:
-            Referral.objects.filter(pk=referral.pk).update(purchases=F("purchases") - event.amount)
-    if target.type == ev.CREDITS_PURCHASED:
-        Account.objects.filter(pk=account.pk).update(
-            purchased_credits=Greatest(F("purchased_credits") - event.amount, Value(0)))
+            referral.purchases -= event.amount
+            referral_fields = ["purchases"]
+    if target.type != ev.CREDITS_PURCHASED:
+        return referral_fields, False
+    account.purchased_credits = max(account.purchased_credits - event.amount, 0)
+    return referral_fields, True
 
-    # Claw back in proportion to what has been refunded so far, from whichever book the
-    # commission sits in now. Cumulative shares make a full refund reverse exactly all of it.
-    legs = []
-    for accrual in target.accruals.filter(program__kind__in=rules.RATE_KINDS).exclude(
-            state=Accrual.State.VOID).select_for_update():
-        should_be_reversed = share_of(accrual.amount, target.refunded, target.amount)
-        delta = should_be_reversed - accrual.reversed
-        if delta <= 0:
-            continue
-        book = Book.PENDING if accrual.state == Accrual.State.HELD else accrual.destination
-        legs += [Leg(book, -delta, accrual.beneficiary_id, accrual.program_id),
-                 Leg(Book.EARNINGS_EXPENSE, delta, None, accrual.program_id)]
-        Accrual.objects.filter(pk=accrual.pk).update(reversed=should_be_reversed)
-    post(kind="reversal", rule="refund", event=event, legs=legs)
-    return 1
+
+def clawed_back(accruals):
+    """The accruals a refund of their payment claws back (rate kinds, not void), locked, in id order."""
+    return accruals.filter(program__kind__in=rules.RATE_KINDS).exclude(state=Accrual.State.VOID).select_for_update()
+
+
+def claw_back(accrual: Accrual, target: Event) -> list[Leg]:
+    """Reverse `accrual` (in memory) to its share of what has been refunded of its payment so
+    far, from whichever book the commission sits in now; returns the ledger legs (none if
+    nothing more is due). Cumulative shares make a full refund reverse exactly all of it."""
+    should_be_reversed = share_of(accrual.amount, target.refunded, target.amount)
+    delta = should_be_reversed - accrual.reversed
+    if delta <= 0:
+        return []
+    accrual.reversed = should_be_reversed
+    book = Book.PENDING if accrual.state == Accrual.State.HELD else accrual.destination
+    return [Leg(book, -delta, accrual.beneficiary_id, accrual.program_id),
+            Leg(Book.EARNINGS_EXPENSE, delta, None, accrual.program_id)]
 
 
 def _on_redeem(event: Event, replay: bool) -> int:
