@@ -531,8 +531,11 @@ def refund_figures(event: Event, target: Event, referral: Referral | None,
 
 
 def clawed_back(accruals):
-    """The accruals a refund of their payment claws back (rate kinds, not void), locked, in id order."""
-    return accruals.filter(program__kind__in=rules.RATE_KINDS).exclude(state=Accrual.State.VOID).select_for_update()
+    """The accruals a refund of their payment claws back (rate kinds, not void), locked, in id
+    order. Only the accrual rows are locked (`of`), not the programmes joined to pick the kinds:
+    refunds of different accounts do not wait on each other, nor on a programme edit."""
+    return (accruals.filter(program__kind__in=rules.RATE_KINDS).exclude(state=Accrual.State.VOID)
+            .select_for_update(of=("self",)))
 
 
 def claw_back(accrual: Accrual, target: Event) -> list[Leg]:
