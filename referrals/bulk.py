@@ -292,5 +292,5 @@ def insert_rows(model, columns: dict[str, list], constants: dict | None = None, 
         return cursor.fetchall()
 
 
-__all__ = ["Batch", "db_datetime", "execute", "insert_rows", "job_lock", "lock_clause", "move_balances", "one_of",
-           "post_each", "post_moves", "queryset_sql", "rows", "scalar", "sql", "table", "update_rows"]
+__all__ = ["Batch", "db_datetime", "execute", "insert_rows", "job_lock", "lock_clause", "move_balances", "post_each",
+           "post_moves", "queryset_sql", "rows", "scalar", "sql", "table", "update_rows"]
