@@ -9,6 +9,9 @@ input, measured in the same run, as a ratio, and the process's peak RSS.
     DATABASE_URL=$url .venv/bin/python bench/jobs.py --small     # or without --small: full size
     scripts/pg-throwaway.sh stop $d
 
+Two versions of the code on the same load, in turns: `--generate-only` into two throwaway
+databases (one migrated by each version), then `--keep-data --rolled-back N` against each.
+
 The database is emptied and migrated first: point it at a throwaway database only.
 """
 import argparse
@@ -267,6 +270,41 @@ def compare_triggers(programs: dict) -> None:
                   f"ratio {job_s / query_s:6.2f}  {counts} (rolled back)", flush=True)
 
 
+def rolled_back_runs(programs: dict, rounds: int) -> None:
+    """Each writing job `rounds` times on the same data, each run in a transaction rolled back at
+    the end, with the deferred checks forced (SET CONSTRAINTS ALL IMMEDIATE) before the clock
+    stops and the input query timed just before: two databases loaded alike (`--generate-only`)
+    can then be measured in turns with two versions of the code (`--keep-data`)."""
+    from django.db import transaction
+
+    queries = input_queries(programs)
+    for n in range(1, rounds + 1):
+        for job in WRITING_JOBS:
+            query, params = queries[job]
+            with connection.cursor() as cursor:
+                cursor.execute(query, params)
+                cursor.fetchall()
+                started = time.perf_counter()
+                cursor.execute(query, params)
+                cursor.fetchall()
+                query_s = time.perf_counter() - started
+            with transaction.atomic(), connection.cursor() as cursor:
+                started = time.perf_counter()
+                counts = run_jobs(at=AT, names=[job])[job]
+                cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+                job_s = time.perf_counter() - started
+                transaction.set_rollback(True)
+            print(f"round {n} {job:<22} query {query_s:7.2f} s  job+checks {job_s:7.2f} s  "
+                  f"ratio {job_s / query_s:6.2f}  {counts} (rolled back), load {os.getloadavg()[0]:.2f}", flush=True)
+
+
+def loaded_programs() -> dict:
+    """The programmes `generate` loaded, for a run on data loaded before (`--keep-data`)."""
+    return {name: Program.objects.get(kind=kind) for name, kind in (
+        ("share", Program.Kind.REVENUE_SHARE), ("template_share", Program.Kind.TEMPLATE_SHARE),
+        ("milestone", Program.Kind.MILESTONE))}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", action="store_true", help="1/100 of the full size, for a quick run")
@@ -278,6 +316,11 @@ def main() -> int:
     parser.add_argument("--compare-trigger", action="store_true",
                         help="first time the writing jobs with the old per-entry balance trigger and the new "
                              "per-transaction check, on the same data, rolled back")
+    parser.add_argument("--generate-only", action="store_true", help="empty, migrate and load the database, then stop")
+    parser.add_argument("--keep-data", action="store_true",
+                        help="use the data a --generate-only run loaded instead of loading it again")
+    parser.add_argument("--rolled-back", type=int, metavar="ROUNDS",
+                        help="time the writing jobs ROUNDS times each, rolled back, instead of the committed runs")
     args = parser.parse_args()
     if connection.vendor != "postgresql":
         print("bench/jobs.py needs PostgreSQL: set DATABASE_URL to a throwaway database", file=sys.stderr)
@@ -291,16 +334,26 @@ def main() -> int:
         parser.error("--scale: must be a whole number >= 1")
     print(f"PostgreSQL {connection.pg_version}, {os.cpu_count()} CPUs, scale 1/{scale}, "
           f"chunk {args.chunk or 'default'}", flush=True)
-    reset_database()
-    started = time.perf_counter()
-    programs = generate(scale)
-    print(f"generated in {time.perf_counter() - started:.0f} s; jobs as of {AT.isoformat()}", flush=True)
+    if args.keep_data:
+        programs = loaded_programs()
+    else:
+        reset_database()
+        started = time.perf_counter()
+        programs = generate(scale)
+        print(f"generated in {time.perf_counter() - started:.0f} s; jobs as of {AT.isoformat()}", flush=True)
+        if args.generate_only:
+            return 0
     if args.chunk:
         from referrals import bulk
         bulk.CHUNK = args.chunk
     if args.compare_trigger:
         print(f"load average before: {os.getloadavg()}", flush=True)
         compare_triggers(programs)
+    if args.rolled_back:
+        print(f"load average before: {os.getloadavg()}", flush=True)
+        rolled_back_runs(programs, args.rolled_back)
+        print(f"load average after: {os.getloadavg()}", flush=True)
+        return 0
     print(f"load average before the jobs: {os.getloadavg()}", flush=True)
     rows = measure(programs)
     print(f"load average after: {os.getloadavg()}", flush=True)

@@ -51,8 +51,10 @@ class Entry(models.Model):
     """A leg of a transaction: a signed amount (ledger units) on one book."""
 
     transaction = models.ForeignKey(Transaction, on_delete=models.PROTECT, related_name="entries")
+    # No index of its own: (account, book) and (account, program) below serve every lookup by
+    # account, and a third index on the ledger's largest table is one more write per leg.
     account = models.ForeignKey(
-        "referrals.Account", null=True, blank=True, on_delete=models.PROTECT, related_name="entries"
+        "referrals.Account", null=True, blank=True, on_delete=models.PROTECT, related_name="entries", db_index=False
     )
     book = models.CharField(max_length=32, choices=Book.choices)
     program = models.ForeignKey(

@@ -116,6 +116,16 @@ def queryset_sql(queryset) -> tuple[str, list]:
     return sql, list(params)
 
 
+def one_of(column: str, batch: "Batch", batch_column: str = "id") -> str:
+    """A condition: `column` is one of the batch's `batch_column` values.
+
+    On PostgreSQL as `= ANY(ARRAY(SELECT ...))`, which the planner answers with an index scan
+    of `column`: `IN (SELECT ...)` is planned as a hash join over a sequential scan of the
+    whole table (3M accruals, 4M balance rows at 1M accounts) to update a few thousand rows."""
+    condition = "{column} = ANY(ARRAY(SELECT {of} FROM {t}))" if is_postgres() else "{column} IN (SELECT {of} FROM {t})"
+    return sql(condition, column=column, of=batch_column, t=batch)
+
+
 def post_moves(*, kind: str, rule: str, event, moves_sql: str, params=()) -> int:
     """Post every move selected by `moves_sql` and update the balance projection.
 
@@ -160,8 +170,8 @@ def post_moves(*, kind: str, rule: str, event, moves_sql: str, params=()) -> int
             "SELECT account_id, from_book AS book, -amount AS delta FROM {m} WHERE from_book IN {books} "
             "UNION ALL SELECT account_id, to_book AS book, amount AS delta FROM {m} WHERE to_book IN {books}"
             ") x GROUP BY account_id, book) d "
-            "WHERE ledger_balance.account_id = d.account_id AND ledger_balance.book = d.book",
-            **names)
+            "WHERE ledger_balance.account_id = d.account_id AND ledger_balance.book = d.book AND {accounts}",
+            accounts=one_of("ledger_balance.account_id", moves, "account_id"), **names)
         return moves.count
 
 

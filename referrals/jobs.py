@@ -180,8 +180,8 @@ def _apply_credit_expiry(event: Event, replay: bool) -> int:
             moves_sql=bulk.sql("SELECT account_id, program_id, %s AS from_book, %s AS to_book, "
                                "SUM(remaining) AS amount FROM {batch} GROUP BY account_id, program_id", batch=batch),
             params=[Book.CREDITS, Book.EXPIRED])
-        bulk.execute("UPDATE {grant} SET remaining = 0, expired_at = %s WHERE id IN (SELECT id FROM {batch})", [at],
-                     grant=bulk.table(CreditGrant), batch=batch)
+        bulk.execute("UPDATE {grant} SET remaining = 0, expired_at = %s WHERE {lapsed}", [at],
+                     grant=bulk.table(CreditGrant), lapsed=bulk.one_of("id", batch))
         return batch.count
 
 

@@ -443,9 +443,13 @@ class Accrual(models.Model):
 
     class Meta:
         ordering = ["id"]
+        # Only held accruals are looked up by state (the hold release, the held totals per
+        # beneficiary and programme), so those indexes hold only them: a released accrual, and
+        # the release's new row version, add no entry to them (migration 0010).
         indexes = [
-            models.Index(fields=["beneficiary", "program", "state"]),
-            models.Index(fields=["state", "held_until"]),
+            models.Index(fields=["beneficiary", "program"], condition=Q(state="held"),
+                         name="accrual_held_by_beneficiary"),
+            models.Index(fields=["held_until"], condition=Q(state="held"), name="accrual_held_until"),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(amount__gt=0), name="accrual_amount_positive"),

@@ -206,9 +206,9 @@ def release_ready(accruals, *, event: Event, rule: str, at: datetime, clearing: 
         bulk.post_moves(kind="release", rule=rule, event=event, params=[Book.PENDING], moves_sql=bulk.sql(
             "SELECT g.account_id, g.program_id, %s AS from_book, g.destination AS to_book, g.amount FROM ({groups}) g",
             groups=groups))
-        bulk.execute("UPDATE {accrual} SET state = %s, released_at = %s{clear} WHERE id IN (SELECT id FROM {batch})",
-                     [Accrual.State.RELEASED, bulk.db_datetime(at)], accrual=bulk.table(Accrual), batch=batch,
-                     clear=f", {clearing} = false" if clearing else "")
+        bulk.execute("UPDATE {accrual} SET state = %s, released_at = %s{clear} WHERE {ready}",
+                     [Accrual.State.RELEASED, bulk.db_datetime(at)], accrual=bulk.table(Accrual),
+                     ready=bulk.one_of("id", batch), clear=f", {clearing} = false" if clearing else "")
         grant_credits(batch=batch.name)
         ready_groups = bulk.rows(groups + " HAVING SUM(amount - reversed) <> 0")
         for beneficiary_id, program_id, destination, amount in ready_groups:
