@@ -11,10 +11,10 @@ from django.utils.text import slugify
 
 from ledger.admin import ReadOnlyAdmin
 from ledger.money import AmountError, format_exact, to_units
-from referrals import versions
+from referrals.engine import versions
+from referrals.engine.services import ActionRefused
 from referrals.exports import csv_response
 from referrals.models import Program, ProgramVersion
-from referrals.services import ActionRefused
 
 from .models import Adjustment, ProgramChange
 from .services import adjustment_post, program_save

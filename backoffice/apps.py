@@ -6,7 +6,7 @@ class BackofficeConfig(AppConfig):
     verbose_name = "Back office"
 
     def ready(self) -> None:
-        from referrals.services import register_handler
+        from referrals.engine.services import register_handler
         from referrals_site import checks
 
         checks.register()  # the deploy check of development secrets

@@ -6,8 +6,8 @@ from django.apps import apps
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
-from referrals.dashboard import pays_cash
 from referrals.models import Accrual, Application, FraudFlag, JobRun, Program, Referral
+from referrals.portal.dashboard import pays_cash
 from referrals.selectors import (
     FIGURES,
     account_balances,

@@ -4,8 +4,8 @@ from django.db import transaction
 from ledger.models import Balance, Book
 from ledger.money import format_exact
 from ledger.services import Leg, post
+from referrals.engine.services import ActionRefused, record_staff_event
 from referrals.models import Account, AuditLog, Event, Program
-from referrals.services import ActionRefused, record_staff_event
 
 from .models import Adjustment, ProgramChange
 

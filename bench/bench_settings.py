@@ -14,5 +14,6 @@ LOGGING = {"version": 1, "disable_existing_loggers": True, "root": {"level": "WA
 if os.environ.get("BENCH_REFERRAL_MIDDLEWARE_LAST"):
     # For comparison: the referral middleware where it was before issue 9, after every other one
     # but django-axes, so a click pays for the session, CSRF, auth and messages middleware too.
-    MIDDLEWARE = [m for m in MIDDLEWARE if m != "referrals.middleware.ReferralLinkMiddleware"]  # noqa: F405
-    MIDDLEWARE.insert(MIDDLEWARE.index("axes.middleware.AxesMiddleware"), "referrals.middleware.ReferralLinkMiddleware")
+    MIDDLEWARE = [m for m in MIDDLEWARE if m != "referrals.attribution.middleware.ReferralLinkMiddleware"]  # noqa: F405
+    MIDDLEWARE.insert(MIDDLEWARE.index("axes.middleware.AxesMiddleware"),
+                      "referrals.attribution.middleware.ReferralLinkMiddleware")

@@ -93,9 +93,9 @@ WAITING_CALLS = ("write", "write_chunk", "close_graceful", "socket.accept", "sen
 
 def categorize(stack: str) -> str:
     leaf = stack.rsplit(";", 1)[-1].split(" (")[0]
-    if "(referrals/clicks.py" in stack and ("Condition.wait (" in stack or "._commit (" in stack):
+    if "(referrals/attribution/clicks.py" in stack and ("Condition.wait (" in stack or "._commit (" in stack):
         return "click writer thread: waiting (its timer; the COMMIT, GIL released)"
-    if "(referrals/clicks.py" in stack and "follow_referral_link (" not in stack:
+    if "(referrals/attribution/clicks.py" in stack and "follow_referral_link (" not in stack:
         return "click writer thread: building rows, INSERT"
     if "follow_referral_link (" in stack:
         return "follow_referral_link (the click's own code)"

@@ -45,7 +45,7 @@ from django.test import Client  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
-from referrals import rollups, services  # noqa: E402
+from referrals.engine import rollups, services  # noqa: E402
 from referrals.models import Account, LedgerLine, Program, Referral  # noqa: E402
 from referrals.presets import load_preset  # noqa: E402
 

@@ -57,12 +57,12 @@ from django.test import Client  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from ledger.services import open_books  # noqa: E402
-from referrals import events as ev  # noqa: E402
 from referrals.api.keys import api_key_create  # noqa: E402
-from referrals.ingestion import apply_pending, ingest_batch  # noqa: E402
+from referrals.engine import events as ev  # noqa: E402
+from referrals.engine.ingestion import apply_pending, ingest_batch  # noqa: E402
+from referrals.engine.verification import check_integrity  # noqa: E402
 from referrals.models import Account, Event, Referral  # noqa: E402
 from referrals.presets import load_preset  # noqa: E402
-from referrals.verification import check_integrity  # noqa: E402
 
 BATCH = 1000
 START = datetime(2026, 1, 1, tzinfo=UTC)

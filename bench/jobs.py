@@ -33,8 +33,8 @@ from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 
 from ledger.money import to_units  # noqa: E402
-from referrals import outbox  # noqa: E402
-from referrals.jobs import run_jobs  # noqa: E402
+from referrals.engine import outbox  # noqa: E402
+from referrals.engine.jobs import run_jobs  # noqa: E402
 from referrals.models import Program  # noqa: E402
 from referrals.presets import load_preset  # noqa: E402
 
@@ -312,7 +312,8 @@ def main() -> int:
                         help="keep the outbox consumers (webhooks, e-mails) subscribed: their per-message "
                              "delivery after commit is then timed with the job")
     parser.add_argument("--scale", type=int, help="divide the full size by this (default 1, or 100 with --small)")
-    parser.add_argument("--chunk", type=int, help="moves per ledger transaction (referrals.bulk.CHUNK) for the jobs")
+    parser.add_argument("--chunk", type=int,
+                        help="moves per ledger transaction (referrals.engine.bulk.CHUNK) for the jobs")
     parser.add_argument("--compare-trigger", action="store_true",
                         help="first time the writing jobs with the old per-entry balance trigger and the new "
                              "per-transaction check, on the same data, rolled back")
@@ -344,7 +345,7 @@ def main() -> int:
         if args.generate_only:
             return 0
     if args.chunk:
-        from referrals import bulk
+        from referrals.engine import bulk
         bulk.CHUNK = args.chunk
     if args.compare_trigger:
         print(f"load average before: {os.getloadavg()}", flush=True)

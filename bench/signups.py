@@ -1,5 +1,5 @@
 """Applied sign-ups/s: a stored batch of 1,000 `account.created` events applied by
-`ingestion.apply_pending()`, set-based (`referrals.signups`) and, in the same run, one by one
+`ingestion.apply_pending()`, set-based (`referrals.engine.signups`) and, in the same run, one by one
 through the step as before (`signups.starts_run` switched off), on PostgreSQL. Printed end to
 end (the apply's transaction and the outbox messages delivered after its commit to the
 subscribed consumers) and inside the engine (`engine.apply_events`), with the queries of both.
@@ -34,12 +34,13 @@ django.setup()
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 
-from referrals import engine, signups  # noqa: E402
-from referrals import events as ev  # noqa: E402
-from referrals.ingestion import apply_pending, ingest_event  # noqa: E402
+from referrals.engine import apply as engine  # noqa: E402
+from referrals.engine import events as ev  # noqa: E402
+from referrals.engine import signups  # noqa: E402
+from referrals.engine.ingestion import apply_pending, ingest_event  # noqa: E402
+from referrals.engine.verification import check_integrity  # noqa: E402
 from referrals.models import Account, Event, Referral  # noqa: E402
 from referrals.presets import load_preset  # noqa: E402
-from referrals.verification import check_integrity  # noqa: E402
 
 BATCH = 1000
 START = datetime(2026, 1, 1, tzinfo=UTC)

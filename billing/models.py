@@ -4,7 +4,7 @@ that keeps the turning of Stripe objects into our events idempotent."""
 from django.db import models
 from django.db.models import Q
 
-from referrals import events as ev
+from referrals.engine import events as ev
 
 MAPPED_TYPES = (ev.PLAN_PURCHASED, ev.CREDITS_PURCHASED, ev.USAGE_CHARGED)
 

@@ -24,8 +24,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
-from referrals import events as ev
-from referrals.ingestion import ingest_batch
+from referrals.engine import events as ev
+from referrals.engine.ingestion import ingest_batch
 from referrals.models import Account, AuditLog
 
 from .models import (

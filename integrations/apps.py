@@ -6,7 +6,7 @@ class IntegrationsConfig(AppConfig):
     verbose_name = "Integrations (outbound webhooks)"
 
     def ready(self) -> None:
-        from referrals import ingestion, outbox  # noqa: F401  (ingestion: registers its Celery task)
+        from referrals.engine import ingestion, outbox  # noqa: F401  (ingestion: registers its Celery task)
 
         from . import services
 

@@ -8,7 +8,7 @@ class NotificationsConfig(AppConfig):
 
     def ready(self) -> None:
         # Explicit subscription (no Django signals): the outbox calls us after commit.
-        from referrals import outbox
+        from referrals.engine import outbox
 
         from .consumers import on_outbox_message, on_outbox_messages
 

@@ -1,7 +1,7 @@
 """The outbox consumer: turns the domain messages users care about into queued e-mail tasks."""
 import logging
 
-from referrals import outbox
+from referrals.engine import outbox
 
 from .models import Kind
 

@@ -14,8 +14,8 @@ from backoffice.desk import DecisionDeskMixin
 from backoffice.selectors import flags_concerning, payout_review
 from ledger.admin import ReadOnlyAdmin
 from ledger.money import format_cents
+from referrals.engine.services import ActionRefused
 from referrals.models import FraudFlag, Program
-from referrals.services import ActionRefused
 from referrals.templatetags.figures import money_text
 
 from . import services

@@ -8,7 +8,7 @@ class PayoutsConfig(AppConfig):
     def ready(self):
         # Registers the handlers of the payout ledger events, so live posting and the
         # verify_ledger replay use the same code.
-        from referrals.jobs import register_job
+        from referrals.engine.jobs import register_job
 
         from . import services
 

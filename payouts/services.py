@@ -28,10 +28,16 @@ from django.utils import timezone
 from ledger.models import Balance, Book
 from ledger.money import AmountError, floor_to_cents, format_cents, parse_amount, to_units
 from ledger.services import Leg, post
-from referrals import bulk, outbox
-from referrals import events as ev
+from referrals.engine import bulk, outbox
+from referrals.engine import events as ev
+from referrals.engine.services import (
+    ActionRefused,
+    apply_event,
+    flag_account,
+    on_account_flag_decided,
+    register_handler,
+)
 from referrals.models import Account, Event, FraudFlag, Program
-from referrals.services import ActionRefused, apply_event, flag_account, on_account_flag_decided, register_handler
 from referrals.templatetags.figures import money_text
 
 from . import selectors

@@ -13,8 +13,8 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from referrals import dashboard as dashboard_reads
 from referrals.models import Account
+from referrals.portal import dashboard as dashboard_reads
 from referrals.templatetags.figures import money_text
 
 from . import selectors, services, webhooks

@@ -14,8 +14,10 @@ from backoffice.selectors import account_summary, application_review
 from ledger.admin import BigTableAdmin, ReadOnlyAdmin, ValuesFilter
 from ledger.money import format_exact, to_units
 
-from . import clicks, engine, services
 from .api.keys import ApiKeyInvalid, api_key_create, api_key_revoke, validate_api_key_request
+from .attribution import clicks
+from .engine import apply as engine
+from .engine import services
 from .models import (
     Account,
     Accrual,
@@ -340,7 +342,7 @@ class JobNameFilter(ValuesFilter):
     parameter_name = "name"
 
     def lookups(self, request, model_admin):
-        from .jobs import JOBS
+        from .engine.jobs import JOBS
 
         return [(name, name) for name in JOBS]
 

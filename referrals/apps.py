@@ -8,7 +8,7 @@ class ReferralsConfig(AppConfig):
     def ready(self) -> None:
         # The jobs register the handlers of the internal events they log, which
         # verify_ledger needs to replay them.
-        from . import jobs, rollups
+        from .engine import jobs, rollups
 
         # Merges the dashboard rollups' delta rows (hourly by default, see setup_schedules).
         jobs.register_job("compact_rollups", rollups.compact)

@@ -25,7 +25,7 @@ from django.views.decorators.http import require_GET
 
 from referrals_site.celery import app
 
-from . import sweeper
+from .engine import sweeper
 
 log = logging.getLogger(__name__)
 

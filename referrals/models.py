@@ -26,10 +26,10 @@ class Track(models.TextChoices):
 
 class ProgramQuerySet(models.QuerySet):
     """Edits in code go through here too: `update` and `bulk_create` record the new versions
-    (`referrals.versions`) in the same transaction, like `Program.save`."""
+    (`referrals.engine.versions`) in the same transaction, like `Program.save`."""
 
     def update(self, **kwargs):
-        from . import versions
+        from .engine import versions
 
         with transaction.atomic(using=self.db):
             ids = list(self.values_list("pk", flat=True))
@@ -40,7 +40,7 @@ class ProgramQuerySet(models.QuerySet):
         return count
 
     def bulk_create(self, objs, *args, **kwargs):
-        from . import versions
+        from .engine import versions
 
         with transaction.atomic(using=self.db):
             created = super().bulk_create(objs, *args, **kwargs)
@@ -53,7 +53,7 @@ class Program(models.Model):
 
     The row is the programme's newest configuration; every saved change is also a
     `ProgramVersion` with the time it takes effect, and the engine applies each event with the
-    version in force at its time (`referrals.versions`).
+    version in force at its time (`referrals.engine.versions`).
     """
 
     KIND_FIXED = "cannot change once the programme exists (its accruals depend on it); create a new programme"
@@ -137,10 +137,10 @@ class Program(models.Model):
         return self.name
 
     def save(self, *args, **kwargs):
-        from . import versions
+        from .engine import versions
 
         if getattr(self, "version", None) is not None:
-            raise TypeError("a programme version (from referrals.versions) is read-only; edit the Program row")
+            raise TypeError("a programme version (from referrals.engine.versions) is read-only; edit the Program row")
         with transaction.atomic(using=kwargs.get("using")):
             super().save(*args, **kwargs)
             versions.record([self.pk])
@@ -244,7 +244,7 @@ class Template(models.Model):
 
 class Click(models.Model):
     # Made by the web process before the row exists (clicks are written in batches after the
-    # answer, referrals.clicks): the attribution cookie and `click_id` of sign-ups carry it.
+    # answer, referrals.attribution.clicks): the attribution cookie and `click_id` of sign-ups carry it.
     public_id = models.UUIDField(unique=True, default=uuid.uuid4, editable=False)
     referrer = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="clicks")
     visitor_id = models.CharField(max_length=64)
@@ -385,12 +385,12 @@ class Event(models.Model):
     runtime_seconds = models.PositiveBigIntegerField(default=0)
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT)
     # When its effects were applied. Batch ingestion stores stateless money events first (null
-    # here) and applies them right after, in id order (referrals.ingestion); everything else is
+    # here) and applies them right after, in id order (referrals.engine.ingestion); everything else is
     # applied in the transaction that stores it, hence the default.
     applied_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
     apply_error = models.TextField(blank=True, help_text="Why applying a stored event failed (it is then skipped).")
     # Fields of an accepted event that were ignored, as answered to the sender ({"field", "code",
-    # "message"}): a replay ignores them too (referrals.steps, account.created).
+    # "message"}): a replay ignores them too (referrals.engine.steps, account.created).
     warnings = models.JSONField(null=True, blank=True)
 
     class Meta:

@@ -3,8 +3,8 @@ from decimal import Decimal
 
 from django.db import transaction
 
-from . import events as ev
-from . import versions
+from .engine import events as ev
+from .engine import versions
 from .models import Program
 
 K = Program.Kind
@@ -74,7 +74,7 @@ def load_preset(name: str) -> list[tuple[Program, bool]]:
         raise UnknownPreset(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     loaded = []
     # Saving a programme records a version only when its configuration differs from the latest
-    # one (referrals.versions), so loading the same preset again adds none.
+    # one (referrals.engine.versions), so loading the same preset again adds none.
     with versions.authored(source="load_preset"):
         for spec in PRESETS[name]:
             defaults = {field: value for field, value in spec.items() if field != "key"}

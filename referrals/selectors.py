@@ -8,7 +8,7 @@ from django.db.models import Q, Sum
 from ledger.models import Balance, Book, Entry
 from ledger.money import floor_to_cents
 
-from . import rollups
+from .engine import rollups
 from .models import Account, Program, Referral
 
 

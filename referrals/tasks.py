@@ -12,8 +12,8 @@ from django.db import DatabaseError, InterfaceError, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from . import ingestion, sweeper  # noqa: F401 - ingestion registers referrals.apply_stored_events with the worker
-from .jobs import JOBS, UnknownJob, run_jobs
+from .engine import ingestion, sweeper  # noqa: F401 - ingestion registers referrals.apply_stored_events with the worker
+from .engine.jobs import JOBS, UnknownJob, run_jobs
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ SWEEP_BUDGET = 50.0
 
 @shared_task(name="referrals.sweep_unapplied", ignore_result=True)
 def sweep_unapplied() -> int:
-    """Apply accepted events that are still not applied (see `referrals.sweeper`)."""
+    """Apply accepted events that are still not applied (see `referrals.engine.sweeper`)."""
     return sweeper.sweep_once(min_age=SWEEP_MIN_AGE, budget=SWEEP_BUDGET)
 
 

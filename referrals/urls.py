@@ -1,9 +1,10 @@
-"""Portal routes. `?ref=CODE` works on every one of them (see `referrals.middleware`)."""
+"""Portal routes. `?ref=CODE` works on every one of them (see `referrals.attribution.middleware`)."""
 from django.contrib.auth import views as auth_views
 from django.urls import path, re_path
 
-from . import redirects, views
-from .forms import AccountPasswordResetForm, EmailAuthenticationForm
+from .attribution import redirects
+from .portal import views
+from .portal.forms import AccountPasswordResetForm, EmailAuthenticationForm
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -30,7 +31,7 @@ urlpatterns = [
     # has none); serving both avoids an APPEND_SLASH hop.
     path("t/<str:external_id>/", views.template_page, name="template_page"),
     path("t/<str:external_id>", views.template_page, name="template_page_bare"),
-    # Redirect links to the operator's site (issue 14, referrals/redirects.py).
+    # Redirect links to the operator's site (issue 14, referrals/attribution/redirects.py).
     # Any tail (slashes, even %0A, included) still lands on the operator's page, unattributed.
     re_path(r"^r/(?P<code>[^/]+)/t/(?P<template>[\s\S]+)$", redirects.follow_redirect_link,
             name="redirect_link_template"),

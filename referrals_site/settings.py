@@ -40,7 +40,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "referrals.middleware.ReferralLinkMiddleware",
+    "referrals.attribution.middleware.ReferralLinkMiddleware",
 ]
 
 ROOT_URLCONF = "referrals_site.urls"
@@ -165,9 +165,9 @@ SPECTACULAR_SETTINGS = {
 # per-process local-memory counter (see referrals.api.auth.ApiKeyThrottle).
 API_THROTTLE_REDIS_URL = env.str("API_THROTTLE_REDIS_URL", default=env.str("REDIS_URL", default=""))
 # A batch with more stateless money events than this is applied by a task queued on commit
-# instead of in the request (referrals.ingestion).
+# instead of in the request (referrals.engine.ingestion).
 INGEST_INLINE_APPLY_MAX = env.int("INGEST_INLINE_APPLY_MAX", default=200)
-# Events one applier transaction takes at most (referrals.ingestion.apply_pending).
+# Events one applier transaction takes at most (referrals.engine.ingestion.apply_pending).
 APPLY_BATCH_MAX = env.int("APPLY_BATCH_MAX", default=1000)
 # Outbound webhooks (integrations app).
 WEBHOOKS = {
@@ -326,7 +326,7 @@ OTP_TOTP_ISSUER = env.str("OTP_TOTP_ISSUER", default="Referral portal")
 # The admin's device pages never show a secret key or its QR code to other staff.
 OTP_ADMIN_HIDE_SENSITIVE_DATA = True
 
-# --- The referral click's fast path (issues 8 and 9, referrals/clicks.py) ---
+# --- The referral click's fast path (issues 8 and 9, referrals/attribution/clicks.py) ---
 REFERRAL |= {
     # Repeat clicks from one visitor on one referrer's links within this many seconds count once
     # as a unique click (SPEC: a day).
@@ -343,9 +343,9 @@ REFERRAL |= {
 }
 # A `?ref=` link is answered by a redirect before the session, CSRF, auth and messages middleware
 # (none of which a redirect needs), still inside the security, static-file and CSP middleware.
-MIDDLEWARE.remove("referrals.middleware.ReferralLinkMiddleware")
+MIDDLEWARE.remove("referrals.attribution.middleware.ReferralLinkMiddleware")
 MIDDLEWARE.insert(MIDDLEWARE.index("django.contrib.sessions.middleware.SessionMiddleware"),
-                  "referrals.middleware.ReferralLinkMiddleware")
+                  "referrals.attribution.middleware.ReferralLinkMiddleware")
 # The unique-click keys, per-IP click counters, code lookups and API throttle live in this cache:
 # Redis shared by every process when REDIS_URL is set, else one process's memory (big enough to
 # hold a day of unique-click keys on a small deployment).
@@ -359,7 +359,7 @@ CACHES = {
     {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "OPTIONS": {"MAX_ENTRIES": 100_000}}
 }
 
-# --- Clicks on the operator's own site (issue 14, referrals/tracking.py, docs/integration.md) ---
+# --- Clicks on the operator's own site (issue 14, referrals/attribution/tracking.py, docs/integration.md) ---
 REFERRAL |= {
     # Origins (scheme://host[:port]) whose pages may call POST /api/v1/track/click: the operator's site.
     # Calls from any other origin are refused (403) and record nothing.

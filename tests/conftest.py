@@ -57,7 +57,7 @@ def _fresh_cache():
     # Counters kept in the cache (per-IP click limit, API throttle) must not leak between tests.
     from django.core.cache import cache
 
-    from referrals import clicks
+    from referrals.attribution import clicks
 
     cache.clear()
     clicks.clear_local_cache()

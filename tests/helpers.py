@@ -6,9 +6,9 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from ledger.money import to_units
-from referrals.events import validate_event
+from referrals.engine.events import validate_event
+from referrals.engine.services import ingest_event
 from referrals.models import Account, Event
-from referrals.services import ingest_event
 
 _ids = itertools.count(1)
 # HYPOTHESIS_PROFILE=deep (make test-deep) runs every property test with at least 1,000 examples.

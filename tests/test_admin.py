@@ -4,7 +4,7 @@ from django.contrib.auth import get_user_model
 
 from ledger.models import Book
 from ledger.selectors import balances_for
-from referrals.jobs import run_jobs
+from referrals.engine.jobs import run_jobs
 from referrals.models import Application, AuditLog, FraudFlag, Program
 from tests.helpers import at, buy_credits, signup, spend
 

@@ -18,7 +18,7 @@ from ledger.models import Book
 from ledger.selectors import balances_for
 from payouts import services
 from payouts.models import Payout
-from referrals.jobs import run_jobs
+from referrals.engine.jobs import run_jobs
 from referrals.models import Application
 from tests.browser import SCREENSHOTS, sync_api
 from tests.fakes import fixtures

@@ -14,7 +14,7 @@ from rest_framework.test import APIClient
 
 from ledger.models import Entry
 from referrals.api.keys import ApiKeyInvalid, api_key_create, api_key_revoke
-from referrals.jobs import JOBS
+from referrals.engine.jobs import JOBS
 from referrals.models import Account, ApiKey, Application, AuditLog, Event
 from tests.helpers import at, event, push, signup, spend
 

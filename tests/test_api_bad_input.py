@@ -17,9 +17,10 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from ledger.models import Balance, Entry
-from referrals import events
 from referrals.api.keys import api_key_create
-from referrals.jobs import run_jobs
+from referrals.engine import events
+from referrals.engine.jobs import run_jobs
+from referrals.engine.verification import check_integrity, replay_differences
 from referrals.models import (
     Account,
     Accrual,
@@ -32,7 +33,6 @@ from referrals.models import (
     Template,
     TrackChange,
 )
-from referrals.verification import check_integrity, replay_differences
 from tests.helpers import at, buy_credits, event, signup, spend
 
 

@@ -1,4 +1,4 @@
-"""The engine (referrals.engine) applies stored events set-based across accounts: the same
+"""The engine (referrals.engine.apply) applies stored events set-based across accounts: the same
 random history applied in batches of 1, 7 and 1,000 gives identical accruals, ledger, balances,
 rollups, milestones, referral, account and template figures and outbox messages, and its replay
 gives them again; commission stays rate x spend exactly; a batch costs a bounded number of
@@ -15,10 +15,12 @@ from hypothesis import strategies as st
 from ledger.models import Balance, Book, Entry
 from ledger.models import Transaction as LedgerTransaction
 from ledger.selectors import balances_for
-from referrals import bulk, outbox, rollups
-from referrals import events as ev
-from referrals.ingestion import apply_pending, ingest_batch
-from referrals.jobs import run_jobs
+from referrals.engine import bulk, outbox, rollups
+from referrals.engine import events as ev
+from referrals.engine.ingestion import apply_pending, ingest_batch
+from referrals.engine.jobs import run_jobs
+from referrals.engine.services import application_approve
+from referrals.engine.verification import check_integrity, replay_differences
 from referrals.models import (
     Account,
     Accrual,
@@ -32,8 +34,6 @@ from referrals.models import (
     Template,
 )
 from referrals.presets import load_preset
-from referrals.services import application_approve
-from referrals.verification import check_integrity, replay_differences
 from tests.helpers import T0, at, event, examples, signup, store, usd
 from tests.test_ledger_properties import History, assert_invariants, rolled_back
 

@@ -10,7 +10,7 @@ from django.test import Client, RequestFactory
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 
-from referrals.middleware import read_referral_cookie
+from referrals.attribution.middleware import read_referral_cookie
 from referrals.models import Account, Click, Referral, Template
 from tests.helpers import event, push, signup
 
@@ -269,8 +269,8 @@ def test_it_lets_a_later_click_win_under_the_first_click_model_once_the_first_co
 
 
 def test_it_ignores_a_click_older_than_the_attribution_window(db):
+    from referrals.engine.services import ingest_event
     from referrals.models import Click, Referral
-    from referrals.services import ingest_event
     from tests.helpers import at, event, signup
 
     alice = signup("alice")
@@ -286,7 +286,7 @@ def test_it_ignores_a_click_older_than_the_attribution_window(db):
 
 
 def test_it_refuses_template_ids_that_cannot_appear_in_a_link(db):
-    from referrals.services import ingest_event
+    from referrals.engine.services import ingest_event
     from tests.helpers import event, signup
 
     signup("alice")

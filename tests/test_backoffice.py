@@ -7,10 +7,10 @@ from backoffice.roles import setup_roles
 from backoffice.services import adjustment_post
 from ledger.models import Book, Entry
 from ledger.selectors import balances_for
-from referrals.jobs import run_jobs
+from referrals.engine.jobs import run_jobs
+from referrals.engine.services import ActionRefused
+from referrals.engine.verification import verify
 from referrals.models import Application
-from referrals.services import ActionRefused
-from referrals.verification import verify
 from tests.helpers import at, signup, spend, usd
 
 

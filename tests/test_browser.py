@@ -231,7 +231,7 @@ def gina(site):
     plan her referral bought) and a Stripe account connected."""
     from django.apps import apps
 
-    from referrals.services import account_change_track
+    from referrals.engine.services import account_change_track
     from tests.helpers import buy_plan
 
     load_preset("apimarket")

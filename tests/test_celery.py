@@ -9,10 +9,10 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from ledger.models import Book
 from ledger.selectors import balances_for
-from referrals.jobs import JOBS, UnknownJob
+from referrals.engine.jobs import JOBS, UnknownJob
+from referrals.engine.services import ingest_event
 from referrals.management.commands.setup_schedules import TASK, schedule_name, setup_schedules
 from referrals.models import JobRun
-from referrals.services import ingest_event
 from referrals.tasks import enqueue_on_commit, run_job
 from referrals_site.celery import app
 from tests.helpers import at, event, signup

@@ -22,11 +22,11 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from ledger.models import Book, Entry
 from ledger.models import Transaction as LedgerTransaction
 from ledger.selectors import balances_for
+from referrals.engine.services import CREDITS_EXPIRED
+from referrals.engine.verification import check_integrity, replay_differences
 from referrals.management.commands.setup_schedules import schedule_name, setup_schedules
 from referrals.models import CreditGrant, Event, JobRun
 from referrals.presets import load_preset
-from referrals.services import CREDITS_EXPIRED
-from referrals.verification import check_integrity, replay_differences
 from referrals_site.celery import app
 from tests.helpers import free_port, signup, usd, wait_until
 

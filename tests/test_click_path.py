@@ -33,10 +33,10 @@ from django.db import connection
 from django.test import Client, override_settings
 from django.utils import timezone
 
-from referrals import clicks
-from referrals.middleware import read_referral_cookie
+from referrals.attribution import clicks
+from referrals.attribution.middleware import read_referral_cookie
+from referrals.engine.services import ingest_event
 from referrals.models import Account, Click, Referral, Template
-from referrals.services import ingest_event
 from tests.helpers import event, free_port, push, signup
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,10 +6,10 @@ from django.db import connection, connections
 
 from ledger.models import Book
 from ledger.selectors import balances_for
+from referrals.engine.services import ingest_event
+from referrals.engine.verification import check_integrity
 from referrals.models import Event, MilestoneAward
 from referrals.presets import load_preset
-from referrals.services import ingest_event
-from referrals.verification import check_integrity
 from tests.helpers import at, event, signup, usd
 
 pytestmark = pytest.mark.django_db(transaction=True)

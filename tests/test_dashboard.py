@@ -15,8 +15,8 @@ from django.test import Client
 from django.utils import timezone
 
 from ledger.models import Entry
+from referrals.engine.services import account_change_track, application_reject
 from referrals.models import Account, Application, AuditLog, Referral, Template, TrackChange
-from referrals.services import account_change_track, application_reject
 from tests.helpers import buy_credits, buy_plan, event, push, signup, spend, usd
 
 User = get_user_model()
@@ -213,7 +213,7 @@ def test_it_describes_every_earning_in_plain_words_without_ledger_terms(alice_cl
     assert '<details class="exact"><summary>+$0.24</summary><span>exactly $0.2468</span></details>' in page
     assert 'title="exactly' not in page
     # Released since: the held row says so; no second, paired "released" row appears.
-    from referrals.services import application_approve
+    from referrals.engine.services import application_approve
 
     program = alice.accruals.filter(program__kind="revenue_share").first().program
     application_approve(application=Application.objects.create(program=program, account=alice,

@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 
 from ledger.models import Entry
 from ledger.money import net_sum
-from referrals import events as ev
-from referrals import rollups
-from referrals.dashboard import ENTRIES_PER_PAGE, BadCursor, ledger_page, parse_cursor, status_counts
-from referrals.jobs import run_jobs
+from referrals.engine import events as ev
+from referrals.engine import rollups
+from referrals.engine.jobs import run_jobs
+from referrals.engine.services import application_approve, fraud_flag_clear, fraud_flag_confirm
 from referrals.models import (
     Account,
     Accrual,
@@ -29,9 +29,9 @@ from referrals.models import (
     Program,
     Referral,
 )
+from referrals.portal.dashboard import ENTRIES_PER_PAGE, BadCursor, ledger_page, parse_cursor, status_counts
 from referrals.presets import load_preset
 from referrals.selectors import earnings_by_program, referral_stats
-from referrals.services import application_approve, fraud_flag_clear, fraud_flag_confirm
 from tests.helpers import T0, event, push, signup, spend
 from tests.test_ledger_properties import History, rolled_back
 
@@ -203,7 +203,7 @@ def test_it_names_the_field_of_a_bad_cursor_and_shows_the_newest_entries(alice, 
 
 
 def test_it_pages_referrals_by_cursor_like_by_number(alice):
-    from referrals.dashboard import REFERRALS_PER_PAGE, referral_page
+    from referrals.portal.dashboard import REFERRALS_PER_PAGE, referral_page
 
     now = T0 + timedelta(days=1)
     accounts = Account.objects.bulk_create([Account(external_id=f"bulk-{i}", signed_up_at=now) for i in range(60)])

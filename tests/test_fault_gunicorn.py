@@ -24,11 +24,11 @@ from django.db import connection
 from django.utils import timezone
 
 from ledger.money import to_units
-from referrals import sweeper
 from referrals.api.keys import api_key_create
+from referrals.engine import sweeper
+from referrals.engine.verification import verify
 from referrals.models import Event, Referral
 from referrals.presets import load_preset
-from referrals.verification import verify
 from tests.helpers import at, free_port, signup, wait_until
 from tests.test_sweeper import database_url
 

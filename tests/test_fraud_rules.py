@@ -11,10 +11,10 @@ from ledger.selectors import balances_for
 from payouts import services as payouts
 from payouts.models import Payout, PayoutMethod
 from payouts.services import PayoutInvalid, PayoutRefused
-from referrals import services
+from referrals.engine import services
+from referrals.engine.services import ActionRefused
+from referrals.engine.verification import verify
 from referrals.models import Click, FraudFlag, Referral
-from referrals.services import ActionRefused
-from referrals.verification import verify
 from tests.fakes import fixtures
 from tests.helpers import at, buy_credits, signup, usd
 

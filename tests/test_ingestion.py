@@ -1,4 +1,4 @@
-"""Batch ingestion (referrals.ingestion): set-based storing of stateless money events, answers
+"""Batch ingestion (referrals.engine.ingestion): set-based storing of stateless money events, answers
 in input order, stateful events kept synchronous, and applying stored events exactly once."""
 import threading
 
@@ -11,10 +11,10 @@ from rest_framework.test import APIClient
 from ledger.models import Book
 from ledger.selectors import balances_for
 from referrals.api.keys import api_key_create
-from referrals.ingestion import apply_pending, ingest_batch
+from referrals.engine.ingestion import apply_pending, ingest_batch
+from referrals.engine.verification import check_integrity, replay_differences
 from referrals.models import Account, Event, Referral
 from referrals.presets import load_preset
-from referrals.verification import check_integrity, replay_differences
 from tests.helpers import at, event, signup, usd
 
 

@@ -7,8 +7,8 @@ import pytest
 from django.db import connection
 from django.db.models import F
 
-from referrals import rollups
-from referrals.jobs import run_jobs
+from referrals.engine import rollups
+from referrals.engine.jobs import run_jobs
 from referrals.models import Accrual, Program, Referral
 from tests.helpers import signup, spend
 

@@ -9,11 +9,11 @@ from django.test.utils import CaptureQueriesContext
 from ledger.models import Book, Entry
 from ledger.models import Transaction as LedgerTransaction
 from ledger.selectors import balances_for
-from referrals import bulk, services
-from referrals.jobs import run_jobs
+from referrals.engine import bulk, services
+from referrals.engine.jobs import run_jobs
+from referrals.engine.verification import check_integrity, replay_differences
 from referrals.models import Account, Accrual, Application, CreditGrant, Event, JobRun, Program
 from referrals.presets import load_preset
-from referrals.verification import check_integrity, replay_differences
 from tests.helpers import at, event, push, signup, spend, usd
 
 HOUR = 3600

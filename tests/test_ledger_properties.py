@@ -11,12 +11,12 @@ from hypothesis import strategies as st
 
 from ledger.models import Balance, Book, Entry
 from ledger.money import net_sum, percent_of, share_of
-from referrals import events as ev
-from referrals.jobs import run_jobs
+from referrals.engine import events as ev
+from referrals.engine.jobs import run_jobs
+from referrals.engine.services import account_change_track, application_approve, ingest_event
+from referrals.engine.verification import check_integrity, replay_differences
 from referrals.models import Account, Accrual, Application, Event, Program
 from referrals.presets import load_preset
-from referrals.services import account_change_track, application_approve, ingest_event
-from referrals.verification import check_integrity, replay_differences
 from tests.helpers import T0, examples
 
 amounts = st.decimals(min_value=Decimal("0.000001"), max_value=Decimal("2000"), places=6).map(str)

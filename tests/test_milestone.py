@@ -1,7 +1,7 @@
 """SPEC A.2: $500 each to referrer and referred when serverless spend reaches $1,000, once."""
 from ledger.models import Book
 from ledger.selectors import balances_for
-from referrals.jobs import run_jobs
+from referrals.engine.jobs import run_jobs
 from referrals.models import MilestoneAward, Program
 from tests.helpers import at, event, push, signup, spend, usd
 

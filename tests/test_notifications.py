@@ -12,10 +12,10 @@ from django.utils import timezone
 
 from notifications.models import NotificationPreference, SentNotification
 from notifications.services import PreferenceError, preferences_update, send_expiry_reminders
-from referrals import outbox
-from referrals.ingestion import apply_pending
+from referrals.engine import outbox
+from referrals.engine.ingestion import apply_pending
+from referrals.engine.services import application_approve, application_reject
 from referrals.models import Account, Application, AuditLog, CreditGrant
-from referrals.services import application_approve, application_reject
 from tests.helpers import event, signup, store
 
 User = get_user_model()

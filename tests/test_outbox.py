@@ -2,7 +2,7 @@
 import pytest
 from django.db import transaction
 
-from referrals import outbox
+from referrals.engine import outbox
 from tests.helpers import at, buy_plan, signup
 
 

@@ -8,10 +8,10 @@ from ledger.selectors import balances_for
 from payouts import services
 from payouts.models import Payout, PayoutTransition
 from payouts.services import PayoutInvalid, PayoutRefused
+from referrals.engine.services import account_change_track
+from referrals.engine.verification import verify
 from referrals.models import Event
 from referrals.selectors import account_balances, earnings_by_program
-from referrals.services import account_change_track
-from referrals.verification import verify
 from tests.fakes import fixtures
 from tests.helpers import at, buy_credits, buy_plan, signup, usd
 

@@ -15,8 +15,8 @@ from ledger.models import Book
 from ledger.selectors import balances_for
 from payouts import services
 from payouts.models import Payout, PayoutTransition
+from referrals.engine.verification import check_integrity, verify
 from referrals.presets import load_preset
-from referrals.verification import check_integrity, verify
 from tests.fakes import fixtures
 from tests.helpers import at, buy_credits, event, push, signup, usd
 

@@ -9,9 +9,9 @@ from ledger.models import Book
 from ledger.selectors import balances_for
 from payouts import services
 from payouts.models import Payout
+from referrals.engine.verification import check_integrity
 from referrals.presets import load_preset
 from referrals.selectors import account_balances
-from referrals.verification import check_integrity
 from tests.helpers import at, buy_credits, signup, usd
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -14,8 +14,8 @@ from ledger.money import CENT
 from ledger.selectors import balances_for
 from payouts import services
 from payouts.models import Payout
+from referrals.engine.verification import check_integrity, replay_differences
 from referrals.presets import load_preset
-from referrals.verification import check_integrity, replay_differences
 from tests.helpers import at, buy_credits, signup
 
 ACTIONS = ["request", "request", "approve", "paid", "failed", "reject", "cancel", "retry", "earn"]

@@ -9,7 +9,7 @@ from ledger.models import Book
 from ledger.selectors import balances_for
 from payouts import services
 from payouts.models import Payout
-from referrals.verification import verify
+from referrals.engine.verification import verify
 from tests.fakes import fixtures
 from tests.helpers import at, buy_credits, signup, usd
 
@@ -254,7 +254,7 @@ def test_it_leaves_an_approved_payout_for_the_retry_job_when_stripe_is_down(alic
 
 
 def test_it_is_run_by_the_periodic_jobs_runner(alice, staff, fake_stripe):
-    from referrals.jobs import run_jobs
+    from referrals.engine.jobs import run_jobs
 
     services.payout_method_set(account=alice, type="stripe", connected_account=fake_stripe.add_account())
     payout = _approved(alice, staff, "stripe")

@@ -11,7 +11,7 @@ from ledger.selectors import balances_for
 from payouts import services
 from payouts.fakes.stripe import event, sign
 from payouts.models import Payout, PayoutMethod
-from referrals.verification import verify
+from referrals.engine.verification import verify
 from tests.helpers import at, buy_credits, signup, usd
 
 SECRET = "whsec_test_fake"

@@ -12,7 +12,7 @@ from payouts import services
 from payouts.fakes.stripe import event, sign
 from payouts.models import Payout, PayoutMethod, StripeWebhook
 from payouts.webhooks import REJECTED_BODY_KEPT
-from referrals.verification import verify
+from referrals.engine.verification import verify
 from tests.helpers import at, buy_credits, signup, usd
 
 SECRET = "whsec_test_fake"

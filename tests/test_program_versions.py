@@ -12,11 +12,11 @@ from django.utils import timezone
 
 from ledger.models import Book
 from ledger.selectors import balances_for
-from referrals import versions
-from referrals.jobs import run_jobs
+from referrals.engine import versions
+from referrals.engine.jobs import run_jobs
+from referrals.engine.verification import verify
 from referrals.models import Accrual, Application, Event, Program, ProgramVersion
 from referrals.presets import load_preset
-from referrals.verification import verify
 from tests.helpers import at, signup, spend, usd
 
 

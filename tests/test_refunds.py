@@ -1,7 +1,7 @@
 """SPEC Money: a refund claws back the commission of that payment, in proportion, from its bucket."""
 from ledger.models import Book
 from ledger.selectors import balances_for
-from referrals.services import ingest_event
+from referrals.engine.services import ingest_event
 from tests.helpers import at, buy_credits, buy_plan, event, push, signup, spend, usd
 
 

@@ -1,4 +1,4 @@
-"""A run of refunds (`payment.refunded`) is applied set-based (referrals.refunds) exactly as the
+"""A run of refunds (`payment.refunded`) is applied set-based (referrals.engine.refunds) exactly as the
 step applies them one by one: the same claw-backs, ledger, balances, referral and account
 figures and event rows, and the same again on replay; two refunds of one payment in a batch see
 each other, a refund too large is rejected by the step and the rest of the batch goes on; and a
@@ -10,14 +10,15 @@ from django.test.utils import CaptureQueriesContext
 from ledger.models import Book
 from ledger.money import share_of
 from ledger.selectors import balances_for
-from referrals import bulk, engine, rules
-from referrals import events as ev
-from referrals.ingestion import apply_pending, ingest_batch
-from referrals.jobs import run_jobs
+from referrals.engine import apply as engine
+from referrals.engine import bulk, rules
+from referrals.engine import events as ev
+from referrals.engine.ingestion import apply_pending, ingest_batch
+from referrals.engine.jobs import run_jobs
+from referrals.engine.services import application_approve
+from referrals.engine.verification import check_integrity, replay_differences
 from referrals.models import Account, Accrual, Application, Event, Program, Referral
 from referrals.presets import load_preset
-from referrals.services import application_approve
-from referrals.verification import check_integrity, replay_differences
 from tests.helpers import at, buy_credits, buy_plan, event, signup, spend, store, usd
 from tests.test_apply_setbased import snapshot
 from tests.test_ledger_properties import assert_invariants, rolled_back

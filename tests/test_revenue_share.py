@@ -1,9 +1,9 @@
 """SPEC A.1: 2% lifetime revenue share, held until the 25 referrals / $500 gate is approved."""
 from ledger.models import Book
 from ledger.selectors import balances_for
-from referrals.jobs import run_jobs
+from referrals.engine.jobs import run_jobs
+from referrals.engine.services import application_approve, application_reject, application_reopen
 from referrals.models import Application
-from referrals.services import application_approve, application_reject, application_reopen
 from tests.helpers import at, signup, spend, usd
 
 

@@ -4,7 +4,7 @@ import json
 import pytest
 from django.test import Client
 
-from referrals import events as ev
+from referrals.engine import events as ev
 
 
 @pytest.fixture

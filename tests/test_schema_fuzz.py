@@ -18,7 +18,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from referrals.api.keys import api_key_create
-from referrals.jobs import run_jobs
+from referrals.engine.jobs import run_jobs
 from tests.helpers import at, buy_plan, event, push, signup, spend
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,

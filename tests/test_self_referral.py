@@ -1,9 +1,9 @@
 """SPEC attribution: no self-referral through e-mail, payment fingerprint or sign-up IP/device."""
 from ledger.models import Book
 from ledger.selectors import balances_for
-from referrals.events import normalize_email
+from referrals.engine.events import normalize_email
+from referrals.engine.services import fraud_flag_clear, fraud_flag_confirm, ingest_event
 from referrals.models import FraudFlag, Referral
-from referrals.services import fraud_flag_clear, fraud_flag_confirm, ingest_event
 from tests.helpers import at, buy_credits, event, signup, usd
 
 

@@ -1,9 +1,9 @@
 """SPEC B.2: $2.50 sign-up credit for a referred account, valid 30 days, the rest expires."""
 from ledger.models import Book
 from ledger.selectors import balances_for
-from referrals.jobs import run_jobs
+from referrals.engine.jobs import run_jobs
+from referrals.engine.services import ingest_event
 from referrals.models import CreditGrant
-from referrals.services import ingest_event
 from tests.helpers import at, event, push, signup, usd
 
 

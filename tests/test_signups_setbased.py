@@ -1,4 +1,4 @@
-"""A run of sign-ups (`account.created`) is applied set-based (referrals.signups) exactly as the
+"""A run of sign-ups (`account.created`) is applied set-based (referrals.engine.signups) exactly as the
 step applies them one by one: the same accounts, referrals, fraud flags, sign-up credits,
 ledger, balances, rollups, event rows and outbox messages; duplicates and bad codes are decided
 as the step decides them; and a batch costs the same number of queries whatever its size."""
@@ -12,12 +12,13 @@ from django.test.utils import CaptureQueriesContext
 
 from ledger.models import Balance
 from ledger.models import Transaction as LedgerTransaction
-from referrals import engine, outbox
-from referrals import events as ev
-from referrals.ingestion import apply_pending
+from referrals.engine import apply as engine
+from referrals.engine import events as ev
+from referrals.engine import outbox
+from referrals.engine.ingestion import apply_pending
+from referrals.engine.services import ingest_event
+from referrals.engine.verification import check_integrity, replay_differences
 from referrals.models import Account, Accrual, Click, CreditGrant, Event, FraudFlag, Referral
-from referrals.services import ingest_event
-from referrals.verification import check_integrity, replay_differences
 from tests.helpers import at, event, signup, store
 from tests.test_apply_setbased import rollups_now
 from tests.test_ledger_properties import rolled_back

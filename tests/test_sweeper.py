@@ -18,12 +18,12 @@ from django.db.models import Count, Sum
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from referrals import sweeper
+from referrals.engine import sweeper
+from referrals.engine.verification import unapplied_events, verify
 from referrals.management.commands.setup_schedules import SWEEPER, setup_schedules
 from referrals.models import Accrual, Event, Referral
 from referrals.presets import load_preset
 from referrals.tasks import sweep_unapplied
-from referrals.verification import unapplied_events, verify
 from tests.helpers import at, event, signup
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 INGEST = """
 import json, sys, django
 django.setup()
-from referrals import ingestion
+from referrals.engine import ingestion
 raws = json.load(open(sys.argv[1]))
 results = ingestion.ingest_batch(raws)
 print(json.dumps([r.status for r in results]), flush=True)
@@ -43,7 +43,7 @@ print(json.dumps([r.status for r in results]), flush=True)
 SWEEP = """
 import sys, django
 django.setup()
-from referrals import sweeper
+from referrals.engine import sweeper
 print(sweeper.sweep(round_size=int(sys.argv[1])), flush=True)
 """
 
@@ -156,7 +156,7 @@ def test_a_process_killed_mid_batch_leaves_events_the_sweeper_applies_exactly_on
 
 def test_the_beat_entry_and_run_jobs_apply_what_an_interrupted_apply_left(db, client):
     names = _accounts(3)
-    from referrals import ingestion
+    from referrals.engine import ingestion
     # Stored, and then not applied: what a crash between the two steps leaves.
     raws = [event("usage.charged", name, id=f"left-{i}", when=at(2), amount="10.00", product="pods")
             for i, name in enumerate(names * 2)]
@@ -182,7 +182,7 @@ def test_the_beat_entry_and_run_jobs_apply_what_an_interrupted_apply_left(db, cl
     left.filter(external_id__in=["left-0", "left-1"]).update(received_at=at(2))  # stored long ago
     assert sweep_unapplied.apply().get() == 2
     # run_jobs applies the rest before any job runs.
-    from referrals.jobs import run_jobs
+    from referrals.engine.jobs import run_jobs
     run_jobs(at=at(3), names=["release_holds"])
     assert not Event.objects.filter(external_id__startswith="left-", applied_at__isnull=True).exists()
     assert client.get("/health/").json()["checks"]["events"] == {

@@ -2,7 +2,7 @@
 from ledger.models import Book
 from ledger.money import format_cents, format_exact
 from ledger.selectors import balances_for
-from referrals.jobs import run_jobs
+from referrals.engine.jobs import run_jobs
 from referrals.models import Program, Template
 from tests.helpers import at, event, push, signup, spend, usd
 

@@ -17,7 +17,7 @@ from django.utils.dateparse import parse_datetime
 from rest_framework.test import APIClient
 
 from referrals.api.keys import api_key_create
-from referrals.middleware import hash_ip, read_referral_cookie
+from referrals.attribution.middleware import hash_ip, read_referral_cookie
 from referrals.models import Account, Click, Referral, Template
 from tests.helpers import event, push, signup
 

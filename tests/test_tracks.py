@@ -3,8 +3,8 @@ from django.utils import timezone
 
 from ledger.models import Book
 from ledger.selectors import balances_for
+from referrals.engine.services import account_change_track
 from referrals.selectors import account_balances, earnings_by_program
-from referrals.services import account_change_track
 from tests.helpers import at, buy_plan, signup, usd
 
 

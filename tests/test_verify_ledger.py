@@ -4,10 +4,10 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 
 from ledger.models import Balance, Book
-from referrals.jobs import run_jobs
+from referrals.engine.jobs import run_jobs
+from referrals.engine.services import application_approve
+from referrals.engine.verification import verify
 from referrals.models import Application
-from referrals.services import application_approve
-from referrals.verification import verify
 from tests.helpers import at, event, push, signup, spend
 
 

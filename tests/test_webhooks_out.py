@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from integrations.models import WebhookDelivery, WebhookEndpoint
 from integrations.services import backoff, deliver_due, on_outbox_message, webhook_deliver, webhook_redeliver
-from referrals import outbox
+from referrals.engine import outbox
 from referrals.models import AuditLog
 from tests.helpers import at, buy_plan, signup
 

@@ -10,8 +10,7 @@ from rest_framework import exceptions
 from rest_framework.permissions import BasePermission
 from rest_framework.throttling import BaseThrottle
 
-from referrals.models import ApiKey
-
+from ..models import ApiKey
 from .keys import api_key_find, api_key_touch
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
-from referrals.services import ActionRefused
+from ..engine.services import ActionRefused
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from referrals.models import CODE_ALPHABET, Account, ApiKey, AuditLog
+from ..models import CODE_ALPHABET, Account, ApiKey, AuditLog
 
 KEY_PREFIX = "rk"
 PREFIX_LENGTH = 8

@@ -2,8 +2,8 @@
 from django.db.models import QuerySet, Sum
 from rest_framework.exceptions import NotFound
 
-from referrals import selectors
-from referrals.models import Account, Accrual, ApiKey, Application, Program, Referral, Template
+from .. import selectors
+from ..models import Account, Accrual, ApiKey, Application, Program, Referral, Template
 
 
 def account_for_key(key: ApiKey, external_id: str) -> Account:

@@ -6,7 +6,7 @@ from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer
 from rest_framework import serializers
 
-from referrals import events as ev
+from ..engine import events as ev
 
 AMOUNT_PATTERN = r"^[0-9]+(\.[0-9]{1,6})?$"
 AMOUNT_HELP = ('A decimal string in the deployment currency, greater than zero, at most 1,000,000 and with at most '

@@ -1,6 +1,6 @@
 """Clicks on the operator's site through the API: the tracking script's public call
 (`POST /api/v1/track/click`, CORS limited to REFERRAL["TRACKING_ORIGINS"]) and the server-side
-click call (`POST /api/v1/clicks`, scope `events:write`). Both record through `referrals.tracking`."""
+click call (`POST /api/v1/clicks`, scope `events:write`). Both record through `referrals.attribution.tracking`."""
 import logging
 import time
 
@@ -12,10 +12,10 @@ from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle
 
-from referrals import tracking
-from referrals.middleware import hash_ip
 from referrals_site.client_ip import client_ip
 
+from ..attribution import tracking
+from ..attribution.middleware import hash_ip
 from .auth import CanWriteEvents, counters
 from .base import ApiView, JsonBodyParser, StrictInput, batch_items
 from .errors import error_body, flatten

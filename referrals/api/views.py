@@ -17,10 +17,11 @@ from rest_framework import exceptions, serializers
 from rest_framework.response import Response
 
 from ledger.money import format_row
-from referrals import ingestion, selectors, services
-from referrals.jobs import JOBS, UnknownJob, future_run_problem, run_jobs
-from referrals.models import Application, Event, Referral, Track
 
+from .. import selectors
+from ..engine import ingestion, services
+from ..engine.jobs import JOBS, UnknownJob, future_run_problem, run_jobs
+from ..models import Application, Event, Referral, Track
 from . import reads
 from .auth import CanRead, CanWriteEvents, IsStaffKey
 from .base import ApiView, CentsField, ExactMoneyField, NewestFirstPagination, StrictInput, batch_items, db_int

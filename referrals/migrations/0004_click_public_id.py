@@ -1,4 +1,4 @@
-# Clicks get an id made before their row is written (referrals.clicks buffers the writes).
+# Clicks get an id made before their row is written (referrals.attribution.clicks buffers the writes).
 # A unique field with a callable default needs three steps: add it nullable, fill the
 # existing rows (one statement, not a query per row), then make it unique and required.
 

@@ -1,4 +1,4 @@
-"""Programme versions (`referrals.versions`): the ProgramVersion table, version 1 of every
+"""Programme versions (`referrals.engine.versions`): the ProgramVersion table, version 1 of every
 existing programme (its current configuration, in force from the epoch: it is what the
 engine applied so far), and `Accrual.program_version` / `Application.program_version`, set to
 1 on the existing rows."""
@@ -22,7 +22,7 @@ def backfill(apps, schema_editor):
     fields = [f for f in Program._meta.concrete_fields if f.name not in ("id", "updated_at")]
     for program in Program.objects.order_by("pk"):
         config = {}
-        for field in fields:  # as referrals.versions.snapshot, frozen here
+        for field in fields:  # as referrals.engine.versions.snapshot, frozen here
             value = getattr(program, field.attname)
             if isinstance(field, models.DecimalField) and value is not None:
                 value = f"{Decimal(value):.{field.decimal_places}f}"

@@ -4,7 +4,7 @@ applied usage events net of refunds. The engine read it from the event log on ev
 
 The column is added with `ALTER TABLE ... ADD COLUMN` on both databases: Django's SQLite
 schema editor would rebuild `referrals_referral`, which breaks the rollup triggers that name it
-(`referrals.rollups`)."""
+(`referrals.engine.rollups`)."""
 from django.db import migrations, models
 
 ADD_COLUMN = {

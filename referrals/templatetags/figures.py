@@ -77,7 +77,7 @@ def day(value):
 @register.simple_tag
 def partner_track_offered() -> bool:
     """Whether any enabled programme has a Partner track (the dashboard shows its tab only then)."""
-    from referrals.models import Program
+    from ..models import Program
 
     return Program.objects.filter(enabled=True, kind=Program.Kind.PURCHASE_COMMISSION,
                                   partner_rate__isnull=False).exists()

@@ -3,7 +3,7 @@ from urllib.parse import urlsplit
 
 from django import template
 
-from referrals import tracking
+from ..attribution import tracking
 
 register = template.Library()
 

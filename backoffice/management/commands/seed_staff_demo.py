@@ -18,9 +18,9 @@ from django.utils import timezone
 
 from backoffice.roles import setup_roles
 from ledger.money import format_cents
-from referrals import events as ev
+from referrals.engine import events as ev
+from referrals.engine.services import ingest_event
 from referrals.models import Account, Event, Program
-from referrals.services import ingest_event
 
 STAFF = {  # username: (group, password) — published demo logins, printed on purpose
     "fiona": ("finance", "fiona-demo-pass"),

@@ -3,8 +3,8 @@ from datetime import timedelta
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from referrals.api.keys import ApiKeyInvalid, api_key_create
-from referrals.models import Account, ApiKey
+from ...api.keys import ApiKeyInvalid, api_key_create
+from ...models import Account, ApiKey
 
 
 class Command(BaseCommand):

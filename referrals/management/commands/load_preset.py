@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from referrals.presets import PRESETS, UnknownPreset, load_preset
+from ...presets import PRESETS, UnknownPreset, load_preset
 
 
 class Command(BaseCommand):

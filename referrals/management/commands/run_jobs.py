@@ -3,7 +3,7 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.dateparse import parse_datetime
 
-from referrals.jobs import JOBS, UnknownJob, future_run_problem, run_jobs
+from ...engine.jobs import JOBS, UnknownJob, future_run_problem, run_jobs
 
 
 class Command(BaseCommand):

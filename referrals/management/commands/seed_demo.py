@@ -15,10 +15,11 @@ from django.db.models import F, Sum
 from django.utils import timezone
 
 from ledger.money import format_exact
-from referrals import events as ev
-from referrals.jobs import run_jobs
-from referrals.models import Account, Accrual, Application, Click, Event, Program
-from referrals.services import ingest_event
+
+from ...engine import events as ev
+from ...engine.jobs import run_jobs
+from ...engine.services import ingest_event
+from ...models import Account, Accrual, Application, Click, Event, Program
 
 STAFF_USERNAME = "admin"
 STAFF_PASSWORD = "admin-demo-pass"  # noqa: S105 - a published demo login, printed on purpose

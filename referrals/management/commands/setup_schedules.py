@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from referrals.jobs import JOBS
+from ...engine.jobs import JOBS
 
 # Minutes between runs. Each job catches up on everything due, so a missed tick loses nothing.
 DEFAULT_MINUTES = {
@@ -23,7 +23,7 @@ OTHER_TASKS = [
     ("webhooks: deliver due", "integrations.deliver_due_webhooks", 1),
     ("e-mail: credits expiring in 3 days", "notifications.tasks.send_expiry_reminders", 60),
 ]
-# The sweeper applies accepted events an interrupted apply left behind (referrals/sweeper.py):
+# The sweeper applies accepted events an interrupted apply left behind (referrals/engine/sweeper.py):
 # every few seconds; a tick not picked up within 30 s is dropped (the next one does the same work).
 SWEEPER = ("events: apply unapplied", "referrals.sweep_unapplied")
 SWEEPER_SECONDS = 5

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from referrals.verification import verify
+from ...engine.verification import verify
 
 
 class Command(BaseCommand):

@@ -1,7 +1,7 @@
 """Clicks on the operator's own site (SPEC "Referral links", API.md "Tracking clicks"): the one
 service behind the tracking script's public call, the server-side click API and the redirect links.
 
-It records through the portal's own click path (`referrals.clicks`: cached code lookups, the
+It records through the portal's own click path (`referrals.attribution.clicks`: cached code lookups, the
 buffered writer, unique clicks) with the same crawler test and per-IP click limit as `?ref=` links.
 """
 import hashlib
@@ -16,9 +16,9 @@ from django.conf import settings
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 
+from ..models import Account
 from . import clicks
 from .middleware import CODE_RE, hash_ip, is_crawler, over_ip_click_rate
-from .models import Account
 
 TEMPLATE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,120}")
 VISITOR_RE = re.compile(r"[0-9a-f]{32}")

@@ -23,8 +23,8 @@ from django.db.models.functions import Coalesce, TruncDate, TruncMonth
 
 from ledger.models import Book, Entry
 
+from ..models import Accrual, Click, ClickRollup, EarningsRollup, Referral, ReferralRollup
 from . import bulk
-from .models import Accrual, Click, ClickRollup, EarningsRollup, Referral, ReferralRollup
 
 KEYS = ("beneficiary_id", "program_id", "template_id", "month", "state", "as_referred")
 

@@ -1,14 +1,14 @@
 """Refunds applied set-based: a run of consecutive `payment.refunded` events with a number of
 SQL statements that does not grow with the run, exactly as the step (`steps._on_refund`)
-applies them one by one. `referrals.engine.apply_events` dispatches runs here ("Ordering").
+applies them one by one. `referrals.engine.apply.apply_events` dispatches runs here ("Ordering").
 """
 from collections import defaultdict
 from itertools import takewhile
 
+from ..models import Account, Accrual, Event, Referral
 from . import bulk
 from . import events as ev
 from .configuration import Programs
-from .models import Account, Accrual, Event, Referral
 from .steps import EventRejected, check_refund, claw_back, clawed_back, refund_figures
 
 

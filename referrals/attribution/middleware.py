@@ -22,8 +22,8 @@ from django.utils.http import url_has_allowed_host_and_scheme
 
 from referrals_site.client_ip import client_ip
 
+from ..models import CODE_ALPHABET, CODE_LENGTH, Account
 from . import clicks
-from .models import CODE_ALPHABET, CODE_LENGTH, Account
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def follow_referral_link(request) -> HttpResponseRedirect:
     """Record the click of a valid code; whatever the code, land on the same page without it.
 
     No database round trip in the usual case: the code and the template come from the caches of
-    `referrals.clicks` and the click's row is written after the answer, in a batch.
+    `referrals.attribution.clicks` and the click's row is written after the answer, in a batch.
     """
     response = HttpResponseRedirect(clean_redirect_url(request))
     code = request.GET.get(REF_PARAM, "").strip().lower()

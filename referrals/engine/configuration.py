@@ -2,14 +2,14 @@
 
 Every programme figure an event's effects depend on (rates, kinds, gates, holds, thresholds)
 is read through `load_programs`, once per batch (one query: every version of every programme,
-`referrals.versions`), and picked per event by `Programs.enabled`: the version in force at the
+`referrals.engine.versions`), and picked per event by `Programs.enabled`: the version in force at the
 event's occurred_at. A late-arriving event is applied with the rules of its own time, so a
 replay after any edit gives the same balances.
 """
 from datetime import datetime
 
+from ..models import Program
 from . import versions
-from .models import Program
 
 
 class Programs:

@@ -16,9 +16,10 @@ from django.db.models import Q, QuerySet, Sum
 from ledger.models import Book, Entry
 from ledger.money import UNITS, format_cents, net_sum, to_units
 
-from . import events as ev
-from . import models, rollups
-from .models import Account, Accrual, CreditGrant, Program, Referral
+from .. import models
+from ..engine import events as ev
+from ..engine import rollups
+from ..models import Account, Accrual, CreditGrant, Program, Referral
 
 REFERRALS_PER_PAGE = 25
 ENTRIES_PER_PAGE = 50
@@ -474,7 +475,7 @@ def funnel(stats: dict) -> list[dict]:
     """Unique clicks -> sign-ups -> conversions, each as a share of the widest step. Each step's
     rate of the one before has one decimal, and the conversions step is the conversion rate of
     the stats (the same figure as the card and the API), not a second rounding of it."""
-    from .selectors import conversion_percent
+    from ..selectors import conversion_percent
 
     steps = [("Unique clicks", stats["unique_clicks"]), ("Sign-ups", stats["total_referrals"]),
              ("Conversions", stats["conversions"])]

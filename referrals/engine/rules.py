@@ -1,15 +1,15 @@
 """Programme rules: what an event earns, under which programme, for whom, held or not.
 
 Pure computation over the programme's configuration and a small context built by the
-services; persisting accruals and posting to the ledger is `referrals.services`' job.
+services; persisting accruals and posting to the ledger is `referrals.engine.services`' job.
 """
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from ledger.money import percent_of, to_units
 
+from ..models import Program, Track
 from . import events as ev
-from .models import Program, Track
 
 RATE_KINDS = (Program.Kind.REVENUE_SHARE, Program.Kind.PURCHASE_COMMISSION, Program.Kind.TEMPLATE_SHARE)
 

@@ -13,7 +13,7 @@ applied first, so they see its effects.
 Stored events are applied by `apply_pending`: batches of up to `APPLY_BATCH_MAX` in id order
 across any number of accounts, each in one transaction that locks the batch's accounts (in id
 order), claims their pending events with one UPDATE and hands them to the engine
-(`referrals.engine.apply_events`). Two appliers at once (a request and the task, two tasks, the
+(`referrals.engine.apply.apply_events`). Two appliers at once (a request and the task, two tasks, the
 sweeper) never apply an event twice or out of order. Small batches are applied inside the
 request; larger ones by `apply_stored_events`, a task queued on commit; whatever an interrupted
 apply leaves, the sweeper applies.
@@ -28,10 +28,11 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from . import bulk, engine
+from ..models import Account, Event, Template
+from . import apply as engine
+from . import bulk
 from . import events as ev
-from .engine import EventRejected
-from .models import Account, Event, Template
+from .apply import EventRejected
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +287,7 @@ def apply_pending(*, event_ids: list[int] | None = None, account_id: int | None 
     in one transaction: their accounts' rows are locked (in id order, so two appliers never
     deadlock; the second waits, then finds the events applied), every pending event of those
     accounts up to the batch's last id is claimed (so per account no event is skipped or
-    applied out of id order), and the engine applies them (`referrals.engine.apply_events`).
+    applied out of id order), and the engine applies them (`referrals.engine.apply.apply_events`).
     """
     if stored is not None:
         event_ids = [pk for pk, _ in stored]

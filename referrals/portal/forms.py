@@ -61,7 +61,7 @@ class ReferralFilterForm(forms.Form):
     status = forms.ChoiceField(label="Status", required=False)
 
     def __init__(self, *args, **kwargs):
-        from .models import Referral
+        from ..models import Referral
 
         super().__init__(*args, **kwargs)
         self.fields["status"].choices = [("", "All statuses"), *Referral.Status.choices]
@@ -92,7 +92,7 @@ class AccountPasswordResetForm(PasswordResetForm):
 
 
 def _login_for_event_account(email: str) -> None:
-    from .models import Account, AuditLog
+    from ..models import Account, AuditLog
 
     if User.objects.filter(username__iexact=email).exists():
         return

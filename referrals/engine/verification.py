@@ -11,8 +11,7 @@ from ledger.money import net_sum
 from ledger.selectors import ledger_sums_by_book, projection_by_book, unbalanced_transactions
 from ledger.services import allow_rebuild
 
-from .engine import apply_events
-from .models import (
+from ..models import (
     Account,
     Accrual,
     Application,
@@ -25,6 +24,7 @@ from .models import (
     Template,
     TrackChange,
 )
+from .apply import apply_events
 
 REPLAY_CHUNK = 2000  # events the engine replays per call
 

@@ -1,15 +1,15 @@
 """Sign-ups applied set-based: a run of consecutive `account.created` events with a number of
 SQL statements that does not grow with the run, exactly as the step (`steps._on_account_created`)
-applies them one by one. `referrals.engine.apply_events` dispatches runs here ("Ordering").
+applies them one by one. `referrals.engine.apply.apply_events` dispatches runs here ("Ordering").
 """
 from itertools import takewhile
 
 from ledger.services import open_books
 
+from ..models import Account, Accrual, Click, Event, FraudFlag, Referral, Template
 from . import bulk, outbox
 from . import events as ev
 from .configuration import Programs
-from .models import Account, Accrual, Click, Event, FraudFlag, Referral, Template
 from .steps import (
     EventRejected,
     accrual_legs,

@@ -21,13 +21,12 @@ from ledger.models import Balance, Book
 from ledger.money import CENT, CentCarry, format_cents, format_exact, to_units
 from referrals_site.client_ip import client_ip
 
-from . import dashboard as dashboard_reads
-from . import rollups
-from .exports import csv_response
-from .forms import PartnerUpgradeForm, ReferralFilterForm, SignupForm
-from .middleware import existing_visitor_id, read_referral_cookie
-from .models import Account, Program, Referral, Template, Track
-from .selectors import (
+from ..attribution.middleware import existing_visitor_id, read_referral_cookie
+from ..engine import rollups
+from ..engine.services import SignupFailed, account_change_track, portal_sign_up
+from ..exports import csv_response
+from ..models import Account, Program, Referral, Template, Track
+from ..selectors import (
     account_balances,
     conversion_percent,
     earnings_by_program,
@@ -35,8 +34,9 @@ from .selectors import (
     gate_progress,
     referral_stats,
 )
-from .services import SignupFailed, account_change_track, portal_sign_up
-from .templatetags.figures import money_text
+from ..templatetags.figures import money_text
+from . import dashboard as dashboard_reads
+from .forms import PartnerUpgradeForm, ReferralFilterForm, SignupForm
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from django.db import connection, models, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from .models import Event, Program, ProgramVersion
+from ..models import Event, Program, ProgramVersion
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # pg_advisory_xact_lock key of the programme configuration (any constant the app owns).

@@ -2,10 +2,10 @@
 
 Each job is idempotent (a second run finds nothing left to do) and set-based: a handful of SQL
 statements whatever the row count (aggregates, INSERT ... SELECT, UPDATE ... FROM; see
-`referrals.bulk`). Two runs of one job are serialised by `bulk.job_lock`. Jobs that move value
+`referrals.engine.bulk`). Two runs of one job are serialised by `bulk.job_lock`. Jobs that move value
 log an internal event, so `verify_ledger` replays them in order. Beat runs them through
 `referrals.tasks.run_job`; `manage.py run_jobs --at` and `POST /api/v1/jobs/run` run them too.
-Every run first applies accepted events still unapplied (`referrals.sweeper`).
+Every run first applies accepted events still unapplied (`referrals.engine.sweeper`).
 """
 from datetime import datetime, timedelta
 
@@ -16,9 +16,9 @@ from django.utils import timezone
 from ledger.models import Book
 from ledger.money import format_exact, to_units
 
+from ..models import Accrual, Application, CreditGrant, Event, JobRun, MilestoneAward, Program, Referral, Template
 from . import bulk, outbox, services, sweeper, versions
 from . import events as ev
-from .models import Accrual, Application, CreditGrant, Event, JobRun, MilestoneAward, Program, Referral, Template
 
 
 def revenue_share_gates(at: datetime) -> dict:

@@ -1,9 +1,9 @@
 """The engine's single-event steps: every event type but the money events (which the engine
-applies set-based, `referrals.engine`), each applied by one function `step(event, replay)`,
+applies set-based, `referrals.engine.apply`), each applied by one function `step(event, replay)`,
 and the pieces of applying shared with the engine (accrual rows and legs, messages, release of
 held earnings, fraud holds, template qualification).
 
-`STEPS` maps event types to their step; `referrals.engine` owns the registry (other apps add
+`STEPS` maps event types to their step; `referrals.engine.apply` owns the registry (other apps add
 theirs with `engine.register_step`).
 """
 import ipaddress
@@ -19,10 +19,8 @@ from ledger.models import Balance, Book
 from ledger.money import format_exact, share_of
 from ledger.services import Leg, open_books, post
 
-from . import bulk, clicks, outbox, rules
-from . import events as ev
-from .configuration import Programs, load_programs
-from .models import (
+from ..attribution import clicks
+from ..models import (
     Account,
     Accrual,
     Application,
@@ -37,6 +35,9 @@ from .models import (
     Track,
     TrackChange,
 )
+from . import bulk, outbox, rules
+from . import events as ev
+from .configuration import Programs, load_programs
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class EventRejected(Exception):
 def accrual_values(earning: rules.Earning, event: Event) -> dict:
     """The accrual row of an earning, by column."""
     return {
-        # `earning.program` is the version in force at the event's time (referrals.configuration).
+        # `earning.program` is the version in force at the event's time (referrals.engine.configuration).
         "program_id": earning.program.pk, "program_version": earning.program.version, "rule": earning.rule,
         "beneficiary_id": earning.beneficiary_id, "event_id": event.pk,
         "referral_id": earning.referral_id, "template_id": earning.template_id, "amount": earning.amount,
@@ -323,7 +324,7 @@ def attribution(payload: dict, occurred_at: datetime, *, ignored: set[str], warn
     was first applied, or by validation) are skipped, so a replay decides the same.
 
     The lookups are given: the step reads each from the database, a set-based run
-    (`referrals.signups`) from what it loaded for the whole run."""
+    (`referrals.engine.signups`) from what it loaded for the whole run."""
     referrer = click = template = None
     code = payload.get("referral_code") if "referral_code" not in ignored else None
     if code:

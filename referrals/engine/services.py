@@ -1,9 +1,9 @@
 """Writes that are not the engine: staff and user actions, internal events of jobs and staff.
 
 Every state change is one atomic function that logs an event and has the engine apply it
-(`referrals.engine.apply_events`, here as `apply_event`, a batch of one): the same code whether
+(`referrals.engine.apply.apply_events`, here as `apply_event`, a batch of one): the same code whether
 an event arrives from the API, the portal, a staff action or a periodic job, and whether it is
-applied live or replayed by `verify_ledger`. Ingesting external events is `referrals.ingestion`.
+applied live or replayed by `verify_ledger`. Ingesting external events is `referrals.engine.ingestion`.
 """
 import logging
 import uuid
@@ -16,11 +16,11 @@ from django.utils import timezone
 
 from ledger.models import Book, Entry
 
-from . import engine
+from ..models import Account, Application, AuditLog, Event, FraudFlag, Track
+from . import apply as engine
 from . import events as ev
-from .engine import EventRejected, register_step
+from .apply import EventRejected, register_step
 from .ingestion import IngestResult, ingest_event, ingest_valid_event
-from .models import Account, Application, AuditLog, Event, FraudFlag, Track
 from .steps import (  # the internal event types, and what jobs and other apps use of the steps
     ACCOUNT_FRAUD_CONFIRMED,
     APPLICATION_APPROVED,

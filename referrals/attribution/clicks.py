@@ -32,7 +32,7 @@ from django.utils import timezone
 
 from referrals_site.text import safe_text
 
-from .models import Account, Click, Template
+from ..models import Account, Click, Template
 
 log = logging.getLogger(__name__)
 

@@ -28,13 +28,13 @@ from datetime import timedelta
 from django.db import connection
 from django.utils import timezone
 
+from ..models import Event
 from . import bulk, ingestion
-from .models import Event
 
 log = logging.getLogger(__name__)
 
 ROUND = 2000  # events handed to apply_pending per round
-SWEEP_LOCK = "referrals.sweeper"
+SWEEP_LOCK = "referrals.engine.sweeper"
 
 
 def pending_events():

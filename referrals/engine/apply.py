@@ -12,18 +12,18 @@ that does not grow with the run:
 1. load what the rules need for all the run's accounts at once (accounts, their referrals,
    the referrers' tracks and approvals, milestones paid and spend so far, templates, and the
    programme configuration through the one loader `load_programs`);
-2. compute every event's effects in Python, in id order, with the pure `referrals.rules`;
+2. compute every event's effects in Python, in id order, with the pure `referrals.engine.rules`;
 3. write them with a few bulk statements: accruals, credit grants, milestone awards,
    referral / account / template figures (`bulk_update`), ledger transactions, entries and
    the balance projection (`bulk.post_each`). The dashboard rollups follow the accrual and
-   referral rows through their database triggers (`referrals.rollups`), in the same
+   referral rows through their database triggers (`referrals.engine.rollups`), in the same
    statements. Outbox messages are queued for after commit, in the order the events imply.
 
 Sign-ups (`account.created`) in a row, two or more, are applied set-based too
-(`referrals.signups`): the accounts, their balance rows, referrals, fraud flags, sign-up
+(`referrals.engine.signups`): the accounts, their balance rows, referrals, fraud flags, sign-up
 credits and their ledger legs with a few bulk statements, the attribution and self-referral
 signals decided in Python in id order, exactly as the step decides them one by one. So are
-refunds (`payment.refunded`) in a row (`referrals.refunds`): the refunded events, referral
+refunds (`payment.refunded`) in a row (`referrals.engine.refunds`): the refunded events, referral
 spend or purchases, purchased credits, the claw-back of the payments' accruals and its ledger
 legs, computed in id order on the rows in memory with the step's own pieces.
 
@@ -67,10 +67,7 @@ from typing import NamedTuple
 
 from django.db import transaction
 
-from . import bulk, outbox, refunds, rules, signups, steps
-from . import events as ev
-from .configuration import Programs, load_programs
-from .models import (
+from ..models import (
     Account,
     Accrual,
     Application,
@@ -83,6 +80,9 @@ from .models import (
     Track,
     TrackChange,
 )
+from . import bulk, outbox, refunds, rules, signups, steps
+from . import events as ev
+from .configuration import Programs, load_programs
 from .steps import (
     EventRejected,
     accrual_legs,
