@@ -269,6 +269,12 @@ def update_rows(model, objs, fields: list[str]) -> int:
     return written
 
 
+# Field types whose Python values psycopg adapts as they are (Django's preparation only checks
+# and converts what the engine already holds in this form: ints, strings, booleans, aware datetimes).
+_PLAIN_TYPES = frozenset({"AutoField", "BigAutoField", "IntegerField", "BigIntegerField", "PositiveIntegerField",
+                          "PositiveBigIntegerField", "SmallIntegerField", "CharField", "TextField", "BooleanField",
+                          "ForeignKey", "DateTimeField"})
+
 # One JSON array text as an array of jsonb documents, in order.
 _JSON_ARRAY = "ARRAY(SELECT e FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS x(e, i) ORDER BY i)"
 
@@ -287,6 +293,8 @@ def _update_unnest(model, objs, columns) -> int:
     for field in columns:
         if field.db_type(connection) == "jsonb":
             values.append(json.dumps([getattr(obj, field.attname) for obj in objs], cls=field.encoder))
+        elif field.get_internal_type() in _PLAIN_TYPES:  # the driver takes them as they are
+            values.append([getattr(obj, field.attname) for obj in objs])
         else:
             values.append([field.get_db_prep_save(getattr(obj, field.attname), connection) for obj in objs])
     return execute("UPDATE {table} SET {assignments} FROM UNNEST({arrays}) AS v({names}) WHERE {table}.{pk} = v.row_pk",

@@ -24,7 +24,7 @@ from datetime import datetime
 
 from celery import current_app, shared_task
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -326,12 +326,24 @@ def _claim(accounts: list[int], ids: list[int], last: int) -> list[Event]:
     they were claimed, with their new `applied_at`)."""
     now = timezone.now()
     if bulk.is_postgres():
-        columns = ", ".join(field.column for field in Event._meta.concrete_fields)
-        claimed = Event.objects.raw(bulk.sql(
-            "UPDATE {event} SET applied_at = %s WHERE applied_at IS NULL AND apply_error = '' AND id <= %s "
-            "AND (account_id = ANY(%s) OR id = ANY(%s)) RETURNING {columns}",
-            event=bulk.table(Event), columns=columns), [now, last, accounts, ids])
-        return sorted(claimed, key=lambda event: event.pk)
+        fields = Event._meta.concrete_fields
+        with connection.cursor() as cursor:
+            cursor.execute(bulk.sql(
+                "UPDATE {event} SET applied_at = %s WHERE applied_at IS NULL AND apply_error = '' AND id <= %s "
+                "AND (account_id = ANY(%s) OR id = ANY(%s)) RETURNING {columns}",
+                event=bulk.table(Event), columns=", ".join(field.column for field in fields)),
+                [now, last, accounts, ids])
+            rows = cursor.fetchall()
+        # Rows to model instances as a query would build them (JSON columns come back as text).
+        names = [field.attname for field in fields]
+        json_at = [(i, field) for i, field in enumerate(fields) if field.get_internal_type() == "JSONField"]
+        events = []
+        for row in rows:
+            row = list(row)
+            for i, field in json_at:
+                row[i] = field.from_db_value(row[i], None, connection)
+            events.append(Event.from_db(connection.alias, names, row))
+        return sorted(events, key=lambda event: event.pk)
     events = list(Event.objects.filter(applied_at__isnull=True, apply_error="", pk__lte=last)
                   .filter(Q(account_id__in=accounts) | Q(pk__in=ids)).order_by("id"))
     if events:
