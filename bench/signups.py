@@ -1,6 +1,6 @@
 """Applied sign-ups/s: a stored batch of 1,000 `account.created` events applied by
 `ingestion.apply_pending()`, set-based (`referrals.engine.signups`) and, in the same run, one by one
-through the step as before (`signups.starts_run` switched off), on PostgreSQL. Printed end to
+through the step as before (the engine's sign-up run switched off), on PostgreSQL. Printed end to
 end (the apply's transaction and the outbox messages delivered after its commit to the
 subscribed consumers) and inside the engine (`engine.apply_events`), with the queries of both.
 
@@ -36,7 +36,6 @@ from django.db import connection  # noqa: E402
 
 from referrals.engine import apply as engine  # noqa: E402
 from referrals.engine import events as ev  # noqa: E402
-from referrals.engine import signups  # noqa: E402
 from referrals.engine.ingestion import apply_pending, ingest_event  # noqa: E402
 from referrals.engine.verification import check_integrity  # noqa: E402
 from referrals.models import Account, Event, Referral  # noqa: E402
@@ -64,9 +63,8 @@ def store_batch(tag: str, referrers: list[Account], rng: random.Random) -> list[
 def apply(ids: list[int], *, set_based: bool) -> tuple[float, float, int]:
     """Seconds for the whole apply (the transaction, and its outbox messages delivered after
     commit to the subscribed consumers), seconds inside the engine, and the queries of both."""
-    original, original_apply = signups.starts_run, engine.apply_events
-    if not set_based:
-        signups.starts_run = lambda events, position: False  # every sign-up through its step, as before
+    original_apply = engine.apply_events
+    run = engine._RUNS.pop(ev.ACCOUNT_CREATED) if not set_based else None  # every sign-up through its step
     queries, in_engine = 0, 0.0
 
     def timed(*args, **kwargs):
@@ -90,7 +88,9 @@ def apply(ids: list[int], *, set_based: bool) -> tuple[float, float, int]:
             applied = apply_pending(event_ids=ids)
             elapsed = time.perf_counter() - began
     finally:
-        signups.starts_run, engine.apply_events = original, original_apply
+        engine.apply_events = original_apply
+        if run is not None:
+            engine._RUNS[ev.ACCOUNT_CREATED] = run
     assert applied == BATCH, applied
     return elapsed, in_engine, queries
 
