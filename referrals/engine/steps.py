@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from disposable_email_domains import blocklist as disposable_domains
 from django.conf import settings
-from django.db.models import F, Q, Sum
+from django.db.models import F, Q
 
 from ledger.models import Balance, Book
 from ledger.money import format_exact, share_of
@@ -555,26 +555,49 @@ def claw_back(accrual: Accrual, target: Event) -> list[Leg]:
 
 def _on_redeem(event: Event, replay: bool) -> int:
     account = _account_for(event)
-    at = event.occurred_at
     credits = Balance.objects.get(account=account, book=Book.CREDITS).amount
-    grants = CreditGrant.objects.select_for_update().filter(account=account, expired_at__isnull=True, remaining__gt=0)
-    lapsed = grants.filter(expires_at__lte=at).aggregate(total=Sum("remaining"))["total"] or 0
+    grants = list(CreditGrant.objects.select_for_update().filter(
+        account=account, expired_at__isnull=True, remaining__gt=0).order_by("expires_at", "id"))
+    check_spendable(event, credits, grants)
+    for grant, take in consume_grants(event, grants):
+        CreditGrant.objects.filter(pk=grant.pk).update(remaining=F("remaining") - take)
+    post(kind="redemption", rule="credits.redeemed", event=event, legs=redemption_legs(event, account))
+    return 1
+
+
+def check_spendable(event: Event, credits: int, grants: list[CreditGrant]) -> None:
+    """A redemption's reason to be rejected: more than the account's credits balance less its
+    open grants (`grants`, in memory) that have lapsed by the event's time but that the expiry
+    job has not expired yet."""
+    lapsed = sum(grant.remaining for grant in grants if grant.expires_at <= event.occurred_at)
     spendable = credits - lapsed
     if event.amount > spendable:
         available = format_exact(max(spendable, 0))
         raise EventRejected({"amount": f"is more than the account's spendable credits ({available})"},
                             "insufficient_credits")
+
+
+def consume_grants(event: Event, grants: list[CreditGrant]) -> list[tuple[CreditGrant, int]]:
+    """Take a checked redemption from the open grants still valid at its time, on the rows in
+    memory (`grants`, locked, or carried through a run); returns each grant used with what was
+    taken from it. What the grants do not cover comes from credits that do not expire."""
     left = event.amount
+    used = []
     # Credits that expire soonest are used first.
-    for grant in grants.filter(expires_at__gt=at).order_by("expires_at", "id"):
+    for grant in sorted(grants, key=lambda grant: (grant.expires_at, grant.pk)):
         if not left:
             break
+        if grant.expires_at <= event.occurred_at or not grant.remaining:
+            continue
         take = min(grant.remaining, left)
-        CreditGrant.objects.filter(pk=grant.pk).update(remaining=F("remaining") - take)
+        grant.remaining -= take
+        used.append((grant, take))
         left -= take
-    post(kind="redemption", rule="credits.redeemed", event=event, legs=[
-        Leg(Book.CREDITS, -event.amount, account.pk), Leg(Book.REDEEMED, event.amount, None)])
-    return 1
+    return used
+
+
+def redemption_legs(event: Event, account: Account) -> list[Leg]:
+    return [Leg(Book.CREDITS, -event.amount, account.pk), Leg(Book.REDEEMED, event.amount, None)]
 
 
 def _on_template_published(event: Event, replay: bool) -> int:
