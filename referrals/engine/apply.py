@@ -25,7 +25,10 @@ credits and their ledger legs with a few bulk statements, the attribution and se
 signals decided in Python in id order, exactly as the step decides them one by one. So are
 refunds (`payment.refunded`) in a row (`referrals.engine.refunds`): the refunded events, referral
 spend or purchases, purchased credits, the claw-back of the payments' accruals and its ledger
-legs, computed in id order on the rows in memory with the step's own pieces.
+legs, computed in id order on the rows in memory with the step's own pieces. So are redemptions
+(`credits.redeemed`) in a row (`referrals.engine.redemptions`): the accounts' credits balances and
+open grants loaded once, the spendable check and the grants' consumption done in id order in
+memory with the step's own pieces, the grants' remainders and the ledger legs written in bulk.
 
 Every other event type is applied by its step (`_STEPS`, and the steps other apps register
 with `register_step`), one event at a time inside the same call.
@@ -55,6 +58,12 @@ Ordering:
   the run's earlier refunds), of an unknown account or of an event that is unknown, of another
   account or not refundable, and one logged under another account id than its payload's. A
   lone refund and the batch of one take the step.
+- A run of redemptions sees its own effects (two redemptions of one account: the second spends
+  from the balance and grants the first left) and ends where the step would reject or write
+  alone, and that redemption is applied by the step at its place: one larger than the account's
+  spendable credits (after the run's earlier redemptions, less its grants lapsed by then), of an
+  unknown account or of an account without a credits balance, and one logged under another
+  account id than its payload's. A lone redemption and the batch of one take the step.
 - A run that fails as a whole (a database error) is retried event by event; an event that
   fails on its own is recorded with its error (`on_error`) and left out, the rest go on.
 """
@@ -80,7 +89,7 @@ from ..models import (
     Track,
     TrackChange,
 )
-from . import bulk, outbox, refunds, rules, signups, steps
+from . import bulk, outbox, redemptions, refunds, rules, signups, steps
 from . import events as ev
 from .configuration import Programs, load_programs
 from .steps import (
@@ -127,7 +136,7 @@ def _record_error(event: Event, exc: Exception) -> None:
 
 
 class _SetBasedRun(NamedTuple):
-    """An event type that also goes set-based in runs (of two or more): sign-ups, refunds."""
+    """An event type that also goes set-based in runs (of two or more): sign-ups, refunds, redemptions."""
 
     starts: Callable[[list[Event], int], bool]
     apply: Callable[..., int]
@@ -137,6 +146,7 @@ class _SetBasedRun(NamedTuple):
 _RUNS = {
     ev.ACCOUNT_CREATED: _SetBasedRun(signups.starts_run, signups.apply_signup_run, "sign-ups"),
     ev.PAYMENT_REFUNDED: _SetBasedRun(refunds.starts_run, refunds.apply_refund_run, "refunds"),
+    ev.CREDITS_REDEEMED: _SetBasedRun(redemptions.starts_run, redemptions.apply_redemption_run, "redemptions"),
 }
 
 
