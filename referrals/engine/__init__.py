@@ -1,8 +1,9 @@
 """The event log and the engine: how an event takes effect, live and in replay.
 
 An event is validated (`events`), stored in the log and claimed (`ingestion`), and applied by
-the one engine (`apply.apply_events`): money events set-based, runs of sign-ups (`signups`)
-and refunds (`refunds`) set-based, every other type by its step (`steps`). What an event earns
+the one engine (`apply.apply_events`): money events set-based, runs of sign-ups (`signups`),
+refunds (`refunds`) and redemptions (`redemptions`) set-based, every other type by its step
+(`steps`). What an event earns
 comes from the pure rules (`rules`) with the programme version in force at its time
 (`configuration`, `versions`); the writes are set-based SQL (`bulk`), the messages go out after
 commit (`outbox`) and the dashboard rollups follow through triggers (`rollups`). Staff and
