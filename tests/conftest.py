@@ -93,3 +93,29 @@ def browser():
             os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
         else:
             os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = saved
+
+
+@pytest.fixture
+def stored_only(settings):
+    """Requests store their events and leave applying them to the test."""
+    settings.INGEST_INLINE_APPLY_MAX = 0
+
+
+@pytest.fixture
+def count_step_calls(monkeypatch):
+    """`count_step_calls(event_type)`: the list (filled as they go) of the events of that type
+    the engine applied through their step; the rest of them went set-based."""
+    from referrals.engine import apply as engine
+
+    def counting_calls(event_type: str) -> list[str]:
+        calls: list[str] = []
+        step = engine._STEPS[event_type]
+
+        def counting(event, replay):
+            calls.append(event.external_id)
+            return step(event, replay)
+
+        monkeypatch.setitem(engine._STEPS, event_type, counting)
+        return calls
+
+    return counting_calls

@@ -7,7 +7,6 @@ import functools
 from datetime import timedelta
 from decimal import Decimal
 
-import pytest
 from django.db import connection
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -36,11 +35,6 @@ from referrals.models import (
 from referrals.presets import load_preset
 from tests.helpers import T0, at, event, examples, signup, store, usd
 from tests.test_ledger_properties import History, assert_invariants, rolled_back
-
-
-@pytest.fixture
-def stored_only(settings):
-    settings.INGEST_INLINE_APPLY_MAX = 0  # store, leave applying to the test
 
 
 def snapshot(messages) -> dict:

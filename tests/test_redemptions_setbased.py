@@ -10,7 +10,6 @@ from django.test.utils import CaptureQueriesContext
 
 from ledger.models import Book
 from ledger.selectors import balances_for
-from referrals.engine import apply as engine
 from referrals.engine import bulk
 from referrals.engine import events as ev
 from referrals.engine.ingestion import apply_pending
@@ -22,22 +21,9 @@ from tests.test_ledger_properties import rolled_back
 
 
 @pytest.fixture
-def stored_only(settings):
-    settings.INGEST_INLINE_APPLY_MAX = 0  # store, leave applying to the test
-
-
-@pytest.fixture
-def step_calls(monkeypatch):
+def step_calls(count_step_calls):
     """The redemptions the step applied (the rest went set-based)."""
-    calls = []
-    step = engine._STEPS[ev.CREDITS_REDEEMED]
-
-    def counting(event, replay):
-        calls.append(event.external_id)
-        return step(event, replay)
-
-    monkeypatch.setitem(engine._STEPS, ev.CREDITS_REDEEMED, counting)
-    return calls
+    return count_step_calls(ev.CREDITS_REDEEMED)
 
 
 def redeem(account: str, amount: str, id: str, when) -> dict:

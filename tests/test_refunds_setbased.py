@@ -10,7 +10,6 @@ from django.test.utils import CaptureQueriesContext
 from ledger.models import Book
 from ledger.money import share_of
 from ledger.selectors import balances_for
-from referrals.engine import apply as engine
 from referrals.engine import bulk, rules
 from referrals.engine import events as ev
 from referrals.engine.ingestion import apply_pending, ingest_batch
@@ -25,22 +24,9 @@ from tests.test_ledger_properties import assert_invariants, rolled_back
 
 
 @pytest.fixture
-def stored_only(settings):
-    settings.INGEST_INLINE_APPLY_MAX = 0  # store, leave applying to the test
-
-
-@pytest.fixture
-def step_calls(monkeypatch):
+def step_calls(count_step_calls):
     """The refunds the step applied (the rest went set-based)."""
-    calls = []
-    step = engine._STEPS[ev.PAYMENT_REFUNDED]
-
-    def counting(event, replay):
-        calls.append(event.external_id)
-        return step(event, replay)
-
-    monkeypatch.setitem(engine._STEPS, ev.PAYMENT_REFUNDED, counting)
-    return calls
+    return count_step_calls(ev.PAYMENT_REFUNDED)
 
 
 @pytest.fixture

@@ -40,17 +40,9 @@ def predictable_codes(monkeypatch):
 
 
 @pytest.fixture
-def step_calls(monkeypatch):
+def step_calls(count_step_calls):
     """The sign-ups the step applied (the rest went set-based)."""
-    calls = []
-    step = engine._STEPS[ev.ACCOUNT_CREATED]
-
-    def counting(event, replay):
-        calls.append(event.external_id)
-        return step(event, replay)
-
-    monkeypatch.setitem(engine._STEPS, ev.ACCOUNT_CREATED, counting)
-    return calls
+    return count_step_calls(ev.ACCOUNT_CREATED)
 
 
 def snapshot(callbacks) -> dict:
