@@ -136,17 +136,22 @@ def _record_error(event: Event, exc: Exception) -> None:
 
 
 class _SetBasedRun(NamedTuple):
-    """An event type that also goes set-based in runs (of two or more): sign-ups, refunds, redemptions."""
+    """An event type that also goes set-based in runs: sign-ups, refunds, redemptions. A run
+    starts where two events of the type come in a row (a lone one, like the synchronous path's
+    batch of one, is applied by its step)."""
 
-    starts: Callable[[list[Event], int], bool]
     apply: Callable[..., int]
     name: str
 
 
+def _run_starts(events: list[Event], position: int) -> bool:
+    return position + 1 < len(events) and events[position].type == events[position + 1].type
+
+
 _RUNS = {
-    ev.ACCOUNT_CREATED: _SetBasedRun(signups.starts_run, signups.apply_signup_run, "sign-ups"),
-    ev.PAYMENT_REFUNDED: _SetBasedRun(refunds.starts_run, refunds.apply_refund_run, "refunds"),
-    ev.CREDITS_REDEEMED: _SetBasedRun(redemptions.starts_run, redemptions.apply_redemption_run, "redemptions"),
+    ev.ACCOUNT_CREATED: _SetBasedRun(signups.apply_signup_run, "sign-ups"),
+    ev.PAYMENT_REFUNDED: _SetBasedRun(refunds.apply_refund_run, "refunds"),
+    ev.CREDITS_REDEEMED: _SetBasedRun(redemptions.apply_redemption_run, "redemptions"),
 }
 
 
@@ -179,7 +184,7 @@ def apply_events(events: list[Event], *, replay: bool = False,
                 effect += done
                 position += done
                 continue
-        elif on_error is not None and (kind := _RUNS.get(event.type)) and kind.starts(events, position):
+        elif on_error is not None and (kind := _RUNS.get(event.type)) and _run_starts(events, position):
             run = events[position:position + RUN_MAX]
             try:
                 with transaction.atomic():

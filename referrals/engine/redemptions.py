@@ -14,13 +14,6 @@ from .configuration import Programs
 from .steps import EventRejected, check_spendable, consume_grants, redemption_legs
 
 
-def starts_run(events: list[Event], position: int) -> bool:
-    """Whether a set-based run of redemptions starts here: two in a row at least (a lone
-    redemption, like the synchronous path's batch of one, is applied by its step)."""
-    return (position + 1 < len(events) and events[position].type == ev.CREDITS_REDEEMED
-            and events[position + 1].type == ev.CREDITS_REDEEMED)
-
-
 def apply_redemption_run(run: list[Event], programs: Programs, *, replay: bool) -> int:
     """Apply the longest prefix of `run`'s redemptions that can go set-based; returns its length
     (0: none). It ends at the first redemption the step would reject or must write itself (see
@@ -68,4 +61,4 @@ def _left_to_step(event: Event, account: Account | None, credits: dict[int, int]
     return account is None or event.account_id != account.pk or event.amount is None or account.pk not in credits
 
 
-__all__ = ["apply_redemption_run", "starts_run"]
+__all__ = ["apply_redemption_run"]

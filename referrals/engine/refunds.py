@@ -12,13 +12,6 @@ from .configuration import Programs
 from .steps import EventRejected, check_refund, claw_back, clawed_back, refund_figures
 
 
-def starts_run(events: list[Event], position: int) -> bool:
-    """Whether a set-based run of refunds starts here: two in a row at least (a lone refund,
-    like the synchronous path's batch of one, is applied by its step)."""
-    return (position + 1 < len(events) and events[position].type == ev.PAYMENT_REFUNDED
-            and events[position + 1].type == ev.PAYMENT_REFUNDED)
-
-
 def apply_refund_run(run: list[Event], programs: Programs, *, replay: bool) -> int:
     """Apply the longest prefix of `run`'s refunds that can go set-based; returns its length
     (0: none). It ends at the first refund the step would reject or must write itself (see
@@ -90,4 +83,4 @@ def _left_to_step(event: Event, account: Account | None) -> bool:
             or event.amount is None)
 
 
-__all__ = ["apply_refund_run", "starts_run"]
+__all__ = ["apply_refund_run"]

@@ -27,13 +27,6 @@ from .steps import (
 )
 
 
-def starts_run(events: list[Event], position: int) -> bool:
-    """Whether a set-based run of sign-ups starts here: two in a row at least (a lone sign-up,
-    like the synchronous path's batch of one, is applied by its step)."""
-    return (position + 1 < len(events) and events[position].type == ev.ACCOUNT_CREATED
-            and events[position + 1].type == ev.ACCOUNT_CREATED)
-
-
 def apply_signup_run(run: list[Event], programs: Programs, *, replay: bool) -> int:
     """Apply the longest prefix of `run`'s sign-ups that can go set-based; returns its length
     (0: none). The event it stops at is left to the step (see `_left_to_step`)."""
@@ -172,4 +165,4 @@ def _recent_clicks(pairs: list[tuple[int, Account]]) -> list[int]:
     return counts
 
 
-__all__ = ["apply_signup_run", "starts_run"]
+__all__ = ["apply_signup_run"]
