@@ -271,6 +271,34 @@ def test_a_purchase_with_a_payment_fingerprint_flags_in_id_order(vast, stored_on
     assert check_integrity() == [] and replay_differences() == []
 
 
+def test_purchases_whose_payment_method_flags_nothing_stay_in_one_run(vast, stored_only):
+    from django.db import connection as db
+    from django.test.utils import CaptureQueriesContext
+
+    from referrals.models import PaymentFingerprint
+
+    alice = signup("alice")
+    for n in range(40):
+        signup(f"buyer-{n}", code=alice.referral_code, when=at(1))
+
+    def applied_with(count: int, batch: str) -> int:
+        # Every buyer pays with a card of its own (a new one, then the same again): nothing to flag.
+        ingest_batch([event("credits.purchased", f"buyer-{i % 20 + (20 if batch == 'b' else 0)}", id=f"{batch}-{i}",
+                            when=at(2), amount="10.00", payment_fingerprint=f"card-{batch}-{i % 20}")
+                      for i in range(count)])
+        with CaptureQueriesContext(db) as queries:
+            assert apply_pending() == count
+        return len(queries)
+
+    # One run, not a payment check per purchase (about ten queries each before): the same
+    # statements for 10 and 40 purchases, give or take SQLite splitting a long bulk insert.
+    few, many = applied_with(10, "a"), applied_with(40, "b")
+    assert many <= few + (0 if db.vendor == "postgresql" else 2)
+    assert PaymentFingerprint.objects.count() == 30  # 10 cards of a's, 20 of b's, each once
+    assert not Referral.objects.filter(status=Referral.Status.INELIGIBLE).exists()
+    assert check_integrity() == [] and replay_differences() == []
+
+
 def test_the_charge_that_qualifies_a_template_releases_its_held_earnings(runpod, stored_only):
     alice = signup("alice")
     ingest_batch([event("template.published", "alice", id="t-0", template="tpl")])

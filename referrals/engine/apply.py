@@ -42,8 +42,10 @@ Ordering:
   referred account's own charges in id order. Effects that reach other accounts in an
   order-dependent way end the set-based run and are applied on their own, at their place in id
   order: the charge that makes a template reach its runtime gate (it qualifies the template
-  and releases the held earnings of every account on it), and a credit purchase with a
-  payment fingerprint (it may flag referrals of other accounts). Events of other types are
+  and releases the held earnings of every account on it), and a credit purchase whose payment
+  fingerprint flags a referral (the other side of one of its account's referrals used the same
+  payment method before it in id order; a purchase that flags nothing, the usual case, stays in
+  the run and its fingerprint is recorded with the run's writes). Events of other types are
   applied at their place in id order too.
 - A run of sign-ups ends where the step has to decide alone, and that sign-up is applied by
   the step at its place: a second sign-up of an account in the run, one whose account exists
@@ -75,6 +77,7 @@ from datetime import timedelta
 from typing import NamedTuple
 
 from django.db import transaction
+from django.db.models import Q
 
 from ..models import (
     Account,
@@ -83,6 +86,7 @@ from ..models import (
     CreditGrant,
     Event,
     MilestoneAward,
+    PaymentFingerprint,
     Program,
     Referral,
     Template,
@@ -274,7 +278,7 @@ def _track_at(tracks: list[tuple], at) -> str:
     return max(effective)[2] if effective else Track.BASIC
 
 
-def _set_based(event: Event, state: _State, first: bool) -> bool:
+def _set_based(event: Event, state: _State, first: bool, fingerprints_clear: dict) -> bool:
     """Whether the event can join the run (see the module docstring, "Ordering")."""
     payload = event.payload
     account = state.accounts.get(event.account_id)
@@ -282,8 +286,9 @@ def _set_based(event: Event, state: _State, first: bool) -> bool:
         return False
     if payload.get("account") != account.external_id:
         return False
-    if event.type == ev.CREDITS_PURCHASED and payload.get("payment_fingerprint") and not first:
-        return False  # its fraud checks run before it, on the state the events before it left
+    if (event.type == ev.CREDITS_PURCHASED and payload.get("payment_fingerprint") and not first
+            and event.pk not in fingerprints_clear):
+        return False  # its fraud check flags a referral: it runs first, on the state the events before it left
     return not payload.get("template") or payload["template"] in state.templates  # else: unknown template
 
 
@@ -307,6 +312,7 @@ def _apply_money_run(run: list[Event], programs: Programs, *, replay: bool, stri
     state = _load(head, rate_programs)
     if strict:
         _check_single(first, state)
+    fingerprints_clear = _fingerprints_clear(head[1:])
 
     planned: list[Event] = []
     earnings: list[tuple[Event, rules.Earning]] = []
@@ -315,7 +321,7 @@ def _apply_money_run(run: list[Event], programs: Programs, *, replay: bool, stri
     event_templates: list[Event] = []
     qualified: list[tuple[Template, Program, Event]] = []
     for event in head:
-        if qualified or not _set_based(event, state, first=event is first):
+        if qualified or not _set_based(event, state, first=event is first, fingerprints_clear=fingerprints_clear):
             break
         account = state.accounts[event.account_id]
         referral = state.referrals.get(account.pk)
@@ -379,10 +385,46 @@ def _apply_money_run(run: list[Event], programs: Programs, *, replay: bool, stri
         planned.append(event)
     if not planned:
         return 0
+    recorded = [fingerprints_clear[e.pk] for e in planned if fingerprints_clear.get(e.pk)]
+    if recorded:
+        PaymentFingerprint.objects.bulk_create([PaymentFingerprint(account_id=account_id, fingerprint=fingerprint)
+                                                for account_id, fingerprint in recorded], ignore_conflicts=True)
     _write(planned, state, earnings, awards, conversions, event_templates)
     for template, program, event in qualified:
         qualify_template(template, program, event=event, at=event.occurred_at)
     return len(planned)
+
+
+def _fingerprints_clear(events: list[Event]) -> dict[int, tuple[int, str] | None]:
+    """The credit purchases with a payment fingerprint among `events` (in id order) whose
+    payment check (`steps.check_payment_fingerprint`) would flag no referral, up to the first
+    that would: it ends the run, and its check runs in full as the next run's first event. Each
+    maps to the (account, fingerprint) it records for the first time (None: known already).
+
+    A purchase flags a referral when the other side of one of its account's referrals (referrer
+    or referred) has used the same payment method, before it in id order: the fingerprints
+    recorded so far and the referrals between the buyers and their holders are read once."""
+    purchases = [e for e in events if e.type == ev.CREDITS_PURCHASED and e.payload.get("payment_fingerprint")]
+    if not purchases:
+        return {}
+    known = set(PaymentFingerprint.objects.filter(
+        fingerprint__in={e.payload["payment_fingerprint"] for e in purchases}).values_list("account_id", "fingerprint"))
+    buyers = {e.account_id for e in purchases}
+    holders = {account_id for account_id, _ in known} | buyers
+    partners: dict[int, set[int]] = defaultdict(set)
+    for referrer, referred in Referral.objects.filter(
+            Q(referred_id__in=buyers, referrer_id__in=holders) | Q(referrer_id__in=buyers, referred_id__in=holders)
+    ).values_list("referrer_id", "referred_id"):
+        partners[referrer].add(referred)
+        partners[referred].add(referrer)
+    clear: dict[int, tuple[int, str] | None] = {}
+    for event in purchases:
+        pair = (event.account_id, event.payload["payment_fingerprint"])
+        if any((partner, pair[1]) in known for partner in partners[event.account_id]):
+            break
+        clear[event.pk] = None if pair in known else pair
+        known.add(pair)
+    return clear
 
 
 def _check_single(event: Event, state: _State) -> None:
