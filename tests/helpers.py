@@ -89,3 +89,58 @@ def wait_until(predicate, *, timeout: float, what: str, every: float = 0.1):
             return value
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def published(callbacks) -> list[tuple[str, int, dict]]:
+    """The outbox messages, in publishing order, held by after-commit callbacks captured with
+    `django_capture_on_commit_callbacks(execute=False)` (other callbacks are skipped)."""
+    import functools
+
+    from referrals.engine import outbox
+
+    messages = []
+    for callback in callbacks:
+        if isinstance(callback, functools.partial) and callback.func is outbox._deliver:
+            messages.append(callback.args)
+        elif isinstance(callback, functools.partial) and callback.func is outbox._deliver_many:
+            messages += callback.args[0]
+    return messages
+
+
+def fail_once(monkeypatch, owner, name: str) -> None:
+    """Make `owner.name` raise once (a database gone away), then behave as before."""
+    original = getattr(owner, name)
+    failures = iter([RuntimeError("the database went away")])
+
+    def failing_once(*args, **kwargs):
+        if (failure := next(failures, None)) is not None:
+            raise failure
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, failing_once)
+
+
+def ledger_consistent() -> None:
+    """The ledger balances, matches its projection, and the event log replays to the same state."""
+    from referrals.engine.verification import check_integrity, replay_differences
+
+    assert check_integrity() == []
+    differences = replay_differences()
+    assert differences == [], "\n".join(differences)
+
+
+def applied_rolled_back(settings, capture, size: int, step_calls: list, *, snapshot, check=ledger_consistent):
+    """Apply the stored events in batches of `size` inside a transaction rolled back afterwards:
+    `check()` runs on what it left; returns `snapshot(callbacks)` of it, how many events were
+    applied and which of them went through their step (`step_calls`)."""
+    from referrals.engine.ingestion import apply_pending
+    from tests.test_ledger_properties import rolled_back
+
+    settings.APPLY_BATCH_MAX = size
+    step_calls.clear()
+    with rolled_back():
+        with capture(execute=False) as callbacks:
+            applied = apply_pending()
+        stepped = list(step_calls)
+        check()
+        return snapshot(callbacks), applied, stepped

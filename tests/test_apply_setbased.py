@@ -3,7 +3,6 @@ random history applied in batches of 1, 7 and 1,000 gives identical accruals, le
 rollups, milestones, referral, account and template figures and outbox messages, and its replay
 gives them again; commission stays rate x spend exactly; a batch costs a bounded number of
 queries whatever its number of accounts."""
-import functools
 from datetime import timedelta
 from decimal import Decimal
 
@@ -14,7 +13,7 @@ from hypothesis import strategies as st
 from ledger.models import Balance, Book, Entry
 from ledger.models import Transaction as LedgerTransaction
 from ledger.selectors import balances_for
-from referrals.engine import bulk, outbox, rollups
+from referrals.engine import bulk, rollups
 from referrals.engine import events as ev
 from referrals.engine.ingestion import apply_pending, ingest_batch
 from referrals.engine.jobs import run_jobs
@@ -33,7 +32,7 @@ from referrals.models import (
     Template,
 )
 from referrals.presets import load_preset
-from tests.helpers import T0, at, event, examples, signup, store, usd
+from tests.helpers import T0, at, event, examples, published, signup, store, usd
 from tests.test_ledger_properties import History, assert_invariants, rolled_back
 
 
@@ -55,22 +54,13 @@ def snapshot(messages) -> dict:
     for txn in LedgerTransaction.objects.order_by("id").prefetch_related("entries"):
         legs = sorted((names.get(e.account_id, ""), e.book, e.program_id or 0, e.amount) for e in txn.entries.all())
         txns.append((txn.kind, txn.rule, txn.event_id or 0, tuple(legs)))
-    published = []
-    for callback in messages:
-        if not isinstance(callback, functools.partial):
-            continue
-        if callback.func is outbox._deliver:
-            batch = [callback.args]
-        elif callback.func is outbox._deliver_many:
-            batch = callback.args[0]
-        else:
-            continue
-        for kind, account_id, data in batch:
-            # An accrual's id becomes what it is an accrual of; a referral's its referred account.
-            accrual = accrual_rows.get(data.get("accrual"))
-            data = {**data, "referral": referred.get(data["referral"])} if "referral" in data else data
-            published.append((kind, names[account_id], repr(sorted((k, v) for k, v in data.items() if k != "accrual")),
-                              repr(accrual)))
+    sent = []
+    for kind, account_id, data in published(messages):
+        # An accrual's id becomes what it is an accrual of; a referral's its referred account.
+        accrual = accrual_rows.get(data.get("accrual"))
+        data = {**data, "referral": referred.get(data["referral"])} if "referral" in data else data
+        sent.append((kind, names[account_id], repr(sorted((k, v) for k, v in data.items() if k != "accrual")),
+                          repr(accrual)))
     return {
         "accruals": sorted(accrual_rows.values(), key=repr),
         "transactions": sorted(txns, key=repr),
@@ -90,7 +80,7 @@ def snapshot(messages) -> dict:
         "flags": sorted((referred[f.referral_id], f.status, str(f.signals)) for f in FraudFlag.objects.all()),
         "grants": set((names[a], *rest) for a, *rest in CreditGrant.objects.values_list(
             "account_id", "amount", "remaining", "expires_at")),
-        "messages": sorted(published),
+        "messages": sorted(sent),
         "rollups": {table: sorted(((names.get(row[0], row[0]), *row[1:]) for row in rows), key=repr)
                     for table, rows in rollups_now().items()},
     }

@@ -15,9 +15,8 @@ from referrals.engine import events as ev
 from referrals.engine.ingestion import apply_pending
 from referrals.engine.verification import check_integrity, replay_differences
 from referrals.models import Account, CreditGrant, Event
-from tests.helpers import at, buy_plan, event, signup, store, usd
+from tests.helpers import applied_rolled_back, at, buy_plan, event, fail_once, signup, store, usd
 from tests.test_apply_setbased import snapshot
-from tests.test_ledger_properties import rolled_back
 
 
 @pytest.fixture
@@ -83,15 +82,8 @@ def errors() -> dict:
 def applied_in_batches(settings, capture, size: int, step_calls: list) -> tuple[dict, int, list]:
     """Apply the stored redemptions in batches of `size`, rolled back: what it wrote, how many
     were applied and which the step took; the replay must rebuild the same state."""
-    settings.APPLY_BATCH_MAX = size
-    step_calls.clear()
-    with rolled_back():
-        with capture(execute=False) as callbacks:
-            applied = apply_pending()
-        stepped = list(step_calls)
-        assert check_integrity() == []
-        assert replay_differences() == []
-        return {**snapshot(callbacks), "errors": errors()}, applied, stepped
+    return applied_rolled_back(settings, capture, size, step_calls,
+                               snapshot=lambda callbacks: {**snapshot(callbacks), "errors": errors()})
 
 
 def test_it_applies_a_batch_of_redemptions_as_the_step_applies_them_one_by_one(
@@ -128,15 +120,7 @@ def test_a_run_of_redemptions_that_fails_as_a_whole_is_applied_one_by_one(
     bob = signup("bob", code=alice.referral_code, when=at(1))
     for n in range(3):
         store(redeem("bob", "0.50", f"f-{n}", at(2 + n)))
-    post_each = bulk.post_each
-    failures = iter([RuntimeError("the database went away")])
-
-    def failing_once(**kwargs):
-        if (failure := next(failures, None)) is not None:
-            raise failure
-        return post_each(**kwargs)
-
-    monkeypatch.setattr(bulk, "post_each", failing_once)
+    fail_once(monkeypatch, bulk, "post_each")
     step_calls.clear()
 
     assert apply_pending() == 3

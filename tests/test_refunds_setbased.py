@@ -18,9 +18,9 @@ from referrals.engine.services import application_approve
 from referrals.engine.verification import check_integrity, replay_differences
 from referrals.models import Account, Accrual, Application, Event, Program, Referral
 from referrals.presets import load_preset
-from tests.helpers import at, buy_credits, buy_plan, event, signup, spend, store, usd
+from tests.helpers import applied_rolled_back, at, buy_credits, buy_plan, event, fail_once, signup, spend, store, usd
 from tests.test_apply_setbased import snapshot
-from tests.test_ledger_properties import assert_invariants, rolled_back
+from tests.test_ledger_properties import assert_invariants
 
 
 @pytest.fixture
@@ -105,14 +105,8 @@ def extras() -> dict:
 def applied_in_batches(settings, capture, size: int, step_calls: list) -> tuple[dict, int, list]:
     """Apply the stored refunds in batches of `size`, rolled back: what it wrote, how many were
     applied and which the step took; the replay must rebuild the same state."""
-    settings.APPLY_BATCH_MAX = size
-    step_calls.clear()
-    with rolled_back():
-        with capture(execute=False) as callbacks:
-            applied = apply_pending()
-        stepped = list(step_calls)
-        assert_invariants()  # exact claw-backs, and replay_differences() == []
-        return {**snapshot(callbacks), **extras()}, applied, stepped
+    return applied_rolled_back(settings, capture, size, step_calls, check=assert_invariants,  # exact claw-backs too
+                               snapshot=lambda callbacks: {**snapshot(callbacks), **extras()})
 
 
 def test_it_applies_a_batch_of_refunds_as_the_step_applies_them_one_by_one(
@@ -175,15 +169,7 @@ def test_a_run_of_refunds_that_fails_as_a_whole_is_applied_one_by_one(
     charge = spend("bob", "100.00", when=at(2))
     for n in range(3):
         store(refund("bob", "10.00", charge, f"f-{n}"))
-    post_each = bulk.post_each
-    failures = iter([RuntimeError("the database went away")])
-
-    def failing_once(**kwargs):
-        if (failure := next(failures, None)) is not None:
-            raise failure
-        return post_each(**kwargs)
-
-    monkeypatch.setattr(bulk, "post_each", failing_once)
+    fail_once(monkeypatch, bulk, "post_each")
     step_calls.clear()
 
     assert apply_pending() == 3

@@ -2,7 +2,6 @@
 step applies them one by one: the same accounts, referrals, fraud flags, sign-up credits,
 ledger, balances, rollups, event rows and outbox messages; duplicates and bad codes are decided
 as the step decides them; and a batch costs the same number of queries whatever its size."""
-import functools
 import itertools
 from datetime import timedelta
 
@@ -19,9 +18,8 @@ from referrals.engine.ingestion import apply_pending
 from referrals.engine.services import ingest_event
 from referrals.engine.verification import check_integrity, replay_differences
 from referrals.models import Account, Accrual, Click, CreditGrant, Event, FraudFlag, Referral
-from tests.helpers import at, event, signup, store
+from tests.helpers import applied_rolled_back, at, event, fail_once, published, signup, store
 from tests.test_apply_setbased import rollups_now
-from tests.test_ledger_properties import rolled_back
 
 
 @pytest.fixture
@@ -59,22 +57,13 @@ def snapshot(callbacks) -> dict:
         legs = [(names.get(e.account_id), e.book, e.program_id, e.amount) for e in txn.entries.order_by("id")]
         ledger.append((txn.kind, txn.rule, txn.event_id, legs))
     messages = []
-    for callback in callbacks:
-        if not isinstance(callback, functools.partial):
-            continue
-        if callback.func is outbox._deliver:
-            batch = [callback.args]
-        elif callback.func is outbox._deliver_many:
-            batch = callback.args[0]
-        else:
-            continue
-        for kind, account_id, data in batch:
-            data = dict(data)
-            if "referral" in data:
-                data["referral"] = referred[data["referral"]]
-            if "accrual" in data:
-                data["accrual"] = accruals[data["accrual"]]
-            messages.append((kind, names[account_id], sorted(data.items())))
+    for kind, account_id, data in published(callbacks):
+        data = dict(data)
+        if "referral" in data:
+            data["referral"] = referred[data["referral"]]
+        if "accrual" in data:
+            data["accrual"] = accruals[data["accrual"]]
+        messages.append((kind, names[account_id], sorted(data.items())))
 
     def rollup_rows(rows):
         return sorted(((names.get(row[0], row[0]), *row[1:]) for row in rows), key=repr)
@@ -104,16 +93,8 @@ def snapshot(callbacks) -> dict:
 
 
 def applied_in_batches(settings, capture, size: int, step_calls: list) -> tuple[dict, int, list]:
-    settings.APPLY_BATCH_MAX = size
-    step_calls.clear()
-    with rolled_back():
-        with capture(execute=False) as callbacks:
-            applied = apply_pending()
-        stepped = list(step_calls)
-        assert check_integrity() == []
-        differences = replay_differences()
-        assert differences == [], "\n".join(differences)  # the replay applies the same runs set-based
-        return snapshot(callbacks), applied, stepped
+    # The replay applies the same runs set-based.
+    return applied_rolled_back(settings, capture, size, step_calls, snapshot=snapshot)
 
 
 def a_history_of_sign_ups(settings) -> list[str]:
@@ -278,15 +259,7 @@ def test_a_run_that_fails_as_a_whole_is_applied_one_by_one(apimarket, monkeypatc
                 referral_code=alice.referral_code))
     store(event("account.created", "dan", id="f-3", when=at(1), email="d@example.com",
                 referral_code=alice.referral_code))
-    publish_many = outbox.publish_many
-    failures = iter([RuntimeError("the database went away")])
-
-    def failing_once(messages):
-        if (failure := next(failures, None)) is not None:
-            raise failure
-        publish_many(messages)
-
-    monkeypatch.setattr(outbox, "publish_many", failing_once)
+    fail_once(monkeypatch, outbox, "publish_many")
     step_calls.clear()
 
     assert apply_pending() == 3
