@@ -6,12 +6,13 @@ the rows they summarise.
 from datetime import timedelta
 
 import pytest
-from django.db.models import Count, Q
+from django.db import connection
+from django.db.models import Count, Q, Sum
 from django.utils import timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger.models import Entry
+from ledger.models import Book, Entry, Transaction
 from ledger.money import net_sum
 from referrals.engine import events as ev
 from referrals.engine import rollups
@@ -24,6 +25,7 @@ from referrals.models import (
     Click,
     ClickRollup,
     EarningsRollup,
+    Event,
     FraudFlag,
     LedgerLine,
     Program,
@@ -219,3 +221,39 @@ def test_it_pages_referrals_by_cursor_like_by_number(alice):
     assert len(by_number[0]) == REFERRALS_PER_PAGE and sum(map(len, by_number)) == 63
     back = referral_page(alice, page=2, after=third.newer_cursor)
     assert [r.pk for r in back.object_list] == by_number[1]
+
+
+def _table_scans(*tables: str) -> dict[str, int]:
+    """Sequential scans of `tables` so far in this database transaction (triggers' included)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT relname, seq_scan FROM pg_stat_xact_user_tables WHERE relname = ANY(%s)", [list(tables)])
+        scans = dict(cursor.fetchall())
+    return {table: scans.get(table, 0) for table in tables}
+
+
+def test_the_triggers_look_up_each_rows_referral_and_transaction_by_key(alice, postgres_only):
+    # Tables large enough that the planner would rather scan them than probe an index per row.
+    padding = Account.objects.bulk_create([Account(external_id=f"pad-{i}", referral_code=f"PAD{i:05d}", signed_up_at=T0)
+                                           for i in range(2001)])
+    referrals = Referral.objects.bulk_create([Referral(referrer=padding[0], referred=account, created_at=T0)
+                                              for account in padding[1:]])
+    txns = Transaction.objects.bulk_create([Transaction(kind="padding") for _ in range(3000)])
+    tables = ("ledger_transaction", "referrals_referral")
+    with connection.cursor() as cursor:
+        for table in tables:
+            cursor.execute(f"ANALYZE {table}")
+    program, event = Program.objects.first(), Event.objects.first()
+    before = _table_scans(*tables)
+    # Many rows in one statement, then one (a trigger's plan is made at its first call in a
+    # session, for that call's row count). Only the triggers read these tables here: without
+    # key lookups (referrals 0014) each write read every referral and ledger transaction.
+    for rows in (referrals[:200], referrals[200:201]):
+        Accrual.objects.bulk_create([Accrual(program=program, rule="test", beneficiary=padding[0], event=event,
+                                             referral=referral, amount=1, destination=program.pays_in, created_at=T0)
+                                     for referral in rows])
+        Entry.objects.bulk_create([Entry(transaction=txn, account=account, book=Book.CREDITS, amount=amount)
+                                   for txn in txns[:len(rows)]
+                                   for account, amount in ((padding[0], 1), (padding[1], -1))])
+    assert _table_scans(*tables) == before
+    assert LedgerLine.objects.filter(account_id=padding[0].pk).count() == 201
+    assert EarningsRollup.objects.filter(beneficiary_id=padding[0].pk).aggregate(n=Sum("accruals"))["n"] == 201
