@@ -67,6 +67,11 @@ DATABASES = {
     "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
 }
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
+# A worker keeps its database connection between requests (checked before reuse, so a restarted
+# database is reconnected to): opening one per request cost a single-event POST several
+# milliseconds, and each new PostgreSQL session plans the ledger and rollup triggers anew.
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=300)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # Form and raw bodies read through Django (portal and admin forms, provider webhooks): a few KB in
 # practice; a larger body is refused (400, or 413 by the webhooks) before it is read. The API's
