@@ -38,7 +38,7 @@ import sys
 import time
 import uuid
 from collections import defaultdict
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -99,6 +99,7 @@ class StatementTimes:
             self.seconds[key] += time.perf_counter() - started
             self.calls[key] += 1
 
+    @contextmanager
     def commits(self):
         """Count COMMIT (where the deferred triggers and foreign-key checks run) as a statement."""
         original = connection._commit
@@ -111,10 +112,14 @@ class StatementTimes:
                 self.seconds["COMMIT"] += time.perf_counter() - started
                 self.calls["COMMIT"] += 1
         connection._commit = timed_commit
+        try:
+            yield
+        finally:
+            connection._commit = original
 
-    def report(self, top: int = 15) -> None:
+    def report(self, top: int = 15, label: str = "timed batches") -> None:
         total = sum(self.seconds.values())
-        print(f"SQL statements of the timed batches: {sum(self.calls.values())} taking {total:.2f} s; the longest:")
+        print(f"SQL statements of the {label}: {sum(self.calls.values())} taking {total:.2f} s; the longest:")
         for key, seconds in sorted(self.seconds.items(), key=lambda kv: -kv[1])[:top]:
             print(f"  {seconds:6.3f} s {self.calls[key]:5d} x  {key}")
 
@@ -215,13 +220,12 @@ def main() -> None:
     applied = 0
     profiler = cProfile.Profile() if args.profile else None
     statements = StatementTimes()
-    if args.statements:
-        statements.commits()
     for number in range(args.batches + 1):  # batch 0 warms up (imports, plans), outside the timing
         if profiler and number:
             profiler.enable()
-        timing = connection.execute_wrapper(statements) if args.statements and number else nullcontext()
-        with timing:
+        timing = args.statements and number
+        with connection.execute_wrapper(statements) if timing else nullcontext(), \
+                statements.commits() if timing else nullcontext():
             t0 = time.perf_counter()
             post(client, bodies[number])
             t1 = time.perf_counter()
@@ -245,13 +249,16 @@ def main() -> None:
         profiler.dump_stats(args.profile)
 
     latencies = []
+    single_statements = StatementTimes()
     for i in range(args.singles):
         body = json.dumps({"id": f"single-{tag}-{i}", "type": ev.USAGE_CHARGED, "account": rng.choice(accounts),
                            "occurred_at": (START + timedelta(days=2, seconds=i)).isoformat(), "amount": "1.25",
                            "product": "pods"})
-        t0 = time.perf_counter()
-        response = client.post("/api/v1/events", body, content_type="application/json")
-        latencies.append(time.perf_counter() - t0)
+        with connection.execute_wrapper(single_statements) if args.statements else nullcontext(), \
+                single_statements.commits() if args.statements else nullcontext():
+            t0 = time.perf_counter()
+            response = client.post("/api/v1/events", body, content_type="application/json")
+            latencies.append(time.perf_counter() - t0)
         assert response.status_code == 200 and response.json()["results"][0]["status"] == "accepted", response.content
     assert not Event.objects.filter(applied_at__isnull=True, apply_error="").exists(), "events left unapplied"
     problems = check_integrity()
@@ -272,6 +279,10 @@ def main() -> None:
         statements.report()
     print(f"single-event POST ({args.singles}, applied inline): p50 {statistics.median(latencies) * 1000:.1f} ms, "
           f"p99 {latencies[int(len(latencies) * 0.99) - 1] * 1000:.1f} ms")
+    if args.statements:
+        print(f"per single-event POST: {sum(single_statements.calls.values()) / args.singles:.1f} statements taking "
+              f"{sum(single_statements.seconds.values()) / args.singles * 1000:.1f} ms")
+        single_statements.report(top=40, label="single-event POSTs")
 
 
 if __name__ == "__main__":
