@@ -1,6 +1,7 @@
 """The periodic jobs are set-based (a fixed number of SQL statements whatever the row count),
 safe when two run at once, exact, and replayable by verify_ledger."""
 import threading
+from datetime import UTC, datetime
 
 import pytest
 from django.db import connection, connections
@@ -168,3 +169,15 @@ def test_two_runs_at_once_have_the_effect_of_one(job):
     totals = [sum(r.values()) for r in results]
     assert sorted(totals)[0] == 0 and sorted(totals)[1] > 0, f"one run did the work, the other found none: {results}"
     assert check_integrity() == []
+
+
+def test_array_text_gives_postgresql_back_every_value(postgres_only):
+    texts = ["", "NULL", "plain", 'a "quoted" word', "back\\slash\\", "{braces}, commas", "tab\tnew\nline", "ünï 🚀"]
+    moments = [datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC), None]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT %s::text[], %s::bigint[], %s::boolean[], %s::timestamptz[]",
+                       [bulk.array_text([*texts, None]), bulk.array_text([0, -1, 2**62, None]),
+                        bulk.array_text([True, False, None]), bulk.array_text(moments)])
+        assert cursor.fetchone() == ([*texts, None], [0, -1, 2**62, None], [True, False, None], moments)
+        cursor.execute("SELECT %s::bigint[], %s::text[]", [bulk.array_text(list(range(5))), bulk.array_text([])])
+        assert cursor.fetchone() == ([0, 1, 2, 3, 4], [])

@@ -241,11 +241,11 @@ class _State:
 
 def _load(run: list[Event], programs: list[Program]) -> _State:
     account_ids = {e.account_id for e in run}
-    accounts = {a.pk: a for a in Account.objects.filter(pk__in=account_ids).only(
+    accounts = {a.pk: a for a in Account.objects.filter(pk__any_of=account_ids).only(
         "id", "external_id", "purchased_credits")}
-    referrals = {r.referred_id: r for r in Referral.objects.select_for_update().filter(referred_id__in=account_ids)}
+    referrals = {r.referred_id: r for r in Referral.objects.select_for_update().filter(referred_id__any_of=account_ids)}
     wanted = {e.payload.get("template") for e in run if e.payload.get("template")}
-    templates = ({t.external_id: t for t in Template.objects.select_for_update().filter(external_id__in=wanted)}
+    templates = ({t.external_id: t for t in Template.objects.select_for_update().filter(external_id__any_of=wanted)}
                  if wanted else {})
     referrers = {r.referrer_id for r in referrals.values()}
     tracks: dict[int, list[tuple]] = defaultdict(list)
@@ -254,15 +254,15 @@ def _load(run: list[Event], programs: list[Program]) -> _State:
     spend: dict[tuple[int, str], int] = defaultdict(int)
     if referrers and any(p.kind == Program.Kind.PURCHASE_COMMISSION and p.partner_rate is not None
                          for p in programs):
-        for account_id, effective_at, pk, track in TrackChange.objects.filter(account_id__in=referrers).values_list(
+        for account_id, effective_at, pk, track in TrackChange.objects.filter(account_id__any_of=referrers).values_list(
                 "account_id", "effective_at", "id", "track"):
             tracks[account_id].append((effective_at, pk, track))
     if referrers and any(p.requires_approval for p in programs):
-        approved = set(Application.objects.filter(account_id__in=referrers, status=Application.Status.APPROVED)
+        approved = set(Application.objects.filter(account_id__any_of=referrers, status=Application.Status.APPROVED)
                        .values_list("account_id", "program_id"))
     milestones = [p for p in programs if p.kind == Program.Kind.MILESTONE]
     if referrals and milestones:
-        awarded = set(MilestoneAward.objects.filter(referral_id__in=[r.pk for r in referrals.values()],
+        awarded = set(MilestoneAward.objects.filter(referral_id__any_of=[r.pk for r in referrals.values()],
                                                     program__in=milestones).values_list("referral_id", "program_id"))
     # Net usage spend applied before this run, per product: what a milestone's "spend up to
     # this charge" adds to. It is kept on the referral row (locked above), not summed from the log.
@@ -408,12 +408,14 @@ def _fingerprints_clear(events: list[Event]) -> dict[int, tuple[int, str] | None
     if not purchases:
         return {}
     known = set(PaymentFingerprint.objects.filter(
-        fingerprint__in={e.payload["payment_fingerprint"] for e in purchases}).values_list("account_id", "fingerprint"))
+        fingerprint__any_of={e.payload["payment_fingerprint"] for e in purchases}
+    ).values_list("account_id", "fingerprint"))
     buyers = {e.account_id for e in purchases}
     holders = {account_id for account_id, _ in known} | buyers
     partners: dict[int, set[int]] = defaultdict(set)
     for referrer, referred in Referral.objects.filter(
-            Q(referred_id__in=buyers, referrer_id__in=holders) | Q(referrer_id__in=buyers, referred_id__in=holders)
+            Q(referred_id__any_of=buyers, referrer_id__any_of=holders)
+            | Q(referrer_id__any_of=buyers, referred_id__any_of=holders)
     ).values_list("referrer_id", "referred_id"):
         partners[referrer].add(referred)
         partners[referred].add(referrer)

@@ -17,6 +17,8 @@ import uuid
 from collections import defaultdict
 
 from django.db import connection
+from django.db.models import Lookup
+from django.db.models.lookups import In
 from django.utils import timezone
 
 from ledger.models import ACCOUNT_BOOKS, Balance, Entry, Transaction
@@ -275,6 +277,49 @@ _PLAIN_TYPES = frozenset({"AutoField", "BigAutoField", "IntegerField", "BigInteg
                           "PositiveBigIntegerField", "SmallIntegerField", "CharField", "TextField", "BooleanField",
                           "ForeignKey", "DateTimeField"})
 
+def array_text(values: list) -> str:
+    """A list as PostgreSQL's text form of an array (`{1,2,NULL}`, `{"a","b \\"c\\""}`), to cast
+    with `%s::type[]`: the driver then sends one string. Letting it adapt a list element by
+    element, in Python, was a third of the engine's time for a 1,000-event batch. Values are
+    ints, strings, booleans, datetimes and decimals as the database stores them, or None."""
+    if all(type(value) is int for value in values):
+        return "{" + ",".join(map(str, values)) + "}"
+    return "{" + ",".join(_element(value) for value in values) + "}"
+
+
+def _element(value) -> str:
+    if value is None:
+        return "NULL"
+    if type(value) is int:
+        return str(value)
+    if type(value) is bool:
+        return "t" if value else "f"
+    text = value.isoformat() if hasattr(value, "isoformat") else str(value)
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class AnyOf(Lookup):
+    """`filter(pk__any_of=ids)`: the column is one of the values. On PostgreSQL one array
+    parameter (`= ANY(%s::bigint[])`, `array_text`): Django's `__in` prepares and binds every
+    value on its own, 6 ms of a 19 ms query of a thousand referrals by id (13 ms with this), in
+    each of the engine's loading queries. Elsewhere the same as `__in`. Registered on every field
+    (`referrals.apps`)."""
+
+    lookup_name = "any_of"
+    prepare_rhs = False
+
+    def get_prep_lookup(self):
+        return list(self.rhs)
+
+    def as_sql(self, compiler, connection):
+        if connection.vendor != "postgresql":
+            return compiler.compile(In(self.lhs, self.rhs))
+        lhs, lhs_params = self.process_lhs(compiler, connection)
+        values = [self.lhs.output_field.get_db_prep_value(value, connection) for value in self.rhs] \
+            if not all(type(value) is int for value in self.rhs) else self.rhs
+        return f"{lhs} = ANY(%s::{self.lhs.output_field.db_type(connection)}[])", [*lhs_params, array_text(values)]
+
+
 # One JSON array text as an array of jsonb documents, in order.
 _JSON_ARRAY = "ARRAY(SELECT e FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS x(e, i) ORDER BY i)"
 
@@ -289,14 +334,14 @@ def _update_unnest(model, objs, columns) -> int:
                        for field in fields)
     names = ", ".join(["row_pk", *(f"v_{field.column}" for field in columns)])
     assignments = ", ".join(f"{field.column} = v.v_{field.column}" for field in columns)
-    values = [[meta.pk.get_db_prep_value(obj.pk, connection) for obj in objs]]
+    values = [array_text([meta.pk.get_db_prep_value(obj.pk, connection) for obj in objs])]
     for field in columns:
         if field.db_type(connection) == "jsonb":
             values.append(json.dumps([getattr(obj, field.attname) for obj in objs], cls=field.encoder))
-        elif field.get_internal_type() in _PLAIN_TYPES:  # the driver takes them as they are
-            values.append([getattr(obj, field.attname) for obj in objs])
+        elif field.get_internal_type() in _PLAIN_TYPES:  # stored as they are
+            values.append(array_text([getattr(obj, field.attname) for obj in objs]))
         else:
-            values.append([field.get_db_prep_save(getattr(obj, field.attname), connection) for obj in objs])
+            values.append(array_text([field.get_db_prep_save(getattr(obj, field.attname), connection) for obj in objs]))
     return execute("UPDATE {table} SET {assignments} FROM UNNEST({arrays}) AS v({names}) WHERE {table}.{pk} = v.row_pk",
                    values, table=table(model), assignments=assignments, arrays=arrays, names=names, pk=meta.pk.column)
 
@@ -334,7 +379,8 @@ def insert_rows(model, columns: dict[str, list], constants: dict | None = None, 
     # A JSON column travels as one JSON array text: as an array of texts, every quote in every
     # document would be escaped one by one on the way (most of the statement's client time).
     arrays = ", ".join(_JSON_ARRAY if db_types[name] == "jsonb" else f"%s::{db_types[name]}[]" for name in names)
-    values = ["[" + ",".join(columns[name]) + "]" if db_types[name] == "jsonb" else columns[name] for name in names]
+    values = ["[" + ",".join(columns[name]) + "]" if db_types[name] == "jsonb" else array_text(columns[name])
+              for name in names]
     shared = "".join(f", %s::{db_types[name]}" for name in constants)
     conflict = f" ON CONFLICT ({unique}) DO NOTHING" if unique else ""
     returned = f" RETURNING {', '.join(returning)}" if returning else ""
@@ -349,5 +395,6 @@ def insert_rows(model, columns: dict[str, list], constants: dict | None = None, 
         return cursor.fetchall() if returning else []
 
 
-__all__ = ["Batch", "create_rows", "db_datetime", "execute", "insert_rows", "job_lock", "lock_clause", "move_balances",
-           "post_each", "post_moves", "queryset_sql", "rows", "scalar", "sql", "table", "update_rows"]
+__all__ = ["AnyOf", "Batch", "array_text", "create_rows", "db_datetime", "execute", "insert_rows", "job_lock",
+           "lock_clause", "move_balances", "post_each", "post_moves", "queryset_sql", "rows", "scalar", "sql", "table",
+           "update_rows"]

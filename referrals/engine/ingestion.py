@@ -193,10 +193,10 @@ def _store(chunk: list[tuple[int, ev.ValidEvent]], results: list, *, source: str
     (answered duplicate or conflict); returns the new events' (id, account id)."""
     if not chunk:
         return []
-    accounts = dict(Account.objects.filter(external_id__in={valid.account for _, valid in chunk})
+    accounts = dict(Account.objects.filter(external_id__any_of={valid.account for _, valid in chunk})
                     .values_list("external_id", "pk"))
     wanted_templates = {valid.template for _, valid in chunk if valid.template}
-    templates = set(Template.objects.filter(external_id__in=wanted_templates)
+    templates = set(Template.objects.filter(external_id__any_of=wanted_templates)
                     .values_list("external_id", flat=True)) if wanted_templates else set()
     rows: list[tuple[int, ev.ValidEvent, int]] = []
     for index, valid in chunk:
@@ -211,7 +211,7 @@ def _store(chunk: list[tuple[int, ev.ValidEvent]], results: list, *, source: str
     with transaction.atomic():
         ids = _insert(rows, source=source)
     taken = [valid.external_id for (_, valid, _), event_id in zip(rows, ids, strict=True) if event_id is None]
-    stored_hashes = dict(Event.objects.filter(external_id__in=taken).values_list("external_id", "content_hash")
+    stored_hashes = dict(Event.objects.filter(external_id__any_of=taken).values_list("external_id", "content_hash")
                          ) if taken else {}
     stored = []
     for (index, valid, account_id), event_id in zip(rows, ids, strict=True):
@@ -244,7 +244,7 @@ def _insert(rows: list[tuple[int, ev.ValidEvent, int]], *, source: str) -> list[
         }, constants={"source": source, "received_at": timezone.now(), "refunded": 0, "applied_at": None,
                       "apply_error": ""}, unique="external_id", returning=("external_id", "id")))
         return [inserted.get(valid.external_id) for valid in valids]
-    taken = set(Event.objects.filter(external_id__in=[valid.external_id for _, valid, _ in rows])
+    taken = set(Event.objects.filter(external_id__any_of=[valid.external_id for _, valid, _ in rows])
                 .values_list("external_id", flat=True))
     events = [None if valid.external_id in taken else _event(valid, account_id, source)
               for _, valid, account_id in rows]
@@ -301,7 +301,7 @@ def apply_pending(*, event_ids: list[int] | None = None, account_id: int | None 
         else:
             pending = Event.objects.filter(applied_at__isnull=True, apply_error="")
             if event_ids is not None:
-                pending = pending.filter(pk__in=event_ids)
+                pending = pending.filter(pk__any_of=event_ids)
             if account_id is not None:
                 pending = pending.filter(account_id=account_id)
             head = list(pending.order_by("id").values_list("pk", "account_id")[:size])
@@ -311,7 +311,7 @@ def apply_pending(*, event_ids: list[int] | None = None, account_id: int | None 
             accounts = sorted({account for _, account in head if account is not None})
             # The accounts' rows are the appliers' claim. (.exists() would not do: Django drops
             # FOR UPDATE from an EXISTS query.)
-            list(Account.objects.select_for_update().filter(pk__in=accounts).order_by("pk")
+            list(Account.objects.select_for_update().filter(pk__any_of=accounts).order_by("pk")
                  .values_list("pk", flat=True))
             events = _claim(accounts, [pk for pk, _ in head], head[-1][0])
             if events:
@@ -330,9 +330,9 @@ def _claim(accounts: list[int], ids: list[int], last: int) -> list[Event]:
         with connection.cursor() as cursor:
             cursor.execute(bulk.sql(
                 "UPDATE {event} SET applied_at = %s WHERE applied_at IS NULL AND apply_error = '' AND id <= %s "
-                "AND (account_id = ANY(%s) OR id = ANY(%s)) RETURNING {columns}",
+                "AND (account_id = ANY(%s::bigint[]) OR id = ANY(%s::bigint[])) RETURNING {columns}",
                 event=bulk.table(Event), columns=", ".join(field.column for field in fields)),
-                [now, last, accounts, ids])
+                [now, last, bulk.array_text(accounts), bulk.array_text(ids)])
             rows = cursor.fetchall()
         # Rows to model instances as a query would build them (JSON columns come back as text).
         names = [field.attname for field in fields]
@@ -345,9 +345,9 @@ def _claim(accounts: list[int], ids: list[int], last: int) -> list[Event]:
             events.append(Event.from_db(connection.alias, names, row))
         return sorted(events, key=lambda event: event.pk)
     events = list(Event.objects.filter(applied_at__isnull=True, apply_error="", pk__lte=last)
-                  .filter(Q(account_id__in=accounts) | Q(pk__in=ids)).order_by("id"))
+                  .filter(Q(account_id__any_of=accounts) | Q(pk__any_of=ids)).order_by("id"))
     if events:
-        Event.objects.filter(pk__in=[e.pk for e in events]).update(applied_at=now)
+        Event.objects.filter(pk__any_of=[e.pk for e in events]).update(applied_at=now)
     return events
 
 

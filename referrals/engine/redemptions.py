@@ -20,13 +20,13 @@ def apply_redemption_run(run: list[Event], programs: Programs, *, replay: bool) 
     `_left_to_step`), which the engine then hands to the step."""
     head = list(takewhile(lambda event: event.type == ev.CREDITS_REDEEMED, run))
     accounts = {account.external_id: account for account in Account.objects.select_for_update().filter(
-        external_id__in={event.payload.get("account") for event in head} - {None})}
+        external_id__any_of={event.payload.get("account") for event in head} - {None})}
     account_ids = [account.pk for account in accounts.values()]
-    credits = dict(Balance.objects.filter(account_id__in=account_ids, book=Book.CREDITS)
+    credits = dict(Balance.objects.filter(account_id__any_of=account_ids, book=Book.CREDITS)
                    .values_list("account_id", "amount"))
     grants: dict[int, list[CreditGrant]] = defaultdict(list)
     for grant in CreditGrant.objects.select_for_update().filter(
-            account_id__in=account_ids, expired_at__isnull=True, remaining__gt=0).order_by("expires_at", "id"):
+            account_id__any_of=account_ids, expired_at__isnull=True, remaining__gt=0).order_by("expires_at", "id"):
         grants[grant.account_id].append(grant)
 
     # In id order, on the rows in memory: a redemption sees the balance and grants the

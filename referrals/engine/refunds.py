@@ -18,13 +18,13 @@ def apply_refund_run(run: list[Event], programs: Programs, *, replay: bool) -> i
     `_left_to_step`), which the engine then hands to the step."""
     head = list(takewhile(lambda event: event.type == ev.PAYMENT_REFUNDED, run))
     accounts = {account.external_id: account for account in Account.objects.select_for_update().filter(
-        external_id__in={event.payload.get("account") for event in head} - {None})}
+        external_id__any_of={event.payload.get("account") for event in head} - {None})}
     targets = {target.external_id: target for target in Event.objects.select_for_update().filter(
-        external_id__in={event.payload.get("refunds") for event in head} - {None})}
+        external_id__any_of={event.payload.get("refunds") for event in head} - {None})}
     referrals = {referral.referred_id: referral for referral in Referral.objects.select_for_update().filter(
-        referred_id__in=[account.pk for account in accounts.values()])}
+        referred_id__any_of=[account.pk for account in accounts.values()])}
     accruals: dict[int, list[Accrual]] = defaultdict(list)
-    for accrual in clawed_back(Accrual.objects.filter(event_id__in=[target.pk for target in targets.values()])):
+    for accrual in clawed_back(Accrual.objects.filter(event_id__any_of=[target.pk for target in targets.values()])):
         accruals[accrual.event_id].append(accrual)
 
     # In id order, on the rows in memory: a refund sees what the refunds before it in the run did.
