@@ -19,7 +19,9 @@ each side, the sides interleaved so both see the same table size and the same ma
   bearer-key authentication, throttle, JSON parsing, validation, storing), then
   `ingestion.apply_pending()` (what the queued task or the sweeper runs) until the batch is
   applied: accruals, ledger legs, balances, rollups, milestones, outbox messages. Timed from
-  the POST until the apply returns; the store part alone is printed too.
+  the POST until the apply returns; the store part alone is printed too. A batch of up to
+  `--inline-max` events (default: the `INGEST_INLINE_APPLY_MAX` setting) is applied inside its
+  request, in the transaction that stores it; a larger one is queued and applied here.
 - COPY: `COPY referrals_event FROM STDIN` of the same rows (pre-serialised, hashes computed
   outside the timing) through the same connection: the floor set by PostgreSQL for storing them.
 - raw INSERT: one multi-row `INSERT ... VALUES` per batch of the same rows.
@@ -185,6 +187,9 @@ def main() -> None:
     parser.add_argument("--accounts", type=int, default=5000, help="referred accounts charged (default 5000)")
     parser.add_argument("--referrers", type=int, default=50, help="referrers sharing them (default 50)")
     parser.add_argument("--singles", type=int, default=200, help="single-event POSTs timed one by one (default 200)")
+    parser.add_argument("--inline-max", type=int, default=None,
+                        help="INGEST_INLINE_APPLY_MAX for the run: batches up to this size are applied in their "
+                             "request, larger ones by apply_pending (default: the setting)")
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--profile", metavar="FILE",
                         help="write a cProfile of the timed batches (POST + apply) to FILE (pstats format)")
@@ -207,8 +212,11 @@ def main() -> None:
     copies = [copy_rows(batch, "copy", account_ids) for batch in batches]
     inserts = [copy_rows(batch, "insert", account_ids) for batch in batches]
 
-    # The big batches are queued on commit (more than INGEST_INLINE_APPLY_MAX): Celery's
-    # in-memory transport takes the task and no worker runs it; this process applies instead.
+    # Batches above INGEST_INLINE_APPLY_MAX are queued on commit: Celery's in-memory transport
+    # takes the task and no worker runs it; this process applies instead.
+    inline_max = settings.INGEST_INLINE_APPLY_MAX
+    if args.inline_max is not None:
+        settings.INGEST_INLINE_APPLY_MAX = args.inline_max
     current_app.conf.CELERY_BROKER_URL = "memory://"
     current_app.conf.CELERY_TASK_ALWAYS_EAGER = False
     settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]
@@ -229,10 +237,12 @@ def main() -> None:
             t0 = time.perf_counter()
             post(client, bodies[number])
             t1 = time.perf_counter()
-            done = apply_pending()
+            apply_pending()
             t2 = time.perf_counter()
         if profiler:
             profiler.disable()
+        done = Event.objects.filter(external_id__any_of=[raw["id"] for raw in batches[number]],
+                                    applied_at__isnull=False).count()
         assert done == BATCH, f"{done} of {BATCH} events applied"
         copy_in(copies[number])
         t3 = time.perf_counter()
@@ -248,6 +258,9 @@ def main() -> None:
     if profiler:
         profiler.dump_stats(args.profile)
 
+    mode = "in the request" if BATCH <= settings.INGEST_INLINE_APPLY_MAX else "by apply_pending"
+    mode += f", INGEST_INLINE_APPLY_MAX={settings.INGEST_INLINE_APPLY_MAX}"
+    settings.INGEST_INLINE_APPLY_MAX = max(inline_max, 1)  # the single POSTs are applied in their request
     latencies = []
     single_statements = StatementTimes()
     for i in range(args.singles):
@@ -269,7 +282,8 @@ def main() -> None:
     latencies.sort()
     print(f"{n} usage.charged in batches of {BATCH} over {args.accounts} accounts of {args.referrers} referrers, "
           f"PostgreSQL {connection.pg_version} (set-up {setup_seconds:.0f} s, load {os.getloadavg()})")
-    print(f"applied end to end (POST + apply_pending): {rate['applied']:,.0f} events/s ({seconds['applied']:.2f} s)")
+    print(f"applied end to end (POST + apply_pending): {rate['applied']:,.0f} events/s ({seconds['applied']:.2f} s; "
+          f"batches applied {mode})")
     print(f"  of which storing (POST alone):           {rate['store']:,.0f} events/s ({seconds['store']:.2f} s)")
     print(f"COPY of the same rows:                     {rate['copy']:,.0f} events/s ({seconds['copy']:.2f} s)")
     print(f"raw multi-row INSERT of the same rows:     {rate['insert']:,.0f} events/s ({seconds['insert']:.2f} s)")

@@ -169,9 +169,11 @@ SPECTACULAR_SETTINGS = {
 # Per-key request counters: atomic INCR+EXPIRE in Redis when REDIS_URL is set, else a
 # per-process local-memory counter (see referrals.api.auth.ApiKeyThrottle).
 API_THROTTLE_REDIS_URL = env.str("API_THROTTLE_REDIS_URL", default=env.str("REDIS_URL", default=""))
-# A batch with more stateless money events than this is applied by a task queued on commit
-# instead of in the request (referrals.engine.ingestion).
-INGEST_INLINE_APPLY_MAX = env.int("INGEST_INLINE_APPLY_MAX", default=200)
+# Stateless money events of a batch, up to this many in a row, are stored and applied in one
+# transaction inside the request; a longer run is stored, and applied by a task queued on commit
+# (referrals.engine.ingestion). 1,000 (a whole batch): applied in the request, 25 % more applied
+# events/s than through the task in bench/ingest.py, and every web worker applies in parallel.
+INGEST_INLINE_APPLY_MAX = env.int("INGEST_INLINE_APPLY_MAX", default=1000)
 # Events one applier transaction takes at most (referrals.engine.ingestion.apply_pending).
 APPLY_BATCH_MAX = env.int("APPLY_BATCH_MAX", default=1000)
 # Outbound webhooks (integrations app).

@@ -4,16 +4,18 @@ import threading
 
 import pytest
 from celery import current_app
-from django.db import connection, connections
+from django.db import DatabaseError, connection, connections
+from django.db.models import F
 from django.test import override_settings
 from rest_framework.test import APIClient
 
 from ledger.models import Book
 from ledger.selectors import balances_for
 from referrals.api.keys import api_key_create
+from referrals.engine import ingestion
 from referrals.engine.ingestion import apply_pending, ingest_batch
 from referrals.engine.verification import check_integrity, replay_differences
-from referrals.models import Account, Event, Referral
+from referrals.models import Account, Accrual, Event, Referral
 from referrals.presets import load_preset
 from tests.helpers import at, event, signup, usd
 
@@ -62,6 +64,58 @@ def test_it_applies_stored_charges_like_one_by_one_ingestion(referred, settings)
 def test_it_applies_a_small_batch_inside_the_request(referred):
     ingest_batch(charges(3, amount="100.00"))
     assert balances_for(referred.pk)[Book.PENDING] == usd("6.00")
+
+
+def test_it_stores_and_applies_a_batch_in_one_transaction_without_claiming_it(referred, settings,
+                                                                             django_assert_max_num_queries):
+    settings.INGEST_INLINE_APPLY_MAX = 1000
+    # Dedupe, accounts, templates, the accounts' locks, one INSERT, the claim of what earlier
+    # requests left pending, then the engine's loading queries and writes.
+    with django_assert_max_num_queries(30 if connection.vendor == "postgresql" else 60):
+        results = ingest_batch(charges(500, amount="2.00"))
+    assert statuses(results) == ["accepted"] * 500
+    assert balances_for(referred.pk)[Book.PENDING] == usd("20.00")  # 2% of 500 x $2
+    # Stored as applied (one moment for all, the INSERT's), in the transaction that applied
+    # them: never pending, never claimed.
+    stored = Event.objects.filter(external_id__startswith="c-")
+    assert stored.count() == 500 and stored.values("applied_at").distinct().count() == 1
+    if connection.vendor == "postgresql":
+        assert not stored.exclude(applied_at=F("received_at")).exists()
+    assert check_integrity() == [] and replay_differences() == []
+
+
+def test_it_applies_what_an_earlier_request_left_pending_before_a_batch_applied_in_its_request(referred, settings):
+    settings.INGEST_INLINE_APPLY_MAX = 0
+    ingest_batch(charges(3, amount="10.00", prefix="old"))  # stored, left to the task
+    settings.INGEST_INLINE_APPLY_MAX = 1000
+    ingest_batch(charges(2, amount="10.00", prefix="new"))
+    assert not Event.objects.filter(applied_at__isnull=True).exists()
+    # Applied in id order, the old ones first (their accruals were written first), as a replay does.
+    applied = list(Accrual.objects.order_by("id").values_list("event__external_id", flat=True))
+    assert applied == ["old-0", "old-1", "old-2", "new-0", "new-1"]
+    assert balances_for(referred.pk)[Book.PENDING] == usd("1.00")
+    assert check_integrity() == [] and replay_differences() == []
+
+
+def test_a_batch_whose_apply_fails_in_its_request_stays_stored_for_the_task(referred, settings, monkeypatch,
+                                                                           django_capture_on_commit_callbacks):
+    settings.INGEST_INLINE_APPLY_MAX = 1000
+
+    def broken(events, **kwargs):
+        Accrual.objects.filter(pk=-1).update(amount=1)  # a write the rollback must take with it
+        raise DatabaseError("the database went away mid-apply")
+
+    monkeypatch.setattr(ingestion.engine, "apply_events", broken)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        results = ingest_batch(charges(4, amount="50.00"))
+    assert statuses(results) == ["accepted"] * 4
+    assert Event.objects.filter(external_id__startswith="c-", applied_at__isnull=True).count() == 4
+    assert balances_for(referred.pk).get(Book.PENDING, 0) == 0
+    monkeypatch.undo()
+    for callback in callbacks:
+        callback()  # the task queued on commit
+    assert balances_for(referred.pk)[Book.PENDING] == usd("4.00")
+    assert check_integrity() == [] and replay_differences() == []
 
 
 def test_it_queues_a_large_batch_on_commit_and_applies_it(referred, settings, django_capture_on_commit_callbacks):

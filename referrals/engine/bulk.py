@@ -222,12 +222,25 @@ def move_balances(deltas: dict[tuple[int, str], int]) -> None:
     deltas = {key: delta for key, delta in deltas.items() if delta}
     if not deltas:
         return
-    values = ", ".join(["(CAST(%s AS BIGINT), %s, CAST(%s AS BIGINT))"] * len(deltas))
+    keys = sorted(deltas)
+    if is_postgres():
+        # The rows are locked in (account, book) order before they are updated: two appliers
+        # crediting the same referrers (two requests, a request and the task) wait for each
+        # other instead of deadlocking.
+        execute("WITH d AS (SELECT * FROM UNNEST(%s::bigint[], %s::varchar[], %s::bigint[]) "
+                "AS d(account_id, book, delta)), "
+                "locked AS MATERIALIZED (SELECT b.id FROM {balance} b JOIN d ON b.account_id = d.account_id "
+                "AND b.book = d.book ORDER BY b.account_id, b.book FOR UPDATE OF b) "
+                "UPDATE {balance} SET amount = {balance}.amount + d.delta FROM d, locked "
+                "WHERE {balance}.id = locked.id AND {balance}.account_id = d.account_id AND {balance}.book = d.book",
+                [array_text([account_id for account_id, _ in keys]), array_text([book for _, book in keys]),
+                 array_text([deltas[key] for key in keys])], balance=table(Balance))
+        return
+    values = ", ".join(["(CAST(%s AS BIGINT), %s, CAST(%s AS BIGINT))"] * len(keys))
     execute("WITH d (account_id, book, delta) AS (VALUES {values}) "
             "UPDATE {balance} SET amount = {balance}.amount + d.delta FROM d "
             "WHERE {balance}.account_id = d.account_id AND {balance}.book = d.book",
-            [value for (account_id, book), delta in deltas.items() for value in (account_id, book, delta)],
-            values=values, balance=table(Balance))
+            [value for key in keys for value in (*key, deltas[key])], values=values, balance=table(Balance))
 
 
 # Rows per UPDATE of `update_rows` (bounds the statement's parameter list).

@@ -3,20 +3,22 @@
 A batch is validated in Python and its accounts and templates resolved in one query each. The
 stateless money events (`BULK_TYPES`: their only database checks are that the account and
 template exist) are then stored with one INSERT that also skips the ids the log already holds
-(answered `duplicate`, or rejected when the content differs), marked not yet applied
-(`Event.applied_at` null), and answered `accepted`. Events whose outcome depends on state at
-application time (a redemption above the credits, a refund above the payment, a sign-up with
-codes and clicks, ...) keep the synchronous path (`services.ingest_event`: store and apply in
-one transaction), so they can still be answered `rejected`; everything stored before them is
-applied first, so they see its effects.
+(answered `duplicate`, or rejected when the content differs), and answered `accepted`. Events
+whose outcome depends on state at application time (a redemption above the credits, a refund
+above the payment, a sign-up with codes and clicks, ...) keep the synchronous path
+(`ingest_event`: store and apply in one transaction), so they can still be answered `rejected`;
+everything stored before them is applied first, so they see its effects.
 
-Stored events are applied by `apply_pending`: batches of up to `APPLY_BATCH_MAX` in id order
-across any number of accounts, each in one transaction that locks the batch's accounts (in id
-order), claims their pending events with one UPDATE and hands them to the engine
-(`referrals.engine.apply.apply_events`). Two appliers at once (a request and the task, two tasks, the
-sweeper) never apply an event twice or out of order. Small batches are applied inside the
-request; larger ones by `apply_stored_events`, a task queued on commit; whatever an interrupted
-apply leaves, the sweeper applies.
+A run of up to `INGEST_INLINE_APPLY_MAX` stateless events is applied in the transaction that
+stores it (`_store_and_apply`): their accounts are locked first, the events are stored as
+applied and handed to the engine as built, with no claim and no read-back. A longer run is
+stored pending (`Event.applied_at` null) and applied by `apply_stored_events`, a task queued
+on commit, through `apply_pending`: batches of up to `APPLY_BATCH_MAX` in id order across any
+number of accounts, each in one transaction that locks the batch's accounts (in id order),
+claims their pending events with one UPDATE and hands them to the engine
+(`referrals.engine.apply.apply_events`). Two appliers at once (two requests, a request and the
+task, the sweeper) never apply an event twice or out of order; whatever an interrupted or
+failed apply leaves pending, the sweeper applies.
 """
 import logging
 from dataclasses import dataclass
@@ -150,10 +152,7 @@ def ingest_batch(raws: list, *, source: str = Event.Source.API, now=None) -> lis
             results[index] = _ingest_one(valid, source=source, now=now)
     stored += _store(chunk, results, source=source)
     if stored:
-        if len(stored) <= settings.INGEST_INLINE_APPLY_MAX:
-            apply_pending(stored=stored)
-        else:
-            transaction.on_commit(lambda ids=[pk for pk, _ in stored]: queue_apply(ids))
+        transaction.on_commit(lambda ids=[pk for pk, _ in stored]: queue_apply(ids))
     return results
 
 
@@ -190,7 +189,9 @@ def _rejected(valid: ev.ValidEvent, field: str, reason: str, code: str) -> Inges
 
 def _store(chunk: list[tuple[int, ev.ValidEvent]], results: list, *, source: str) -> list[tuple[int, int]]:
     """Store stateless money events with one INSERT that also finds the ids already in the log
-    (answered duplicate or conflict); returns the new events' (id, account id)."""
+    (answered duplicate or conflict). Up to `INGEST_INLINE_APPLY_MAX` of them are applied in the
+    same transaction (`_store_and_apply`); returns the (id, account id) of the new events left
+    for the task to apply."""
     if not chunk:
         return []
     accounts = dict(Account.objects.filter(external_id__any_of={valid.account for _, valid in chunk})
@@ -208,8 +209,9 @@ def _store(chunk: list[tuple[int, ev.ValidEvent]], results: list, *, source: str
             rows.append((index, valid, accounts[valid.account]))
     if not rows:
         return []
+    inline = len(rows) <= settings.INGEST_INLINE_APPLY_MAX
     with transaction.atomic():
-        ids = _insert(rows, source=source)
+        ids = _store_and_apply(rows, source=source) if inline else _insert(rows, source=source)
     taken = [valid.external_id for (_, valid, _), event_id in zip(rows, ids, strict=True) if event_id is None]
     stored_hashes = dict(Event.objects.filter(external_id__any_of=taken).values_list("external_id", "content_hash")
                          ) if taken else {}
@@ -219,11 +221,40 @@ def _store(chunk: list[tuple[int, ev.ValidEvent]], results: list, *, source: str
             results[index] = _repeat(valid, stored_hashes[valid.external_id])
         else:
             results[index] = IngestResult(valid.external_id, "accepted")
-            stored.append((event_id, account_id))
+            if not inline:
+                stored.append((event_id, account_id))
     return stored
 
 
-def _insert(rows: list[tuple[int, ev.ValidEvent, int]], *, source: str) -> list[int | None]:
+def _store_and_apply(rows: list[tuple[int, ev.ValidEvent, int]], *, source: str) -> list[int | None]:
+    """Store the rows and apply them in the caller's transaction; per row its new id, or None.
+
+    Their accounts are locked first (in id order, as `apply_pending` does), so per account the
+    new ids follow the order events are applied in. The events are stored as applied and handed
+    to the engine as built here (no claim, no reading them back), after any event of those
+    accounts that an earlier request left pending (claimed here). If applying fails as a whole,
+    its savepoint is rolled back and the events stay stored, pending, for the task or the sweeper:
+    accepted is only answered for what the transaction commits."""
+    accounts = sorted({account_id for _, _, account_id in rows})
+    list(Account.objects.select_for_update().filter(pk__any_of=accounts).order_by("pk").values_list("pk", flat=True))
+    now = timezone.now()
+    ids = _insert(rows, source=source, applied_at=now)
+    new = [_event(valid, account_id, source, pk=event_id, applied_at=now)
+           for (_, valid, account_id), event_id in zip(rows, ids, strict=True) if event_id is not None]
+    if not new:
+        return ids
+    try:
+        with transaction.atomic():
+            earlier = _claim(accounts, [], new[-1].pk)
+            engine.apply_events(sorted(earlier + new, key=lambda event: event.pk))
+    except Exception:
+        log.exception("%d stored events could not be applied in their request; left to the task", len(new))
+        Event.objects.filter(pk__any_of=[event.pk for event in new]).update(applied_at=None)
+        transaction.on_commit(lambda pks=[event.pk for event in new]: queue_apply(pks))
+    return ids
+
+
+def _insert(rows: list[tuple[int, ev.ValidEvent, int]], *, source: str, applied_at=None) -> list[int | None]:
     """Insert the rows whose id the log does not hold yet; per row its new id, or None.
 
     On PostgreSQL this is one INSERT ... ON CONFLICT DO NOTHING with one array per column: no
@@ -241,12 +272,13 @@ def _insert(rows: list[tuple[int, ev.ValidEvent, int]], *, source: str) -> list[
             "amount": [valid.amount for valid in valids],
             "product": [valid.product for valid in valids],
             "runtime_seconds": [valid.runtime_seconds for valid in valids],
-        }, constants={"source": source, "received_at": timezone.now(), "refunded": 0, "applied_at": None,
-                      "apply_error": ""}, unique="external_id", returning=("external_id", "id")))
+        }, constants={"source": source, "received_at": applied_at or timezone.now(), "refunded": 0,
+                      "applied_at": applied_at, "apply_error": ""},
+            unique="external_id", returning=("external_id", "id")))
         return [inserted.get(valid.external_id) for valid in valids]
     taken = set(Event.objects.filter(external_id__any_of=[valid.external_id for _, valid, _ in rows])
                 .values_list("external_id", flat=True))
-    events = [None if valid.external_id in taken else _event(valid, account_id, source)
+    events = [None if valid.external_id in taken else _event(valid, account_id, source, applied_at=applied_at)
               for _, valid, account_id in rows]
     try:
         with transaction.atomic():
@@ -265,11 +297,15 @@ def _insert(rows: list[tuple[int, ev.ValidEvent, int]], *, source: str) -> list[
     return [event.pk if event is not None else None for event in events]
 
 
-def _event(valid: ev.ValidEvent, account_id: int, source: str) -> Event:
-    return Event(external_id=valid.external_id, type=valid.type, source=source, account_id=account_id,
-                 occurred_at=valid.occurred_at, payload=valid.raw, content_hash=valid.content_hash,
-                 amount=valid.amount, product=valid.product, runtime_seconds=valid.runtime_seconds,
-                 applied_at=None)
+def _event(valid: ev.ValidEvent, account_id: int, source: str, *, pk: int | None = None, applied_at=None) -> Event:
+    """The event as stored (`pk` given: as if read back from the row `_insert` wrote)."""
+    event = Event(pk=pk, external_id=valid.external_id, type=valid.type, source=source, account_id=account_id,
+                  occurred_at=valid.occurred_at, received_at=applied_at, payload=valid.raw,
+                  content_hash=valid.content_hash, amount=valid.amount, product=valid.product,
+                  runtime_seconds=valid.runtime_seconds, applied_at=applied_at)
+    if pk is not None:
+        event._state.adding, event._state.db = False, connection.alias
+    return event
 
 
 # --------------------------------------------------------------------------- applying
