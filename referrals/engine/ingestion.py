@@ -239,7 +239,7 @@ def _store_and_apply(rows: list[tuple[int, ev.ValidEvent, int]], *, source: str)
     list(Account.objects.select_for_update().filter(pk__any_of=accounts).order_by("pk").values_list("pk", flat=True))
     now = timezone.now()
     ids = _insert(rows, source=source, applied_at=now)
-    new = [_event(valid, account_id, source, pk=event_id, applied_at=now)
+    new = [_stored_event(valid, account_id, source, pk=event_id, applied_at=now)
            for (_, valid, account_id), event_id in zip(rows, ids, strict=True) if event_id is not None]
     if not new:
         return ids
@@ -297,15 +297,26 @@ def _insert(rows: list[tuple[int, ev.ValidEvent, int]], *, source: str, applied_
     return [event.pk if event is not None else None for event in events]
 
 
-def _event(valid: ev.ValidEvent, account_id: int, source: str, *, pk: int | None = None, applied_at=None) -> Event:
-    """The event as stored (`pk` given: as if read back from the row `_insert` wrote)."""
-    event = Event(pk=pk, external_id=valid.external_id, type=valid.type, source=source, account_id=account_id,
-                  occurred_at=valid.occurred_at, received_at=applied_at, payload=valid.raw,
-                  content_hash=valid.content_hash, amount=valid.amount, product=valid.product,
-                  runtime_seconds=valid.runtime_seconds, applied_at=applied_at)
-    if pk is not None:
-        event._state.adding, event._state.db = False, connection.alias
-    return event
+def _event(valid: ev.ValidEvent, account_id: int, source: str, *, applied_at=None) -> Event:
+    return Event(external_id=valid.external_id, type=valid.type, source=source, account_id=account_id,
+                 occurred_at=valid.occurred_at, payload=valid.raw, content_hash=valid.content_hash,
+                 amount=valid.amount, product=valid.product, runtime_seconds=valid.runtime_seconds,
+                 applied_at=applied_at)
+
+
+_EVENT_COLUMNS = [field.attname for field in Event._meta.concrete_fields]
+
+
+def _stored_event(valid: ev.ValidEvent, account_id: int, source: str, *, pk: int, applied_at) -> Event:
+    """The event as `_insert` stored it, built as if read back from its row (`Model.from_db`
+    takes the values in column order: a third of the time of keyword arguments)."""
+    row = {"id": pk, "external_id": valid.external_id, "type": valid.type, "source": source,
+           "account_id": account_id, "occurred_at": valid.occurred_at, "received_at": applied_at,
+           "payload": valid.raw, "content_hash": valid.content_hash, "amount": valid.amount,
+           "product": valid.product, "template_id": None, "refunds_id": None, "refunded": 0,
+           "runtime_seconds": valid.runtime_seconds, "actor_id": None, "applied_at": applied_at,
+           "apply_error": "", "warnings": None}
+    return Event.from_db(connection.alias, _EVENT_COLUMNS, [row[name] for name in _EVENT_COLUMNS])
 
 
 # --------------------------------------------------------------------------- applying
