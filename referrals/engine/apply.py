@@ -23,10 +23,10 @@ Sign-ups (`account.created`) in a row, two or more, are applied set-based too
 (`referrals.engine.signups`): the accounts, their balance rows, referrals, fraud flags, sign-up
 credits and their ledger legs with a few bulk statements, the clicks they name looked up at once
 (`clicks.find_clicks`), the attribution and self-referral signals decided in Python in id order,
-exactly as the step decides them one by one. So are
-refunds (`payment.refunded`) in a row (`referrals.engine.refunds`): the refunded events, referral
-spend or purchases, purchased credits, the claw-back of the payments' accruals and its ledger
-legs, computed in id order on the rows in memory with the step's own pieces. So are redemptions
+exactly as the step decides them one by one. So are refunds (`payment.refunded`) in a row
+(`referrals.engine.refunds`): the refunded events, referral spend or purchases, purchased
+credits, the claw-back of the payments' accruals and its ledger legs, computed in id order on
+the rows in memory with the step's own pieces. So are redemptions
 (`credits.redeemed`) in a row (`referrals.engine.redemptions`): the accounts' credits balances and
 open grants loaded once, the spendable check and the grants' consumption done in id order in
 memory with the step's own pieces, the grants' remainders and the ledger legs written in bulk.

@@ -94,8 +94,8 @@ def _write(planned: list[tuple], created: list[Account], programs: Programs) -> 
         return
 
     recent = _recent_clicks([(referrer.pk, account) for _, account, referrer, *_ in referred])
-    # A click shares its sign-ups when a referral already names it (`steps.self_referral_signals`):
-    # one of before the run, or of an earlier sign-up of the run.
+    # A click is shared when a referral names it already (`steps.self_referral_signals`): one of
+    # before the run, or of an earlier sign-up of the run.
     used = _clicks_used({click.pk for *_, click, _ in referred if click is not None})
     referrals, flags = [], []
     for (event, account, referrer, click, template), recent_clicks in zip(referred, recent, strict=True):
