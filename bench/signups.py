@@ -4,14 +4,18 @@ through the step as before (the engine's sign-up run switched off), on PostgreSQ
 end (the apply's transaction and the outbox messages delivered after its commit to the
 subscribed consumers) and inside the engine (`engine.apply_events`), with the queries of both.
 
-    DATABASE_URL=postgres://... .venv/bin/python bench/signups.py [--rounds 3] [--referrers 50]
+    DATABASE_URL=postgres://... .venv/bin/python bench/signups.py [--rounds 3] [--referrers 50] [--with-clicks 0.5]
 
 The database must be a scratch one (e.g. `scripts/pg-throwaway.sh start DIR`): the script
 migrates it, loads the `apimarket` preset (a $2.50 sign-up credit for referred accounts),
 signs up `--referrers` referrers through ingestion, then per round stores 1,000 sign-ups
 (outside the timing): each referred by a referrer's code, one in ten from its referrer's IP
-(flagged same_ip), one in twenty with an unknown code (accepted with a warning). The two ways
-alternate round by round on fresh sign-ups, so both see the same table sizes and machine noise.
+(flagged same_ip), one in twenty with an unknown code (accepted with a warning). With
+`--with-clicks SHARE`, that share of them also names a click on its referrer's link (written
+before the round, outside the timing; half by row id, half by public id), one in four of those
+without the code (attributed by the click alone), one in ten naming the click of an earlier one
+(flagged shared_click). The two ways alternate round by round on fresh sign-ups, so both see the
+same table sizes and machine noise.
 Finally the ledger is checked (balanced, projection equal to the entries, pending = held).
 """
 import argparse
@@ -38,21 +42,35 @@ from referrals.engine import apply as engine  # noqa: E402
 from referrals.engine import events as ev  # noqa: E402
 from referrals.engine.ingestion import apply_pending, ingest_event  # noqa: E402
 from referrals.engine.verification import check_integrity  # noqa: E402
-from referrals.models import Account, Event, Referral  # noqa: E402
+from referrals.models import Account, Click, Event, Referral  # noqa: E402
 from referrals.presets import load_preset  # noqa: E402
 
 BATCH = 1000
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def store_batch(tag: str, referrers: list[Account], rng: random.Random) -> list[int]:
+def store_batch(tag: str, referrers: list[Account], rng: random.Random, with_clicks: float = 0.0) -> list[int]:
     rows = []
+    named: list[tuple[Account, str]] = []  # (referrer, click id) of the sign-ups with a click so far
     for n in range(BATCH):
         referrer = rng.choice(referrers)
+        occurred_at = START + timedelta(days=1, seconds=n)
         raw = {"id": f"{tag}-{n}", "type": ev.ACCOUNT_CREATED, "account": f"{tag}-{n}",
-               "occurred_at": (START + timedelta(days=1, seconds=n)).isoformat(), "email": f"{tag}-{n}@example.com",
+               "occurred_at": occurred_at.isoformat(), "email": f"{tag}-{n}@example.com",
                "referral_code": "zzzz0000" if n % 20 == 7 else referrer.referral_code,
                "ip": referrer.signup_ip if n % 10 == 3 else f"198.51.{n % 200}.{n % 250}"}
+        if rng.random() < with_clicks:
+            if named and rng.random() < 0.1:
+                referrer, click_id = rng.choice(named)  # a click that brought a sign-up already
+            else:
+                click = Click.objects.create(referrer=referrer, visitor_id=uuid.uuid4().hex,
+                                             created_at=occurred_at - timedelta(minutes=5))
+                click_id = str(click.pk) if rng.random() < 0.5 else str(click.public_id)
+                named.append((referrer, click_id))
+            raw["click_id"] = click_id
+            raw["referral_code"] = referrer.referral_code
+            if rng.random() < 0.25:
+                del raw["referral_code"]
         valid = ev.validate_event(raw, now=START + timedelta(days=30))
         rows.append(Event(external_id=valid.external_id, type=valid.type, occurred_at=valid.occurred_at,
                           payload=valid.raw, content_hash=valid.content_hash, warnings=valid.warnings or None,
@@ -99,6 +117,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--referrers", type=int, default=50)
+    parser.add_argument("--with-clicks", type=float, default=0.0, metavar="SHARE",
+                        help="share of the sign-ups that name a click on their referrer's link (0 to 1)")
     parser.add_argument("--profile", action="store_true", help="cProfile one more set-based batch (top 25)")
     args = parser.parse_args()
     if connection.vendor != "postgresql":
@@ -116,11 +136,13 @@ def main() -> None:
     figures: dict[str, list[tuple[float, float, int]]] = {"step": [], "set-based": []}
     for round_ in range(args.rounds):
         for way in ("step", "set-based"):
-            ids = store_batch(f"{run}-{way}-{round_}", referrers, rng)
+            ids = store_batch(f"{run}-{way}-{round_}", referrers, rng, args.with_clicks)
             figures[way].append(apply(ids, set_based=way == "set-based"))
-    flagged = Referral.objects.filter(referred__external_id__startswith=run, status=Referral.Status.INELIGIBLE).count()
+    ours = Referral.objects.filter(referred__external_id__startswith=run)
+    flagged = ours.filter(status=Referral.Status.INELIGIBLE).count()
     problems = check_integrity()
-    print(f"{args.rounds} rounds of {BATCH} sign-ups per way ({flagged} referrals flagged same_ip in all), "
+    print(f"{args.rounds} rounds of {BATCH} sign-ups per way ({flagged} referrals flagged in all, "
+          f"{ours.filter(click__isnull=False).count()} attributed through a click), "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for way, rows in figures.items():
         rates = [BATCH / elapsed for elapsed, _, _ in rows]
@@ -136,7 +158,7 @@ def main() -> None:
         import cProfile
         import pstats
 
-        ids = store_batch(f"{run}-profile", referrers, rng)
+        ids = store_batch(f"{run}-profile", referrers, rng, args.with_clicks)
         profile = cProfile.Profile()
         profile.runcall(apply, ids, set_based=True)
         pstats.Stats(profile).sort_stats("cumulative").print_stats(25)

@@ -3,6 +3,8 @@ step applies them one by one: the same accounts, referrals, fraud flags, sign-up
 ledger, balances, rollups, event rows and outbox messages; duplicates and bad codes are decided
 as the step decides them; and a batch costs the same number of queries whatever its size."""
 import itertools
+import types
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -11,6 +13,7 @@ from django.test.utils import CaptureQueriesContext
 
 from ledger.models import Balance
 from ledger.models import Transaction as LedgerTransaction
+from referrals.attribution import clicks
 from referrals.engine import apply as engine
 from referrals.engine import events as ev
 from referrals.engine import outbox
@@ -48,6 +51,8 @@ def snapshot(callbacks) -> dict:
     their referred account (PostgreSQL's sequences move on between two rolled-back attempts)."""
     names = dict(Account.objects.values_list("id", "external_id"))
     referred = {pk: names[a] for pk, a in Referral.objects.values_list("id", "referred_id")}
+    # By public id: a click written from the buffer in a rolled-back attempt gets a new row id.
+    click_ids = dict(Click.objects.values_list("id", "public_id"))
     accruals = {row[0]: (row[1], row[2], row[3], names[row[4]], row[5], referred.get(row[6]), *row[7:])
                 for row in Accrual.objects.order_by("id").values_list(
                     "id", "program_id", "program_version", "rule", "beneficiary_id", "event_id", "referral_id",
@@ -72,7 +77,7 @@ def snapshot(callbacks) -> dict:
         "accounts": list(Account.objects.order_by("id").values_list(
             "external_id", "email", "email_normalized", "referral_code", "code_enabled", "track", "signup_ip",
             "device_id", "purchased_credits", "signed_up_at")),
-        "referrals": [(names[r], names[d], c, t, s, why, when) for r, d, c, t, s, why, when in
+        "referrals": [(names[r], names[d], click_ids.get(c), t, s, why, when) for r, d, c, t, s, why, when in
                       Referral.objects.order_by("id").values_list(
                           "referrer_id", "referred_id", "click_id", "template_id", "status", "ineligible_reason",
                           "created_at")],
@@ -138,7 +143,7 @@ def a_history_of_sign_ups(settings) -> list[str]:
     ]
     for raw in batch:
         store(raw)
-    return ["s-5", "s-6", "s-8", "s-11"]
+    return ["s-5", "s-6", "s-8"]
 
 
 def test_it_applies_a_batch_of_sign_ups_as_the_step_applies_them_one_by_one(
@@ -272,3 +277,212 @@ def test_a_run_that_fails_as_a_whole_is_applied_one_by_one(apimarket, monkeypatc
     assert set(Referral.objects.values_list("referred__external_id", flat=True)) == {"carol", "dan"}
     assert Account.objects.filter(external_id__in=["bob", "carol", "dan"]).count() == 3
     assert check_integrity() == [] and replay_differences() == []
+
+
+# --------------------------------------------------------------------------- sign-ups with a click
+
+
+@pytest.fixture
+def buffered_click(monkeypatch):
+    """`buffered_click(referrer, when)`: a click left in this process's click buffer, as a
+    request leaves it, and not written (the buffer of the test, its writer thread never started)."""
+    buffer = clicks.ClickBuffer()
+    monkeypatch.setattr(buffer, "_start", lambda: None)
+    monkeypatch.setattr(clicks, "buffer", buffer)
+
+    def add(referrer: Account, when) -> clicks.PendingClick:
+        click = clicks.PendingClick(public_id=uuid.uuid4(), referrer_id=referrer.pk, visitor_id=uuid.uuid4().hex,
+                                    ip_hash="", user_agent="Mozilla/5.0", path="/", template_id=None, is_unique=True,
+                                    created_at=when)
+        buffer.add(click)
+        return click
+
+    return add
+
+
+def a_click(referrer: Account, when) -> Click:
+    return Click.objects.create(referrer=referrer, visitor_id=uuid.uuid4().hex, created_at=when)
+
+
+def a_history_of_sign_ups_with_clicks(buffered_click) -> list[str]:
+    """Referrers and their clicks, then a stored batch of sign-ups naming clicks in every way the
+    step decides on; returns the ids the step must take itself."""
+    alice = signup("alice", email="alice@example.com", ip="203.0.113.7", device_id="dev-1")
+    carol = signup("carol")
+    dora = signup("dora")
+    Account.objects.filter(pk=dora.pk).update(code_enabled=False)
+    assert ingest_event(event("template.published", "alice", id="t-0", template="tpl")).status == "accepted"
+    of_carol, of_alice, shared, mine = (a_click(carol, at(1)), a_click(alice, at(1)), a_click(carol, at(1)),
+                                        a_click(alice, at(1)))
+    expired, of_dora, used_before = a_click(carol, at(0)), a_click(dora, at(1)), a_click(alice, at(1))
+    signup("pam", click_id=str(used_before.pk), when=at(1))  # a referral names this click already
+    waiting = buffered_click(carol, at(1))
+    batch = [
+        event("account.created", "bob", id="c-1", when=at(1), email="bob@example.com", click_id=str(of_carol.pk)),
+        event("account.created", "eve", id="c-2", when=at(1), email="eve@example.com",
+              click_id=str(of_alice.public_id)),
+        event("account.created", "fay", id="c-3", when=at(1), email="fay@example.com",
+              click_id=of_alice.public_id.hex.upper()),  # eve's click again, spelt otherwise
+        event("account.created", "gus", id="c-4", when=at(1), email="gus@example.com",
+              click_id=str(waiting.public_id)),  # still buffered
+        event("account.created", "hal", id="c-5", when=at(1), email="hal@example.com", click_id=str(uuid.uuid4())),
+        event("account.created", "ivy", id="c-6", when=at(1), email="ivy@example.com", click_id="not-a-click"),
+        event("account.created", "jon", id="c-7", when=at(1), email="jon@example.com", click_id="99999999"),
+        event("account.created", "kim", id="c-8", when=at(2), email="kim@example.com",
+              referral_code=alice.referral_code, click_id=str(of_carol.pk)),  # carol's click, alice's code
+        event("account.created", "lea", id="c-9", when=at(2), email="lea@example.com",
+              referral_code=carol.referral_code, click_id=str(shared.pk)),
+        event("account.created", "max", id="c-10", when=at(2), email="max@example.com", click_id=str(shared.pk)),
+        event("account.created", "ned", id="c-11", when=at(31), email="ned@example.com", click_id=str(expired.pk)),
+        event("account.created", "oli", id="c-12", when=at(2), email="oli@example.com", click_id=str(of_dora.pk)),
+        event("account.created", "pat", id="c-13", when=at(2), email="pat@example.com", click_id=str(mine.pk),
+              ip="203.0.113.7", device_id="dev-1"),  # alice herself, through her own click
+        event("account.created", "quy", id="c-14", when=at(2), email="quy@example.com",
+              click_id=str(used_before.public_id)),
+        event("account.created", "bob", id="c-15", when=at(2), email="bob2@example.com", click_id=str(of_alice.pk)),
+        event("account.created", "rex", id="c-16", when=at(2), email="rex@example.com", click_id=12345),
+        event("account.created", "sue", id="c-17", when=at(2), email="sue@example.com", template="tpl",
+              click_id=str(of_carol.public_id)),
+        event("account.created", "tim", id="c-18", when=at(2), email="tim@mailinator.com",
+              click_id=str(of_carol.pk)),
+    ]
+    for raw in batch:
+        store(raw)
+    return ["c-15"]
+
+
+def test_it_applies_a_batch_of_sign_ups_with_clicks_as_the_step_applies_them_one_by_one(
+        apimarket, settings, predictable_codes, buffered_click, step_calls, django_capture_on_commit_callbacks):
+    stepped = a_history_of_sign_ups_with_clicks(buffered_click)
+    states, applied = {}, {}
+    for size in (1, 7, 1000):
+        predictable_codes()
+        for _ in range(4):  # alice, carol, dora and pam drew the first four
+            Account._meta.get_field("referral_code").get_default()
+        states[size], applied[size], calls = applied_in_batches(
+            settings, django_capture_on_commit_callbacks, size, step_calls)
+        if size == 1000:
+            assert calls == stepped
+    for part in states[1]:
+        assert states[1][part] == states[7][part] == states[1000][part], part
+    assert applied == {1: 17, 7: 17, 1000: 17}  # all but the second bob
+
+    state = states[1000]
+    referrals = {referred: (referrer, click is not None, status, why)
+                 for referrer, referred, click, _, status, why, _ in state["referrals"]}
+    shared = "click shared by several sign-ups"
+    assert referrals == {
+        "pam": ("alice", True, "pending", ""),
+        "bob": ("carol", True, "pending", ""),
+        "eve": ("alice", True, "pending", ""),
+        "fay": ("alice", True, "ineligible", shared),
+        "gus": ("carol", True, "pending", ""),
+        "kim": ("alice", False, "pending", ""),
+        "lea": ("carol", True, "pending", ""),
+        "max": ("carol", True, "ineligible", shared),
+        "pat": ("alice", True, "ineligible", "same sign-up IP as the referrer; same device as the referrer"),
+        "quy": ("alice", True, "ineligible", shared),
+        "sue": ("carol", True, "ineligible", shared),
+        "tim": ("carol", True, "ineligible", f"disposable e-mail domain; {shared}"),
+    }
+    gus_click = {referred: click for _, referred, click, *_ in state["referrals"]}["gus"]
+    assert not Click.objects.filter(public_id=gus_click).exists() and clicks.buffer.find_all({gus_click}), (
+        "written by each attempt from the buffer, which keeps it once the attempt is rolled back")
+    warned = {x: [(w["field"], w["code"]) for w in warnings or []] for x, _, warnings, _, _ in state["events"]
+              if x.startswith("c-")}
+    assert {x: codes for x, codes in warned.items() if codes} == {
+        "c-5": [("click_id", "unknown_click")], "c-6": [("click_id", "unknown_click")],
+        "c-7": [("click_id", "unknown_click")], "c-8": [("click_id", "click_mismatch")],
+        "c-11": [("click_id", "click_expired")], "c-12": [("click_id", "disabled_code")],
+        "c-16": [("click_id", "malformed_click")]}
+    assert [kind for kind, *_ in state["messages"]].count(outbox.REFERRAL_CREATED) == 11
+    flags = {referred: [s["signal"] for s in signals] for referred, signals, _ in state["flags"]}
+    assert flags["max"] == ["shared_click"] and flags["tim"] == ["disposable_email", "shared_click"]
+
+
+def queries_with_clicks(n: int, alice: Account, carol: Account, buffered_click) -> int:
+    """n sign-ups, by turns through a click named by row id, by public id (from the referrer's
+    IP), still buffered, of another referrer than the code (ignored), unknown, or the click of
+    the first of the six (shared)."""
+    named = []
+    for i in range(n):
+        if i % 6 == 0:
+            click_id = str(a_click(alice, at(1)).pk)
+        elif i % 6 == 1:
+            click_id = str(a_click(alice, at(1)).public_id)
+        elif i % 6 == 2:
+            click_id = str(buffered_click(alice, at(1)).public_id)
+        elif i % 6 == 3:
+            click_id = str(a_click(carol, at(1)).pk)
+        elif i % 6 == 4:
+            click_id = str(uuid.uuid4())
+        else:
+            click_id = named[i - 5]
+        named.append(click_id)
+        store(event("account.created", f"q{n}-{i}", id=f"q{n}-{i}", when=at(1), email=f"q{i}@example.com",
+                    referral_code=alice.referral_code if i % 6 == 3 else None, click_id=click_id,
+                    ip="203.0.113.7" if i % 6 == 1 else f"198.51.100.{i % 250}"))
+    with CaptureQueriesContext(connection) as queries:
+        assert apply_pending() == n
+    referred = Referral.objects.filter(referred__external_id__startswith=f"q{n}-")
+    assert referred.count() == sum(i % 6 != 4 for i in range(n))
+    assert referred.filter(click__isnull=False).count() == sum(i % 6 in (0, 1, 2, 5) for i in range(n))
+    assert referred.filter(status="ineligible").count() == sum(i % 6 in (1, 5) for i in range(n))  # same IP, shared
+    return len(queries)
+
+
+def test_a_batch_of_sign_ups_with_clicks_costs_the_same_number_of_queries_whatever_its_size(
+        apimarket, buffered_click, step_calls):
+    alice = signup("alice", ip="203.0.113.7")
+    carol = signup("carol")
+    step_calls.clear()
+    twenty = queries_with_clicks(20, alice, carol, buffered_click)
+    assert twenty == queries_with_clicks(40, alice, carol, buffered_click)
+    assert twenty <= 30
+    assert step_calls == []
+
+
+class FakeClock:
+    """`time` for `clicks.find_clicks`: sleeping only moves the clock on, and can run `then`."""
+
+    def __init__(self, then):
+        self.now, self.slept, self.then = 0.0, [], then
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+        self.then(len(self.slept))
+
+    def time(self) -> float:
+        import time
+
+        return time.time()
+
+
+def test_it_waits_once_for_the_clicks_of_a_run_that_another_process_has_not_written_yet(
+        postgres_only, apimarket, settings, monkeypatch, step_calls):
+    settings.REFERRAL = {**settings.REFERRAL, "CLICK_WRITE": "buffered", "CLICK_FLUSH_INTERVAL_MS": 200}
+    alice = signup("alice")
+    late = uuid.uuid4()
+    for n in range(5):
+        store(event("account.created", f"w-{n}", id=f"w-{n}", when=at(1), email=f"w{n}@example.com",
+                    click_id=str(late if n == 3 else uuid.uuid4())))
+
+    def other_process_writes(sleeps: int) -> None:
+        if sleeps == 2:  # as another process's click writer commits it, during the wait
+            Click.objects.create(public_id=late, referrer=alice, visitor_id="v" * 32, created_at=at(1))
+
+    clock = FakeClock(other_process_writes)
+    monkeypatch.setattr(clicks, "time", types.SimpleNamespace(monotonic=clock.monotonic, sleep=clock.sleep,
+                                                              time=clock.time))
+    step_calls.clear()
+
+    assert apply_pending() == 5
+
+    assert step_calls == []
+    assert 0.45 <= sum(clock.slept) < 0.5 + 1e-9, "one wait for the run's four unknown clicks, not four"
+    assert Referral.objects.get().click.public_id == late
+    assert [w["code"] for w in Event.objects.get(external_id="w-0").warnings] == ["unknown_click"]

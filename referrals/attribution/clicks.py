@@ -10,18 +10,21 @@ Writes: the click gets its public id, unique flag and time in the request, then 
 per-process buffer that a background thread writes with one INSERT every CLICK_FLUSH_INTERVAL_MS
 (or as soon as CLICK_FLUSH_BATCH are waiting). The buffer is written at process exit too (atexit:
 gunicorn workers exit through it on SIGTERM, SIGINT and SIGQUIT), and a sign-up that names a click
-still waiting writes that click first (`find_click`). A batch the database cannot take (it is down,
-the table is locked) stays buffered and is retried; a batch it refuses because of one row's content
-is written row by row and only that row is dropped, so one hostile click never holds back the
-others (issue 15.2). Only SIGKILL or a crash loses what is buffered at that moment (< one interval).
+still waiting writes that click first (`find_clicks`: a run of sign-ups writes all of theirs in one
+INSERT). A batch the database cannot take (it is down, the table is locked) stays buffered and is
+retried; a batch it refuses because of one row's content is written row by row and only that row
+is dropped, so one hostile click never holds back the others (issue 15.2). Only SIGKILL or a crash
+loses what is buffered at that moment (< one interval).
 """
 
 import atexit
+import contextlib
 import logging
 import os
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 
@@ -218,27 +221,54 @@ def write_clicks(clicks: list[PendingClick]) -> int:
 
 def find_click(click_id: str) -> Click | None:
     """The click a sign-up names: its row id (digits) or its public id, even if still buffered."""
-    if click_id.isascii() and click_id.isdigit() and len(click_id) < 19:
-        return Click.objects.filter(pk=int(click_id)).select_related("referrer").first()
-    try:
-        public_id = uuid.UUID(click_id)
-    except ValueError:
-        return None
-    click = Click.objects.filter(public_id=public_id).select_related("referrer").first()
-    if click is None and (pending := buffer.find(public_id)) is not None:
-        # Write this one now, in the caller's transaction. The buffer keeps it: its batch skips the
-        # row if the caller commits, and writes it if the caller rolls back.
-        Click.objects.bulk_create([pending.as_model()], ignore_conflicts=True)
-        click = Click.objects.filter(public_id=public_id).select_related("referrer").first()
-    if click is None and connection.vendor == "postgresql" and settings.REFERRAL["CLICK_WRITE"] != "direct":
-        # Another server process may still hold it; each writes its buffer within one interval,
-        # and a new statement sees other transactions' commits (READ COMMITTED). On SQLite this
-        # caller's open write transaction would keep the other process from writing: no waiting.
-        deadline = time.monotonic() + settings.REFERRAL["CLICK_FLUSH_INTERVAL_MS"] / 1000 + 0.25
-        while click is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-            click = Click.objects.filter(public_id=public_id).select_related("referrer").first()
-    return click
+    return find_clicks([click_id]).get(click_id)
+
+
+def find_clicks(click_ids: Iterable[str]) -> dict[str, Click]:
+    """The clicks sign-ups name, by the id each names (row id or public id; ids that name no
+    click are left out), with their referrer, in a number of queries that does not grow with
+    the ids: one for the row ids, one for the public ids, and for public ids still in this
+    process's click buffer one `bulk_create` and one more read. On PostgreSQL with buffered click
+    writes, public ids found nowhere are waited for once, up to one flush interval, all together."""
+    row_ids: dict[str, int] = {}
+    public_ids: dict[str, uuid.UUID] = {}
+    for click_id in set(click_ids):
+        if click_id.isascii() and click_id.isdigit() and len(click_id) < 19:
+            row_ids[click_id] = int(click_id)
+            continue
+        with contextlib.suppress(ValueError):  # neither: no click
+            public_ids[click_id] = uuid.UUID(click_id)
+    found: dict[str, Click] = {}
+    if row_ids:
+        by_pk = Click.objects.select_related("referrer").in_bulk(set(row_ids.values()))
+        found |= {click_id: by_pk[pk] for click_id, pk in row_ids.items() if pk in by_pk}
+    if public_ids:
+        by_public = _clicks_by_public_id(set(public_ids.values()))
+        missing = set(public_ids.values()) - by_public.keys()
+        if missing and (pending := buffer.find_all(missing)):
+            # Write these now, in the caller's transaction. The buffer keeps them: its batch skips
+            # the rows if the caller commits, and writes them if the caller rolls back.
+            Click.objects.bulk_create([click.as_model() for click in pending], ignore_conflicts=True)
+            by_public |= _clicks_by_public_id(missing)
+            missing -= by_public.keys()
+        if missing and connection.vendor == "postgresql" and settings.REFERRAL["CLICK_WRITE"] != "direct":
+            # Another server process may still hold them; each writes its buffer within one
+            # interval, and a new statement sees other transactions' commits (READ COMMITTED).
+            # One wait for all of them, not one per click. On SQLite this caller's open write
+            # transaction would keep the other process from writing: no waiting.
+            deadline = time.monotonic() + settings.REFERRAL["CLICK_FLUSH_INTERVAL_MS"] / 1000 + 0.25
+            while missing and time.monotonic() < deadline:
+                time.sleep(0.05)
+                by_public |= _clicks_by_public_id(missing)
+                missing -= by_public.keys()
+        found |= {click_id: by_public[public_id] for click_id, public_id in public_ids.items()
+                  if public_id in by_public}
+    return found
+
+
+def _clicks_by_public_id(public_ids: set[uuid.UUID]) -> dict[uuid.UUID, Click]:
+    rows = Click.objects.filter(public_id__in=public_ids).select_related("referrer")
+    return {click.public_id: click for click in rows}
 
 
 # --------------------------------------------------------------------------- the buffer
@@ -289,12 +319,12 @@ class ClickBuffer:
         if closed:
             write_clicks([click])
 
-    def find(self, public_id: uuid.UUID) -> PendingClick | None:
+    def find_all(self, public_ids: set[uuid.UUID]) -> list[PendingClick]:
+        """The clicks waiting (or being written) with one of these public ids."""
         with self._lock:
-            for click in (*self._in_flight, *self._pending):
-                if click.public_id == public_id:
-                    return click
-        return None
+            # A failed flush puts its batch back before it empties `_in_flight`: once each.
+            return list({click.public_id: click for click in (*self._in_flight, *self._pending)
+                         if click.public_id in public_ids}.values())
 
     def __len__(self) -> int:
         with self._lock:

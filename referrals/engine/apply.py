@@ -21,11 +21,12 @@ that does not grow with the run:
 
 Sign-ups (`account.created`) in a row, two or more, are applied set-based too
 (`referrals.engine.signups`): the accounts, their balance rows, referrals, fraud flags, sign-up
-credits and their ledger legs with a few bulk statements, the attribution and self-referral
-signals decided in Python in id order, exactly as the step decides them one by one. So are
-refunds (`payment.refunded`) in a row (`referrals.engine.refunds`): the refunded events, referral
-spend or purchases, purchased credits, the claw-back of the payments' accruals and its ledger
-legs, computed in id order on the rows in memory with the step's own pieces. So are redemptions
+credits and their ledger legs with a few bulk statements, the clicks they name looked up at once
+(`clicks.find_clicks`), the attribution and self-referral signals decided in Python in id order,
+exactly as the step decides them one by one. So are refunds (`payment.refunded`) in a row
+(`referrals.engine.refunds`): the refunded events, referral spend or purchases, purchased
+credits, the claw-back of the payments' accruals and its ledger legs, computed in id order on
+the rows in memory with the step's own pieces. So are redemptions
 (`credits.redeemed`) in a row (`referrals.engine.redemptions`): the accounts' credits balances and
 open grants loaded once, the spendable check and the grants' consumption done in id order in
 memory with the step's own pieces, the grants' remainders and the ledger legs written in bulk.
@@ -50,10 +51,13 @@ Ordering:
 - A run of sign-ups ends where the step has to decide alone, and that sign-up is applied by
   the step at its place: a second sign-up of an account in the run, one whose account exists
   already (rejected; replayed: one whose account is missing), one with an unknown template
-  (rejected) or an unusable IP, and one attributed through a click (`click_id`: finding the
-  click may write it from the click buffer or wait for another process). A referrer signed up
-  earlier in the run is known from the run itself (its code, e-mail, IP, device). A lone
-  sign-up, and the synchronous path's batch of one (`on_error=None`), take the step.
+  (rejected) or an unusable IP. A referrer signed up earlier in the run is known from the run
+  itself (its code, e-mail, IP, device). Sign-ups attributed through a click (`click_id`) stay
+  in the run: its clicks are looked up once before it is decided (the ones still in this
+  process's click buffer written first; on PostgreSQL one wait, for all of them, for clicks
+  another process has not written yet), and a click counts as shared (`shared_click`) when a
+  referral of before the run or of an earlier sign-up in it names it. A lone sign-up, and the
+  synchronous path's batch of one (`on_error=None`), take the step.
 - A run of refunds sees its own effects (two refunds of one payment: the second claws back
   from what the first left) and ends where the step would reject or write alone, and that
   refund is applied by the step at its place: one larger than what is left to refund (after

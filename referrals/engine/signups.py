@@ -1,11 +1,15 @@
 """Sign-ups applied set-based: a run of consecutive `account.created` events with a number of
 SQL statements that does not grow with the run, exactly as the step (`steps._on_account_created`)
-applies them one by one. `referrals.engine.apply.apply_events` dispatches runs here ("Ordering").
+applies them one by one, attribution through a referral code, a template or a click included (the
+run's clicks are looked up at once, `clicks.find_clicks`). `referrals.engine.apply.apply_events`
+dispatches runs here ("Ordering").
 """
+from collections.abc import Iterator
 from itertools import takewhile
 
 from ledger.services import open_books
 
+from ..attribution import clicks
 from ..models import Account, Accrual, Click, Event, FraudFlag, Referral, Template
 from . import bulk, outbox
 from . import events as ev
@@ -29,7 +33,7 @@ from .steps import (
 
 def apply_signup_run(run: list[Event], programs: Programs, *, replay: bool) -> int:
     """Apply the longest prefix of `run`'s sign-ups that can go set-based; returns its length
-    (0: none). The event it stops at is left to the step (see `_left_to_step`)."""
+    (0: none). The event it stops at is left to the step (see `_up_to_step`)."""
     head = list(takewhile(lambda event: event.type == ev.ACCOUNT_CREATED, run))
     wanted = {event.payload.get("account") for event in head}
     existing = {account.external_id: account for account in Account.objects.filter(external_id__in=wanted)}
@@ -41,18 +45,18 @@ def apply_signup_run(run: list[Event], programs: Programs, *, replay: bool) -> i
     templates = ({t.external_id: t for t in Template.objects.filter(external_id__in=template_ids)
                   .select_related("creator")} if template_ids else {})
 
+    candidates = _up_to_step(head, replay=replay, existing=existing)
+    found_clicks = clicks.find_clicks(_click_ids(candidates))
+
     # Decide every sign-up in id order, as the step would with the earlier ones applied.
-    planned: list[tuple[Event, Account, Account | None, Template | None, list[dict]]] = []
+    planned: list[tuple[Event, Account, Account | None, Click | None, Template | None, list[dict]]] = []
     created: list[Account] = []
-    seen: set[str] = set()
-    for event in head:
-        if _left_to_step(event, replay=replay, existing=existing, seen=seen):
-            break
+    for event in candidates:
         warnings = list(event.warnings or [])
         try:
-            referrer, _, template = attribution(
+            referrer, click, template = attribution(
                 event.payload, event.occurred_at, ignored={w["field"] for w in warnings}, warnings=warnings,
-                account_by_code=by_code.get, click_by_id=_no_click, template_by_id=templates.get)
+                account_by_code=by_code.get, click_by_id=found_clicks.get, template_by_id=templates.get)
         except EventRejected:
             break  # an unknown template: the step rejects it
         if replay:
@@ -64,8 +68,7 @@ def apply_signup_run(run: list[Event], programs: Programs, *, replay: bool) -> i
                 break  # an unusable field (the IP): the step fails on it
             created.append(account)
             by_code.setdefault(account.referral_code, account)
-        seen.add(account.external_id)
-        planned.append((event, account, referrer, template, warnings))
+        planned.append((event, account, referrer, click, template, warnings))
     if not planned:
         return 0
     before = [(event, event.account_id, event.warnings) for event, *_ in planned]
@@ -82,19 +85,25 @@ def apply_signup_run(run: list[Event], programs: Programs, *, replay: bool) -> i
 def _write(planned: list[tuple], created: list[Account], programs: Programs) -> None:
     Account.objects.bulk_create(created)
     open_books([account.pk for account in created])
-    for event, account, _, _, warnings in planned:
+    for event, account, *_, warnings in planned:
         event.account, event.warnings = account, warnings  # the account now that it has its id
     bulk.update_rows(Event, [event for event, *_ in planned], ["account", "warnings"])
-    referred = [(event, account, referrer, template) for event, account, referrer, template, _ in planned
-                if referrer is not None]
+    referred = [(event, account, referrer, click, template) for event, account, referrer, click, template, _
+                in planned if referrer is not None]
     if not referred:
         return
 
-    recent = _recent_clicks([(referrer.pk, account) for _, account, referrer, _ in referred])
+    recent = _recent_clicks([(referrer.pk, account) for _, account, referrer, *_ in referred])
+    # A click is shared when a referral names it already (`steps.self_referral_signals`): one of
+    # before the run, or of an earlier sign-up of the run.
+    used = _clicks_used({click.pk for *_, click, _ in referred if click is not None})
     referrals, flags = [], []
-    for (event, account, referrer, template), recent_clicks in zip(referred, recent, strict=True):
-        signals = referral_signals(referrer, account, click=None, click_shared=False, recent_clicks=recent_clicks)
-        referral = new_referral(event, referrer=referrer, referred=account, click=None, template=template,
+    for (event, account, referrer, click, template), recent_clicks in zip(referred, recent, strict=True):
+        signals = referral_signals(referrer, account, click=click,
+                                   click_shared=click is not None and click.pk in used, recent_clicks=recent_clicks)
+        if click is not None:
+            used.add(click.pk)
+        referral = new_referral(event, referrer=referrer, referred=account, click=click, template=template,
                                 signals=signals)
         referrals.append(referral)
         if signals:
@@ -120,21 +129,32 @@ def _write(planned: list[tuple], created: list[Account], programs: Programs) -> 
     outbox.publish_many(messages)
 
 
-def _left_to_step(event: Event, *, replay: bool, existing: dict[str, Account], seen: set[str]) -> bool:
-    """Where the run ends and the step takes the event: a second sign-up of one account in the
-    run, an account that exists already (the step rejects it) or, replayed, one that does not,
-    and a click to attribute through (`clicks.find_click` may write the row from the click
-    buffer, or wait for another process to write it)."""
-    payload = event.payload
-    external_id = payload.get("account")
-    warned = {w["field"] for w in event.warnings or []}
-    if external_id in seen or (payload.get("click_id") and "click_id" not in warned):
-        return True
-    return (external_id not in existing) if replay else (external_id in existing)
+def _up_to_step(head: list[Event], *, replay: bool, existing: dict[str, Account]) -> list[Event]:
+    """The sign-ups of `head` before the first that is left to the step: a second sign-up of one
+    account in the run, an account that exists already (the step rejects it) or, replayed, one
+    that does not. (The run may end earlier, where deciding a sign-up fails: see the caller.)"""
+    seen: set[str] = set()
+    for position, event in enumerate(head):
+        external_id = event.payload.get("account")
+        if external_id in seen or ((external_id not in existing) if replay else (external_id in existing)):
+            return head[:position]
+        seen.add(external_id)
+    return head
 
 
-def _no_click(click_id: str) -> Click | None:
-    raise AssertionError("sign-ups with a click are applied by their step")  # see _left_to_step
+def _click_ids(events: list[Event]) -> Iterator[str]:
+    """The click ids the sign-ups' attribution will look up (not those warned about already)."""
+    for event in events:
+        click_id = event.payload.get("click_id")
+        if click_id and isinstance(click_id, str) and "click_id" not in {w["field"] for w in event.warnings or []}:
+            yield click_id
+
+
+def _clicks_used(click_ids: set[int]) -> set[int]:
+    """Those of these clicks that a referral names already."""
+    if not click_ids:
+        return set()
+    return set(Referral.objects.filter(click_id__in=click_ids).values_list("click_id", flat=True))
 
 
 # Pairs per statement of `_recent_clicks` (bounds its parameter list, as bulk.update_rows).
