@@ -1,4 +1,5 @@
-"""PostgreSQL's balance check runs once per ledger transaction, at commit (ledger/0003)."""
+"""PostgreSQL's balance check sums each ledger transaction once, at commit (ledger/0003), all of a
+commit's ledger transactions in one call (ledger/0006)."""
 import pytest
 from django.db import DatabaseError, connection, transaction
 
@@ -59,3 +60,36 @@ def test_a_rolled_back_savepoint_takes_its_notes_with_it(runpod, postgres_only):
         assert _notes() == 0
         _check_now()
     assert not Entry.objects.filter(transaction=txn).exists()
+
+
+def _check_calls() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT COALESCE(SUM(calls), 0) FROM pg_stat_xact_user_functions "
+                       "WHERE funcname IN ('ledger_check_commit', 'ledger_check_pending')")
+        return cursor.fetchone()[0]
+
+
+def test_a_commit_checks_all_its_ledger_transactions_in_one_call(runpod, postgres_only):
+    accounts = [signup(f"acc-{i}") for i in range(2)]
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL track_functions = 'pl'")
+        txns = Transaction.objects.bulk_create([Transaction(kind="test") for _ in range(200)])
+        for chunk in (txns[:100], txns[100:]):  # two statements
+            Entry.objects.bulk_create([Entry(transaction=t, account=account, book=Book.CREDITS, amount=amount)
+                                       for t in chunk for account, amount in zip(accounts, (5, -5), strict=True)])
+        assert _notes() == 200
+        _check_now()
+        assert _check_calls() == 1, "one check for the commit, not one per ledger transaction (ledger/0006)"
+        assert _notes() == 0
+
+
+def test_what_is_written_after_a_check_is_checked_again(runpod, postgres_only):
+    alice = signup("alice")
+    with pytest.raises(DatabaseError, match=r"transaction \d+ is unbalanced by 2 units"), transaction.atomic():
+        first, second = Transaction.objects.bulk_create([Transaction(kind="test") for _ in range(2)])
+        Entry.objects.bulk_create([Entry(transaction=first, account=alice, book=Book.CREDITS, amount=a)
+                                   for a in (1, -1)])
+        _check_now()
+        Entry.objects.bulk_create([Entry(transaction=second, account=alice, book=Book.CREDITS, amount=2)])
+        _check_now()
