@@ -243,11 +243,17 @@ class _State:
     changed_templates: set[int] = field(default_factory=set)
 
 
+_REFERRAL_FIELDS = ("id", "referrer_id", "referred_id", "status", "spend", "spend_by_product", "purchases",
+                    "converted_at")
+
+
 def _load(run: list[Event], programs: list[Program]) -> _State:
     account_ids = {e.account_id for e in run}
     accounts = {a.pk: a for a in Account.objects.filter(pk__any_of=account_ids).only(
         "id", "external_id", "purchased_credits")}
-    referrals = {r.referred_id: r for r in Referral.objects.select_for_update().filter(referred_id__any_of=account_ids)}
+    # The referral fields the rules and the run's writes use (`_write`), no more.
+    referrals = {r.referred_id: r for r in Referral.objects.select_for_update().filter(
+        referred_id__any_of=account_ids).only(*_REFERRAL_FIELDS)}
     wanted = {e.payload.get("template") for e in run if e.payload.get("template")}
     templates = ({t.external_id: t for t in Template.objects.select_for_update().filter(external_id__any_of=wanted)}
                  if wanted else {})
