@@ -1,9 +1,11 @@
 """Faults on the real server (issue 15): gunicorn serving the portal against the test's
 PostgreSQL database, two clients posting batches to POST /api/v1/events; one gunicorn worker is
-killed with SIGKILL in the middle of applying a batch, and PostgreSQL is restarted while batches
-are in flight. A client retries what got no answer, as an integration would. Afterwards every id
-answered `accepted` (or `duplicate`) is stored, the sweeper applies what the crash left, each
-event's money is applied exactly once and `verify_ledger` is clean.
+killed with SIGKILL in the middle of the transaction that stores and applies a batch, and
+PostgreSQL is restarted while batches are in flight. A client retries what got no answer, as an
+integration would. Afterwards every id answered `accepted` (or `duplicate`) is stored, the sweeper
+applies what the crash left (`tests/test_sweeper.py` kills a process between the committed parts
+of a batch the task applies), each event's money is applied exactly once and `verify_ledger` is
+clean.
 
 PostgreSQL only, and only on a cluster started by scripts/pg-throwaway.sh (CI's PostgreSQL
 pass): the test restarts that cluster with its pg_ctl, and never touches any other server.
@@ -134,21 +136,13 @@ class Sender(threading.Thread):
             self.error = exc
 
 
-def _active_worker_pids() -> list[int]:
-    """Gunicorn workers whose database session is inside a statement or a transaction now."""
+def _mid_transaction_worker_pids() -> list[int]:
+    """Gunicorn workers whose database session has been inside a transaction for a while (a
+    batch being stored and applied: it has written, and nothing of it is committed yet)."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT application_name FROM pg_stat_activity WHERE application_name LIKE 'fault-worker-%%' "
-                       "AND state IN ('active', 'idle in transaction')")
+                       "AND state IN ('active', 'idle in transaction') AND backend_xid IS NOT NULL")
         return [int(name.rsplit("-", 1)[1]) for (name,) in cursor.fetchall()]
-
-
-def _mid_apply() -> bool:
-    """A batch is stored whole and partly applied."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM (SELECT substring(external_id from '^f[0-9]+-[0-9]+-') AS batch "
-                       "FROM referrals_event WHERE external_id LIKE 'f%%-%%' GROUP BY 1 "
-                       "HAVING count(*) = %s AND count(applied_at) BETWEEN 1 AND %s) b", [BATCH, BATCH - 1])
-        return cursor.fetchone()[0] > 0
 
 
 def test_killed_worker_and_restarted_database_lose_no_accepted_event(tmp_path):
@@ -158,9 +152,9 @@ def test_killed_worker_and_restarted_database_lose_no_accepted_event(tmp_path):
     port = free_port()
     env = {**os.environ, "DATABASE_URL": database_url(), "DJANGO_SETTINGS_MODULE": "referrals_site.settings",
            "CELERY_TASK_ALWAYS_EAGER": "true", "CELERY_BROKER_URL": "memory://", "REDIS_URL": "",
-           "API_THROTTLE_REDIS_URL": "", "API_RATE_LIMIT": "1000000/minute", "INGEST_INLINE_APPLY_MAX": "1000",
-           # Many small apply transactions per batch, so a kill can land between two of them.
-           "APPLY_BATCH_MAX": "10"}
+           "API_THROTTLE_REDIS_URL": "", "API_RATE_LIMIT": "1000000/minute",
+           # Each batch stored and applied in one transaction inside its request (the default).
+           "INGEST_INLINE_APPLY_MAX": "1000"}
     log = open(tmp_path / "gunicorn.log", "w")  # noqa: SIM115 - closed below
     server = subprocess.Popen(  # noqa: S603 - our own fixed command line
         [GUNICORN, "referrals_site.wsgi", "-c", str(config), "--bind", f"127.0.0.1:{port}", "--workers", "2",
@@ -190,12 +184,9 @@ def test_killed_worker_and_restarted_database_lose_no_accepted_event(tmp_path):
         for sender in senders:
             sender.start()
 
-        # 1. A worker is killed while the batch it stored is being applied.
-        def victim():
-            pids = _active_worker_pids() if _mid_apply() else []
-            return pids[:1]
-
-        killed = wait_until(victim, timeout=30, what="a batch stored and being applied")[0]
+        # 1. A worker is killed inside the transaction that stores and applies its batch.
+        killed = wait_until(lambda: _mid_transaction_worker_pids()[:1], timeout=30, every=0.005,
+                            what="a worker storing and applying a batch")[0]
         os.kill(killed, signal.SIGKILL)
         after_kill = [s.batches_done for s in senders]
 

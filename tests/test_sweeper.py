@@ -98,9 +98,11 @@ def test_a_process_killed_mid_batch_leaves_events_the_sweeper_applies_exactly_on
     path = tmp_path / "batch.json"
     path.write_text(json.dumps(raws))
     log = open(tmp_path / "ingest.log", "w")  # noqa: SIM115 - closed below
-    # The engine applies a batch of APPLY_BATCH_MAX events per transaction: small ones here, so
-    # the kill lands between committed parts of the apply, not before the first or after the last.
-    proc = python(INGEST, str(path), log=log, APPLY_BATCH_MAX="20")
+    # The batch is stored, then applied by the task (a batch above INGEST_INLINE_APPLY_MAX), in
+    # transactions of APPLY_BATCH_MAX events: small ones here, so the kill lands between committed
+    # parts of the apply, not before the first or after the last. (A batch applied in its
+    # request is stored and applied in one transaction: a kill leaves nothing of it.)
+    proc = python(INGEST, str(path), log=log, APPLY_BATCH_MAX="20", INGEST_INLINE_APPLY_MAX="0")
     batch = Event.objects.filter(external_id__startswith="kill-")
     deadline = time.monotonic() + 60
     # Killed once the batch is stored and its apply is under way (about 0.3 s into it).
