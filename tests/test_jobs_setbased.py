@@ -179,5 +179,7 @@ def test_array_text_gives_postgresql_back_every_value(postgres_only):
                        [bulk.array_text([*texts, None]), bulk.array_text([0, -1, 2**62, None]),
                         bulk.array_text([True, False, None]), bulk.array_text(moments)])
         assert cursor.fetchone() == ([*texts, None], [0, -1, 2**62, None], [True, False, None], moments)
-        cursor.execute("SELECT %s::bigint[], %s::text[]", [bulk.array_text(list(range(5))), bulk.array_text([])])
-        assert cursor.fetchone() == ([0, 1, 2, 3, 4], [])
+        cursor.execute("SELECT %s::bigint[], %s::text[], %s::bigint[], %s::text[]",
+                       [bulk.array_text(list(range(5))), bulk.array_text([]), bulk.array_text([None, None]),
+                        bulk.array_text([None, "a", 7])])
+        assert cursor.fetchone() == ([0, 1, 2, 3, 4], [], [None, None], [None, "a", "7"])
