@@ -102,6 +102,23 @@ def applied_in_batches(settings, capture, size: int, step_calls: list) -> tuple[
     return applied_rolled_back(settings, capture, size, step_calls, snapshot=snapshot)
 
 
+def same_in_batches_of_1_7_1000(settings, capture, step_calls, predictable_codes, stepped, *, codes_drawn: int):
+    """Apply the stored history in batches of 1, 7 and 1000 (each rolled back), check the three
+    leave the same state, and return the state of the batch of 1000 and what each applied.
+    `codes_drawn`: the referral codes the accounts signed up before the history drew."""
+    states, applied = {}, {}
+    for size in (1, 7, 1000):
+        predictable_codes()
+        for _ in range(codes_drawn):
+            Account._meta.get_field("referral_code").get_default()
+        states[size], applied[size], calls = applied_in_batches(settings, capture, size, step_calls)
+        if size == 1000:
+            assert calls == stepped
+    for part in states[1]:
+        assert states[1][part] == states[7][part] == states[1000][part], part
+    return states[1000], applied
+
+
 def a_history_of_sign_ups(settings) -> list[str]:
     """Referrers already signed up, then a stored batch of sign-ups that exercises every
     decision of the step; returns the ids the step must take itself."""
@@ -149,20 +166,11 @@ def a_history_of_sign_ups(settings) -> list[str]:
 def test_it_applies_a_batch_of_sign_ups_as_the_step_applies_them_one_by_one(
         apimarket, settings, predictable_codes, step_calls, django_capture_on_commit_callbacks):
     stepped = a_history_of_sign_ups(settings)
-    states, applied = {}, {}
-    for size in (1, 7, 1000):
-        predictable_codes()
-        for _ in range(3):  # alice, carol and dora drew the first three
-            Account._meta.get_field("referral_code").get_default()
-        states[size], applied[size], calls = applied_in_batches(
-            settings, django_capture_on_commit_callbacks, size, step_calls)
-        if size == 1000:
-            assert calls == stepped
-    for part in states[1]:
-        assert states[1][part] == states[7][part] == states[1000][part], part
+    # alice, carol and dora drew the first three codes
+    state, applied = same_in_batches_of_1_7_1000(settings, django_capture_on_commit_callbacks, step_calls,
+                                                 predictable_codes, stepped, codes_drawn=3)
     assert applied == {1: 12, 7: 12, 1000: 12}  # all but the three rejected
 
-    state = states[1000]
     referrals = {referred: (referrer, status, why) for referrer, referred, _, _, status, why, _ in state["referrals"]}
     assert referrals == {
         "bob": ("alice", "pending", ""),
@@ -354,20 +362,11 @@ def a_history_of_sign_ups_with_clicks(buffered_click) -> list[str]:
 def test_it_applies_a_batch_of_sign_ups_with_clicks_as_the_step_applies_them_one_by_one(
         apimarket, settings, predictable_codes, buffered_click, step_calls, django_capture_on_commit_callbacks):
     stepped = a_history_of_sign_ups_with_clicks(buffered_click)
-    states, applied = {}, {}
-    for size in (1, 7, 1000):
-        predictable_codes()
-        for _ in range(4):  # alice, carol, dora and pam drew the first four
-            Account._meta.get_field("referral_code").get_default()
-        states[size], applied[size], calls = applied_in_batches(
-            settings, django_capture_on_commit_callbacks, size, step_calls)
-        if size == 1000:
-            assert calls == stepped
-    for part in states[1]:
-        assert states[1][part] == states[7][part] == states[1000][part], part
+    # alice, carol, dora and pam drew the first four codes
+    state, applied = same_in_batches_of_1_7_1000(settings, django_capture_on_commit_callbacks, step_calls,
+                                                 predictable_codes, stepped, codes_drawn=4)
     assert applied == {1: 17, 7: 17, 1000: 17}  # all but the second bob
 
-    state = states[1000]
     referrals = {referred: (referrer, click is not None, status, why)
                  for referrer, referred, click, _, status, why, _ in state["referrals"]}
     shared = "click shared by several sign-ups"
