@@ -8,7 +8,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from ledger.models import Balance
@@ -17,7 +17,7 @@ from referrals.attribution import clicks
 from referrals.engine import apply as engine
 from referrals.engine import events as ev
 from referrals.engine import outbox
-from referrals.engine.ingestion import apply_pending
+from referrals.engine.ingestion import apply_pending, ingest_batch
 from referrals.engine.services import ingest_event
 from referrals.engine.verification import check_integrity, replay_differences
 from referrals.models import Account, Accrual, Click, CreditGrant, Event, FraudFlag, Referral
@@ -485,3 +485,64 @@ def test_it_waits_once_for_the_clicks_of_a_run_that_another_process_has_not_writ
     assert 0.45 <= sum(clock.slept) < 0.5 + 1e-9, "one wait for the run's four unknown clicks, not four"
     assert Referral.objects.get().click.public_id == late
     assert [w["code"] for w in Event.objects.get(external_id="w-0").warnings] == ["unknown_click"]
+
+
+def _signup_state() -> dict:
+    names = dict(Account.objects.values_list("id", "external_id"))
+    return {
+        "accounts": list(Account.objects.order_by("external_id").values_list(
+            "external_id", "referral_code", "signup_ip", "signed_up_at")),
+        "referrals": sorted((names[r], names[d], s, why) for r, d, s, why in Referral.objects.values_list(
+            "referrer_id", "referred_id", "status", "ineligible_reason")),
+        "flags": sorted((names[d], repr(signals)) for d, signals in FraudFlag.objects.values_list(
+            "referral__referred_id", "signals")),
+        "grants": sorted((names[a], amount, expires) for a, amount, expires in CreditGrant.objects.values_list(
+            "account_id", "amount", "expires_at")),
+        "balances": sorted((names[a], book, amount) for a, book, amount in Balance.objects.values_list(
+            "account_id", "book", "amount")),
+        "events": sorted(Event.objects.values_list("external_id", "warnings", "apply_error")),
+    }
+
+
+def test_an_api_batch_of_sign_ups_is_applied_set_based_with_the_answers_of_one_by_one(apimarket, predictable_codes):
+    def codes_after_alice_and_bob():
+        predictable_codes()
+        for _ in range(2):  # alice and bob drew the first two
+            Account._meta.get_field("referral_code").get_default()
+
+    alice = signup("alice", when=at(0))
+    bob = signup("bob", code=alice.referral_code, when=at(0))
+    batch = [event("account.created", f"new-{i}", id=f"api-{i}", when=at(1, hours=i), email=f"new-{i}@example.com",
+                   referral_code=bob.referral_code if i % 3 else alice.referral_code,
+                   **({"ip": "203.0.113.9"} if i % 5 == 0 else {}))
+             for i in range(30)]
+    batch[4]["referral_code"] = "nosuchcode"  # accepted unattributed, with a warning
+    batch[7] = event("account.created", "alice", id="api-7", when=at(1), email="again@example.com")  # exists
+    batch[11]["template"] = "no-such-template"  # rejected
+    batch[20] = event("account.created", "bob", id=bob_event_id(), when=at(0), email="bob@example.com",
+                      referral_code=alice.referral_code)  # bob's own sign-up again: a duplicate
+
+    with transaction.atomic():
+        codes_after_alice_and_bob()
+        with CaptureQueriesContext(connection) as reference:
+            expected = [result.as_dict() for raw in batch for result in ingest_batch([raw])]
+        one_by_one = _signup_state()
+        transaction.set_rollback(True)
+    codes_after_alice_and_bob()
+    with CaptureQueriesContext(connection) as queries:
+        results = [result.as_dict() for result in ingest_batch(batch)]
+
+    assert results == expected
+    assert [r["status"] for r in results].count("accepted") == 27
+    assert {r["id"]: r["error"]["code"] for r in results if r["status"] == "rejected"} == {
+        "api-7": "account_exists", "api-11": "unknown_template"}
+    assert results[20]["status"] == "duplicate"
+    assert _signup_state() == one_by_one
+    # One by one, about 20 queries a sign-up (640 here); the batch is one run, the step taking
+    # only what the run cannot (the existing account, the unknown template): 81 here.
+    assert len(queries) * 5 < len(reference), (len(queries), len(reference))
+    assert check_integrity() == [] and replay_differences() == []
+
+
+def bob_event_id() -> str:
+    return Event.objects.get(type=ev.ACCOUNT_CREATED, account__external_id="bob").external_id

@@ -136,7 +136,12 @@ def known_types() -> list[str]:
     return sorted({*MONEY_TYPES, *_STEPS})
 
 
-def _record_error(event: Event, exc: Exception) -> None:
+def runs_set_based(event_type: str) -> bool:
+    """Whether two or more events of this type in a row are applied set-based."""
+    return event_type in MONEY_TYPES or event_type in _RUNS
+
+
+def record_error(event: Event, exc: Exception) -> None:
     """Accepted but not applicable (a bug, or state that changed under it): kept out of the
     ledger and of replays, visible in the admin with its reason."""
     log.exception("stored event %s could not be applied", event.external_id)
@@ -164,7 +169,7 @@ _RUNS = {
 
 
 def apply_events(events: list[Event], *, replay: bool = False,
-                 on_error: Callable[[Event, Exception], None] | None = _record_error) -> int:
+                 on_error: Callable[[Event, Exception], None] | None = record_error) -> int:
     """Apply `events` (id order; their accounts locked by the caller); returns the effect count.
 
     With `on_error=None` the first failure propagates (and rolls back with the caller's

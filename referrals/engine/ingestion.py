@@ -5,9 +5,11 @@ stateless money events (`BULK_TYPES`: their only database checks are that the ac
 template exist) are then stored with one INSERT that also skips the ids the log already holds
 (answered `duplicate`, or rejected when the content differs), and answered `accepted`. Events
 whose outcome depends on state at application time (a redemption above the credits, a refund
-above the payment, a sign-up with codes and clicks, ...) keep the synchronous path
-(`ingest_event`: store and apply in one transaction), so they can still be answered `rejected`;
-everything stored before them is applied first, so they see its effects.
+above the payment, a sign-up with codes and clicks, ...) are stored and applied in one
+transaction, so they can still be answered `rejected`; everything stored before them is applied
+first, so they see its effects. Two or more of a type the engine applies set-based in a row
+(sign-ups, refunds, redemptions) go together (`_store_and_apply_run`: one INSERT, one engine
+call, a rejected one taken out of the log again); any other goes alone (`ingest_event`).
 
 A run of up to `INGEST_INLINE_APPLY_MAX` stateless events is applied in the transaction that
 stores it (`_store_and_apply`): their accounts are locked first, the events are stored as
@@ -124,6 +126,7 @@ def ingest_batch(raws: list, *, source: str = Event.Source.API, now=None) -> lis
     chunk: list[tuple[int, ev.ValidEvent]] = []
     chunk_ids: set[str] = set()
     stored: list[tuple[int, int]] = []  # (event id, account id) of the events stored and not applied yet
+    run: list[tuple[int, ev.ValidEvent]] = []  # stateful events of one type in a row, not ingested yet
     for index, raw in enumerate(raws):
         try:
             valid = ev.validate_event(raw, now=now)
@@ -140,20 +143,92 @@ def ingest_batch(raws: list, *, source: str = Event.Source.API, now=None) -> lis
             stored += _store(chunk, results, source=source)
             chunk, chunk_ids = [], set()
         if valid.type in BULK_TYPES:
+            _ingest_run(run, results, source=source, now=now)
+            run = []
             chunk.append((index, valid))
             chunk_ids.add(valid.external_id)
         else:
             # A stateful event sees everything stored before it applied; it is deduplicated
-            # and applied on its own (and may still be rejected).
+            # and applied with the stateful events of its type around it (and may still be
+            # rejected).
             stored += _store(chunk, results, source=source)
             chunk, chunk_ids = [], set()
             apply_pending(stored=stored)
             stored = []
-            results[index] = _ingest_one(valid, source=source, now=now)
+            if run and run[0][1].type != valid.type:
+                _ingest_run(run, results, source=source, now=now)
+                run = []
+            run.append((index, valid))
+    _ingest_run(run, results, source=source, now=now)
     stored += _store(chunk, results, source=source)
     if stored:
         transaction.on_commit(lambda ids=[pk for pk, _ in stored]: queue_apply(ids))
     return results
+
+
+def _ingest_run(run: list[tuple[int, ev.ValidEvent]], results: list, *, source: str, now) -> None:
+    """Stateful events of one type in a row (sign-ups, refunds, redemptions, ...): two or more of
+    a type the engine applies set-based are stored and applied in one transaction
+    (`_store_and_apply_run`), with the answers one by one would give; otherwise, or if that
+    fails as a whole, each goes through the synchronous path."""
+    if len(run) > 1 and engine.runs_set_based(run[0][1].type):
+        try:
+            if _store_and_apply_run(run, results, source=source):
+                return
+        except Exception:
+            log.exception("a run of %d %s events could not be ingested together; one by one", len(run), run[0][1].type)
+    for index, valid in run:
+        if results[index] is None:
+            results[index] = _ingest_one(valid, source=source, now=now)
+
+
+def _store_and_apply_run(run: list[tuple[int, ev.ValidEvent]], results: list, *, source: str) -> bool:
+    """Store the run's new events and apply them with the engine in one transaction, answering
+    each as `ingest_valid_event` would: an id already in the log is a duplicate (or a conflict),
+    an event the engine rejects is answered `rejected` and taken out of the log again (its
+    savepoint already took its effects), the rest `accepted`. Returns False, having written and
+    answered nothing, if an id comes twice in the run (one by one then judges the second
+    against the first)."""
+    ids = [valid.external_id for _, valid in run]
+    if len(set(ids)) < len(ids):
+        return False
+    known = dict(Event.objects.filter(external_id__any_of=ids).values_list("external_id", "content_hash"))
+    fresh = [(index, valid) for index, valid in run if valid.external_id not in known]
+    names = {valid.account for _, valid in fresh}
+    with transaction.atomic():
+        accounts = dict(Account.objects.select_for_update().filter(external_id__any_of=names).order_by("pk")
+                        .values_list("external_id", "pk"))
+        events = Event.objects.bulk_create([
+            Event(external_id=valid.external_id, type=valid.type, source=source, occurred_at=valid.occurred_at,
+                  account_id=accounts.get(valid.account), payload=valid.raw, content_hash=valid.content_hash,
+                  amount=valid.amount, product=valid.product, runtime_seconds=valid.runtime_seconds,
+                  warnings=valid.warnings or None)
+            for _, valid in fresh])
+        ours = {event.pk for event in events}
+        failed: dict[int, Exception] = {}
+
+        def on_error(event: Event, exc: Exception) -> None:
+            if event.pk in ours:
+                failed[event.pk] = exc  # answered rejected; nothing of it stays
+            else:
+                engine.record_error(event, exc)  # an event an earlier request left pending
+
+        earlier = _claim(sorted(accounts.values()), [], max(ours)) if ours else []
+        engine.apply_events(sorted(earlier + events, key=lambda event: event.pk), on_error=on_error)
+        if failed:
+            Event.objects.filter(pk__any_of=list(failed)).delete()
+    for index, valid in run:
+        if valid.external_id in known:
+            results[index] = _repeat(valid, known[valid.external_id])
+    for (index, valid), event in zip(fresh, events, strict=True):
+        exc = failed.get(event.pk)
+        if exc is None:
+            results[index] = IngestResult(valid.external_id, "accepted", warnings=event.warnings or None)
+        elif isinstance(exc, EventRejected):
+            results[index] = IngestResult(valid.external_id, "rejected", exc.code, str(exc), exc.fields)
+        else:
+            results[index] = _internal_error(valid.raw)
+    return True
 
 
 def _raw_id(raw) -> str:
