@@ -30,6 +30,9 @@ the rows in memory with the step's own pieces. So are redemptions
 (`credits.redeemed`) in a row (`referrals.engine.redemptions`): the accounts' credits balances and
 open grants loaded once, the spendable check and the grants' consumption done in id order in
 memory with the step's own pieces, the grants' remainders and the ledger legs written in bulk.
+So are template publications (`template.published`) in a row (`referrals.engine.templates`): the
+publishers and templates loaded once, new templates created and renamed ones written in bulk; a
+template another account published, and an unknown publisher, end the run (the step rejects them).
 
 Every other event type is applied by its step (`_STEPS`, and the steps other apps register
 with `register_step`), one event at a time inside the same call.
@@ -97,7 +100,7 @@ from ..models import (
     Track,
     TrackChange,
 )
-from . import bulk, outbox, redemptions, refunds, rules, signups, steps
+from . import bulk, outbox, redemptions, refunds, rules, signups, steps, templates
 from . import events as ev
 from .configuration import Programs, load_programs
 from .steps import (
@@ -165,6 +168,7 @@ _RUNS = {
     ev.ACCOUNT_CREATED: _SetBasedRun(signups.apply_signup_run, "sign-ups"),
     ev.PAYMENT_REFUNDED: _SetBasedRun(refunds.apply_refund_run, "refunds"),
     ev.CREDITS_REDEEMED: _SetBasedRun(redemptions.apply_redemption_run, "redemptions"),
+    ev.TEMPLATE_PUBLISHED: _SetBasedRun(templates.apply_template_run, "template publications"),
 }
 
 

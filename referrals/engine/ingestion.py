@@ -8,7 +8,7 @@ whose outcome depends on state at application time (a redemption above the credi
 above the payment, a sign-up with codes and clicks, ...) are stored and applied in one
 transaction, so they can still be answered `rejected`; everything stored before them is applied
 first, so they see its effects. Two or more of a type the engine applies set-based in a row
-(sign-ups, refunds, redemptions) go together (`_store_and_apply_run`: one INSERT, one engine
+(sign-ups, refunds, redemptions, template publications) go together (`_store_and_apply_run`: one INSERT, one engine
 call, a rejected one taken out of the log again); any other goes alone (`ingest_event`).
 
 A run of up to `INGEST_INLINE_APPLY_MAX` stateless events is applied in the transaction that
