@@ -91,12 +91,8 @@ def ingest_valid_event(valid: ev.ValidEvent, *, source: str = Event.Source.API) 
                 # events are applied in, which is the order a replay (and a milestone's "spend up to
                 # this charge") uses. Without it, two racing charges could each count only itself.
                 list(Account.objects.select_for_update().filter(pk=account_id).values_list("pk", flat=True))
-            event = Event.objects.create(
-                external_id=valid.external_id, type=valid.type, source=source, occurred_at=valid.occurred_at,
-                account_id=account_id,
-                payload=valid.raw, content_hash=valid.content_hash, amount=valid.amount,
-                product=valid.product, runtime_seconds=valid.runtime_seconds, warnings=valid.warnings or None,
-            )
+            event = _event(valid, account_id, source, applied_at=timezone.now())
+            event.save(force_insert=True)
             engine.apply_events([event], on_error=None)
     except EventRejected as exc:
         return IngestResult(valid.external_id, "rejected", exc.code, str(exc), exc.fields)
@@ -111,12 +107,7 @@ def ingest_valid_event(valid: ev.ValidEvent, *, source: str = Event.Source.API) 
 
 def _known_outcome(valid: ev.ValidEvent) -> IngestResult | None:
     stored_hash = Event.objects.filter(external_id=valid.external_id).values_list("content_hash", flat=True).first()
-    if stored_hash is None:
-        return None
-    if stored_hash == valid.content_hash:
-        return IngestResult(valid.external_id, "duplicate")
-    reason = "already used by an event with different content"
-    return IngestResult(valid.external_id, "rejected", "id_conflict", f"id: {reason}", {"id": reason})
+    return None if stored_hash is None else _repeat(valid, stored_hash)
 
 
 def ingest_batch(raws: list, *, source: str = Event.Source.API, now=None) -> list[IngestResult]:
@@ -198,12 +189,9 @@ def _store_and_apply_run(run: list[tuple[int, ev.ValidEvent]], results: list, *,
     with transaction.atomic():
         accounts = dict(Account.objects.select_for_update().filter(external_id__any_of=names).order_by("pk")
                         .values_list("external_id", "pk"))
-        events = Event.objects.bulk_create([
-            Event(external_id=valid.external_id, type=valid.type, source=source, occurred_at=valid.occurred_at,
-                  account_id=accounts.get(valid.account), payload=valid.raw, content_hash=valid.content_hash,
-                  amount=valid.amount, product=valid.product, runtime_seconds=valid.runtime_seconds,
-                  warnings=valid.warnings or None)
-            for _, valid in fresh])
+        now = timezone.now()
+        events = Event.objects.bulk_create([_event(valid, accounts.get(valid.account), source, applied_at=now)
+                                            for _, valid in fresh])
         ours = {event.pk for event in events}
         failed: dict[int, Exception] = {}
 
@@ -372,11 +360,12 @@ def _insert(rows: list[tuple[int, ev.ValidEvent, int]], *, source: str, applied_
     return [event.pk if event is not None else None for event in events]
 
 
-def _event(valid: ev.ValidEvent, account_id: int, source: str, *, applied_at=None) -> Event:
+def _event(valid: ev.ValidEvent, account_id: int | None, source: str, *, applied_at) -> Event:
+    """The (unsaved) log row of a validated event; `applied_at` None: stored, not applied yet."""
     return Event(external_id=valid.external_id, type=valid.type, source=source, account_id=account_id,
                  occurred_at=valid.occurred_at, payload=valid.raw, content_hash=valid.content_hash,
                  amount=valid.amount, product=valid.product, runtime_seconds=valid.runtime_seconds,
-                 applied_at=applied_at)
+                 warnings=valid.warnings or None, applied_at=applied_at)
 
 
 _EVENT_COLUMNS = [field.attname for field in Event._meta.concrete_fields]

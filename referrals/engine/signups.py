@@ -36,13 +36,13 @@ def apply_signup_run(run: list[Event], programs: Programs, *, replay: bool) -> i
     (0: none). The event it stops at is left to the step (see `_up_to_step`)."""
     head = list(takewhile(lambda event: event.type == ev.ACCOUNT_CREATED, run))
     wanted = {event.payload.get("account") for event in head}
-    existing = {account.external_id: account for account in Account.objects.filter(external_id__in=wanted)}
+    existing = {account.external_id: account for account in Account.objects.filter(external_id__any_of=wanted)}
     codes = {code.lower() for event in head
              if isinstance(code := event.payload.get("referral_code"), str) and code}
-    by_code = ({account.referral_code: account for account in Account.objects.filter(referral_code__in=codes)}
+    by_code = ({account.referral_code: account for account in Account.objects.filter(referral_code__any_of=codes)}
                if codes else {})
     template_ids = {event.payload["template"] for event in head if event.payload.get("template")}
-    templates = ({t.external_id: t for t in Template.objects.filter(external_id__in=template_ids)
+    templates = ({t.external_id: t for t in Template.objects.filter(external_id__any_of=template_ids)
                   .select_related("creator")} if template_ids else {})
 
     candidates = _up_to_step(head, replay=replay, existing=existing)
@@ -154,7 +154,7 @@ def _clicks_used(click_ids: set[int]) -> set[int]:
     """Those of these clicks that a referral names already."""
     if not click_ids:
         return set()
-    return set(Referral.objects.filter(click_id__in=click_ids).values_list("click_id", flat=True))
+    return set(Referral.objects.filter(click_id__any_of=click_ids).values_list("click_id", flat=True))
 
 
 # Pairs per statement of `_recent_clicks` (bounds its parameter list, as bulk.update_rows).
