@@ -5,8 +5,12 @@ import socket
 import time
 from datetime import UTC, datetime, timedelta
 
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+
 from ledger.money import to_units
 from referrals.engine.events import validate_event
+from referrals.engine.ingestion import ingest_batch
 from referrals.engine.services import ingest_event
 from referrals.models import Account, Event
 
@@ -144,3 +148,15 @@ def applied_rolled_back(settings, capture, size: int, step_calls: list, *, snaps
         stepped = list(step_calls)
         check()
         return snapshot(callbacks), applied, stepped
+
+
+def one_per_call_rolled_back(batch: list[dict], state) -> tuple[list[dict], object, int]:
+    """Ingest each event of `batch` in an ingestion call of its own (the synchronous path a lone
+    event takes), in a transaction rolled back afterwards: the answers, `state()` as that left
+    it, and the number of queries, to hold a whole batch's ingestion against."""
+    with transaction.atomic():
+        with CaptureQueriesContext(connection) as queries:
+            answers = [result.as_dict() for raw in batch for result in ingest_batch([raw])]
+        after = state()
+        transaction.set_rollback(True)
+    return answers, after, len(queries)
