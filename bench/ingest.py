@@ -40,7 +40,7 @@ import sys
 import time
 import uuid
 from collections import defaultdict
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -118,6 +118,15 @@ class StatementTimes:
             yield
         finally:
             connection._commit = original
+
+    @contextmanager
+    def recording(self, on: bool = True):
+        """Time the statements and COMMITs run inside (nothing when `on` is false)."""
+        if not on:
+            yield
+            return
+        with connection.execute_wrapper(self), self.commits():
+            yield
 
     def report(self, top: int = 15, label: str = "timed batches") -> None:
         total = sum(self.seconds.values())
@@ -231,9 +240,7 @@ def main() -> None:
     for number in range(args.batches + 1):  # batch 0 warms up (imports, plans), outside the timing
         if profiler and number:
             profiler.enable()
-        timing = args.statements and number
-        with connection.execute_wrapper(statements) if timing else nullcontext(), \
-                statements.commits() if timing else nullcontext():
+        with statements.recording(args.statements and number):
             t0 = time.perf_counter()
             post(client, bodies[number])
             t1 = time.perf_counter()
@@ -267,8 +274,7 @@ def main() -> None:
         body = json.dumps({"id": f"single-{tag}-{i}", "type": ev.USAGE_CHARGED, "account": rng.choice(accounts),
                            "occurred_at": (START + timedelta(days=2, seconds=i)).isoformat(), "amount": "1.25",
                            "product": "pods"})
-        with connection.execute_wrapper(single_statements) if args.statements else nullcontext(), \
-                single_statements.commits() if args.statements else nullcontext():
+        with single_statements.recording(args.statements):
             t0 = time.perf_counter()
             response = client.post("/api/v1/events", body, content_type="application/json")
             latencies.append(time.perf_counter() - t0)
@@ -296,7 +302,7 @@ def main() -> None:
     if args.statements:
         print(f"per single-event POST: {sum(single_statements.calls.values()) / args.singles:.1f} statements taking "
               f"{sum(single_statements.seconds.values()) / args.singles * 1000:.1f} ms")
-        single_statements.report(top=40, label="single-event POSTs")
+        single_statements.report(label="single-event POSTs")
 
 
 if __name__ == "__main__":
