@@ -172,7 +172,7 @@ API_THROTTLE_REDIS_URL = env.str("API_THROTTLE_REDIS_URL", default=env.str("REDI
 # Stateless money events of a batch, up to this many in a row, are stored and applied in one
 # transaction inside the request; a longer run is stored, answered at once, and applied by a
 # task queued on commit (referrals.engine.ingestion). 1000 (a whole batch) applies every batch
-# in its request: about 20 % more applied events/s in bench/ingest.py, but a 1,000-event POST
+# in its request: 20-30 % more applied events/s in bench/ingest.py, but a 1,000-event POST
 # then answers in about 200 ms instead of 50 ms (docs/benchmarks.md, "Ingestion").
 INGEST_INLINE_APPLY_MAX = env.int("INGEST_INLINE_APPLY_MAX", default=200)
 # Events one applier transaction takes at most (referrals.engine.ingestion.apply_pending).

@@ -137,8 +137,8 @@ class Sender(threading.Thread):
 
 
 def _mid_transaction_worker_pids() -> list[int]:
-    """Gunicorn workers whose database session has been inside a transaction for a while (a
-    batch being stored and applied: it has written, and nothing of it is committed yet)."""
+    """Gunicorn workers whose database session is inside a transaction that has written (a batch
+    being stored and applied: nothing of it is committed yet)."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT application_name FROM pg_stat_activity WHERE application_name LIKE 'fault-worker-%%' "
                        "AND state IN ('active', 'idle in transaction') AND backend_xid IS NOT NULL")
